@@ -1,0 +1,321 @@
+"""The typed graph IR: nodes, edges, tensor types, tasks and per-task edge state.
+
+An `IR` is a DAG. Nodes are `input`, `stem`, `hidden` and `head` (one per task); each carries the
+tensor type it produces (shape without the batch dimension). An edge carries a kind, an op that maps
+its source's type to its destination's input type, the tasks it serves, and per task a gate logit
+(while searching) and a keep flag (after discretisation).
+
+Nodes, edges and ops are immutable; a pass builds a new IR with `IR.copy()` and `dataclasses.replace`,
+so no pass ever mutates its input. The JSON form (`to_json` / `from_json`) is lossless and is the format
+of every dump and of the searched architecture.
+
+A node's state: a node with `task=None` holds one state per task it is reached by (task states differ
+because gates differ); a node owned by a task (`task="depth"`, as in MTL-NAS's per-task chains) holds
+that task's state only, and any edge reading from it reads that state.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Iterator, Literal, Mapping
+
+import networkx as nx
+
+NodeKind = Literal["input", "stem", "hidden", "head"]
+EdgeKind = Literal["stem", "internal", "read_in", "read_out", "cross"]
+Aggregation = Literal["sum", "nddr", "gate"]
+
+NODE_KINDS: tuple[str, ...] = ("input", "stem", "hidden", "head")
+EDGE_KINDS: tuple[str, ...] = ("stem", "internal", "read_in", "read_out", "cross")
+AGGREGATIONS: tuple[str, ...] = ("sum", "nddr", "gate")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class TensorType:
+    """Shape of one sample: `(C, H, W)` for images, `(D,)` for vectors."""
+
+    shape: tuple[int, ...]
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    def __str__(self) -> str:
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """An op from the op registry (`dagir.ops`) with its parameters, e.g. `conv_bn_relu{c_in=16, ...}`."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        inner = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}{{{inner}}}" if inner else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A task the network serves. `kind` decides the default loss and metric."""
+
+    name: str
+    kind: str
+    out_dim: int
+    weight: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "out_dim": self.out_dim, "weight": self.weight}
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node: it aggregates its incoming edges, then applies its own `op` (heads only, usually).
+
+    `in_type` is the type every incoming edge must deliver; `type` is what the node produces
+    (equal to `in_type` when `op` is None). `index` orders hidden nodes (h_1..h_N) and `stage`
+    groups them by resolution; `task` marks a node owned by one task (a head, or a per-task chain).
+    """
+
+    name: str
+    kind: NodeKind
+    type: TensorType
+    in_type: TensorType | None = None
+    op: Op | None = None
+    index: int | None = None
+    stage: int | None = None
+    task: str | None = None
+    aggregation: Aggregation = "sum"
+
+    @property
+    def input_type(self) -> TensorType:
+        return self.in_type if self.in_type is not None else self.type
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTaskState:
+    """Per-task state of an edge: a gate logit while searching, a keep flag after discretisation."""
+
+    gate_logit: float | None = None
+    keep: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """A directed edge `src -> dst` applying `op` (None until `legalize-types` chooses it).
+
+    `tasks` maps every task the edge serves to its state. `gated` edges get a learned gate per task
+    (A for internal, B for read-in, Γ for read-out edges); ungated edges always pass with weight 1.
+    """
+
+    src: str
+    dst: str
+    kind: EdgeKind
+    op: Op | None
+    tasks: Mapping[str, EdgeTaskState]
+    gated: bool = False
+
+    @property
+    def name(self) -> str:
+        return edge_name(self.src, self.dst)
+
+    def is_active(self, task: str) -> bool:
+        """Whether this edge carries `task`'s signal: it serves the task and was not dropped."""
+        state = self.tasks.get(task)
+        return state is not None and state.keep is not False
+
+    def active_tasks(self) -> list[str]:
+        return [t for t, s in self.tasks.items() if s.keep is not False]
+
+    def with_task_state(self, task: str, **changes: Any) -> "Edge":
+        states = dict(self.tasks)
+        states[task] = replace(states[task], **changes)
+        return replace(self, tasks=states)
+
+
+def edge_name(src: str, dst: str) -> str:
+    return f"edge_{src}_{dst}"
+
+
+@dataclass
+class IR:
+    """The graph: tasks, nodes by name, edges by `(src, dst)`, and graph-level facts.
+
+    `max_span` is the flow restriction in force (None: the full DAG). `types_legal` is set once
+    `legalize-types` has given every edge an op; `discretized` and `reduced` by the post-search passes.
+    `provenance` lists the passes that produced this IR, in order.
+    """
+
+    name: str
+    tasks: list[Task]
+    nodes: dict[str, Node] = field(default_factory=dict)
+    edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    max_span: int | None = None
+    types_legal: bool = False
+    discretized: bool = False
+    reduced: bool = False
+    provenance: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- building -------------------------------------------------------------------------------
+    def copy(self) -> "IR":
+        """A new IR sharing the immutable nodes and edges: cheap, and safe to edit."""
+        return IR(self.name, list(self.tasks), dict(self.nodes), dict(self.edges), self.max_span,
+                  self.types_legal, self.discretized, self.reduced, list(self.provenance),
+                  json.loads(json.dumps(self.meta)))
+
+    def add_node(self, node: Node) -> None:
+        self.nodes[node.name] = node
+
+    def add_edge(self, edge: Edge) -> None:
+        self.edges[(edge.src, edge.dst)] = edge
+
+    def remove_edge(self, src: str, dst: str) -> None:
+        del self.edges[(src, dst)]
+
+    # -- queries --------------------------------------------------------------------------------
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def hidden_nodes(self) -> list[Node]:
+        """Hidden nodes ordered by index (h_1..h_N)."""
+        return sorted((n for n in self.nodes.values() if n.kind == "hidden"),
+                      key=lambda n: (n.index if n.index is not None else 0, n.name))
+
+    def nodes_of_kind(self, kind: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.kind == kind]
+
+    def edges_of_kind(self, kind: str) -> list[Edge]:
+        return [e for e in self.edges.values() if e.kind == kind]
+
+    def head_of(self, task: str) -> Node:
+        for node in self.nodes.values():
+            if node.kind == "head" and node.task == task:
+                return node
+        raise KeyError(f"no head for task {task!r}")
+
+    def input_node(self) -> Node:
+        return self.nodes_of_kind("input")[0]
+
+    def in_edges(self) -> dict[str, list[Edge]]:
+        """Incoming edges of every node, in a stable order."""
+        incoming: dict[str, list[Edge]] = {name: [] for name in self.nodes}
+        for edge in self.edges.values():
+            incoming.setdefault(edge.dst, []).append(edge)
+        return incoming
+
+    def out_edges(self) -> dict[str, list[Edge]]:
+        outgoing: dict[str, list[Edge]] = {name: [] for name in self.nodes}
+        for edge in self.edges.values():
+            outgoing.setdefault(edge.src, []).append(edge)
+        return outgoing
+
+    def topological_order(self) -> list[str]:
+        """Node names in a deterministic topological order (raises `nx.NetworkXUnfeasible` on a cycle)."""
+        return list(nx.lexicographical_topological_sort(self.to_networkx(), key=self._order_key))
+
+    def _order_key(self, name: str) -> tuple[int, int, str]:
+        node = self.nodes[name]
+        return (NODE_KINDS.index(node.kind), node.index if node.index is not None else 0, name)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A networkx view: node attribute `node`, edge attribute `edge` hold the IR objects."""
+        graph = nx.DiGraph()
+        for name, node in self.nodes.items():
+            graph.add_node(name, node=node)
+        for (src, dst), edge in self.edges.items():
+            graph.add_edge(src, dst, edge=edge)
+        return graph
+
+    def summary(self) -> dict[str, Any]:
+        counts = {kind: 0 for kind in EDGE_KINDS}
+        for edge in self.edges.values():
+            counts[edge.kind] += 1
+        return {"nodes": len(self.nodes), "edges": len(self.edges),
+                "edges_by_kind": {k: v for k, v in counts.items() if v}}
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": "dagir-ir", "version": FORMAT_VERSION, "name": self.name,
+            "tasks": [t.to_dict() for t in self.tasks],
+            "max_span": self.max_span, "types_legal": self.types_legal,
+            "discretized": self.discretized, "reduced": self.reduced,
+            "provenance": list(self.provenance), "meta": self.meta,
+            "nodes": [_node_to_dict(n) for n in self.nodes.values()],
+            "edges": [_edge_to_dict(e) for e in self.edges.values()],
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "IR":
+        if data.get("format") != "dagir-ir":
+            raise ValueError("not a dagir IR (missing \"format\": \"dagir-ir\")")
+        if data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported IR version {data.get('version')!r} (expected {FORMAT_VERSION})")
+        ir = cls(name=data["name"], tasks=[Task(**t) for t in data["tasks"]],
+                 max_span=data["max_span"], types_legal=data["types_legal"],
+                 discretized=data["discretized"], reduced=data["reduced"],
+                 provenance=list(data["provenance"]), meta=dict(data.get("meta", {})))
+        for raw in data["nodes"]:
+            ir.add_node(_node_from_dict(raw))
+        for raw in data["edges"]:
+            ir.add_edge(_edge_from_dict(raw))
+        return ir
+
+    @classmethod
+    def from_json(cls, text: str) -> "IR":
+        return cls.from_dict(json.loads(text))
+
+
+def _op_to_dict(op: Op | None) -> dict[str, Any] | None:
+    return None if op is None else {"name": op.name, "params": dict(op.params)}
+
+
+def _op_from_dict(raw: Mapping[str, Any] | None) -> Op | None:
+    return None if raw is None else Op(raw["name"], dict(raw["params"]))
+
+
+def _node_to_dict(node: Node) -> dict[str, Any]:
+    return {"name": node.name, "kind": node.kind, "type": list(node.type.shape),
+            "in_type": None if node.in_type is None else list(node.in_type.shape),
+            "op": _op_to_dict(node.op), "index": node.index, "stage": node.stage,
+            "task": node.task, "aggregation": node.aggregation}
+
+
+def _node_from_dict(raw: Mapping[str, Any]) -> Node:
+    return Node(name=raw["name"], kind=raw["kind"], type=TensorType(tuple(raw["type"])),
+                in_type=None if raw["in_type"] is None else TensorType(tuple(raw["in_type"])),
+                op=_op_from_dict(raw["op"]), index=raw["index"], stage=raw["stage"],
+                task=raw["task"], aggregation=raw["aggregation"])
+
+
+def _edge_to_dict(edge: Edge) -> dict[str, Any]:
+    return {"src": edge.src, "dst": edge.dst, "kind": edge.kind, "op": _op_to_dict(edge.op),
+            "gated": edge.gated,
+            "tasks": {t: {"gate_logit": s.gate_logit, "keep": s.keep} for t, s in edge.tasks.items()}}
+
+
+def _edge_from_dict(raw: Mapping[str, Any]) -> Edge:
+    return Edge(src=raw["src"], dst=raw["dst"], kind=raw["kind"], op=_op_from_dict(raw["op"]),
+                gated=raw["gated"],
+                tasks={t: EdgeTaskState(s["gate_logit"], s["keep"]) for t, s in raw["tasks"].items()})
+
+
+def all_tasks(tasks: Iterable[str]) -> dict[str, EdgeTaskState]:
+    """Fresh per-task state for an edge serving every task in `tasks`."""
+    return {t: EdgeTaskState() for t in tasks}
+
+
+def iter_task_edges(ir: IR, task: str) -> Iterator[Edge]:
+    """Edges active for `task`."""
+    return (e for e in ir.edges.values() if e.is_active(task))

@@ -1,0 +1,148 @@
+"""The op registry: what each op does to types, and what it costs.
+
+An op is named in the IR (`Op("conv_bn_relu", {...})`); this module knows, without importing torch,
+the type it produces from its input type, its parameter count and its multiply-accumulate count.
+`dagir.backends.torch_ops` builds the matching `nn.Module` for each name.
+
+>>> output_type(Op("conv_bn_relu", {"c_in": 1, "c_out": 8, "stride": 2}), TensorType((1, 28, 28)))
+TensorType(shape=(8, 14, 14))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+from typing import Callable, Mapping
+
+from .ir import Op, TensorType
+
+
+class OpTypeError(ValueError):
+    """An op cannot take the given input type, or its parameters are inconsistent."""
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """Type and cost rules of one op. `macs` counts multiply-accumulates per sample."""
+
+    infer: Callable[[Mapping, TensorType], TensorType]
+    params: Callable[[Mapping], int]
+    macs: Callable[[Mapping, TensorType], int]
+    doc: str
+
+
+def _require_image(t: TensorType, channels: int, op: str) -> None:
+    if not t.is_image:
+        raise OpTypeError(f"{op} needs an image input [C, H, W], got {t}")
+    if t.channels != channels:
+        raise OpTypeError(f"{op} expects {channels} input channels, got {t}")
+
+
+def _require_vector(t: TensorType, dim: int, op: str) -> None:
+    if t.is_image:
+        raise OpTypeError(f"{op} needs a vector input [D], got {t}")
+    if t.shape[0] != dim:
+        raise OpTypeError(f"{op} expects input dimension {dim}, got {t}")
+
+
+def _strided(p: Mapping, t: TensorType) -> TensorType:
+    stride = int(p.get("stride", 1))
+    return TensorType((int(p["c_out"]), ceil(t.shape[1] / stride), ceil(t.shape[2] / stride)))
+
+
+def _conv_infer(p: Mapping, t: TensorType) -> TensorType:
+    _require_image(t, int(p["c_in"]), "conv_bn_relu")
+    return _strided(p, t)
+
+
+def _pool_conv_infer(p: Mapping, t: TensorType) -> TensorType:
+    _require_image(t, int(p["c_in"]), "pool_conv_bn_relu")
+    return _strided(p, t)
+
+
+def _conv_macs(p: Mapping, t: TensorType) -> int:
+    out = _strided(p, t)
+    k = int(p.get("kernel", 3))
+    return int(p["c_in"]) * int(p["c_out"]) * k * k * out.shape[1] * out.shape[2]
+
+
+def _pool_conv_macs(p: Mapping, t: TensorType) -> int:
+    out = _strided(p, t)
+    return int(p["c_in"]) * int(p["c_out"]) * out.shape[1] * out.shape[2]
+
+
+def _linear_infer(name: str) -> Callable[[Mapping, TensorType], TensorType]:
+    def infer(p: Mapping, t: TensorType) -> TensorType:
+        _require_vector(t, int(p["d_in"]), name)
+        return TensorType((int(p["d_out"]),))
+    return infer
+
+
+def _pool_linear_infer(p: Mapping, t: TensorType) -> TensorType:
+    _require_image(t, int(p["c_in"]), "pool_linear")
+    return TensorType((int(p["d_out"]),))
+
+
+def _identity_infer(p: Mapping, t: TensorType) -> TensorType:
+    return t
+
+
+REGISTRY: dict[str, OpRule] = {
+    "identity": OpRule(_identity_infer, lambda p: 0, lambda p, t: 0, "passes its input through"),
+    "conv_bn_relu": OpRule(
+        _conv_infer,
+        lambda p: int(p["c_in"]) * int(p["c_out"]) * int(p.get("kernel", 3)) ** 2 + 2 * int(p["c_out"]),
+        _conv_macs,
+        "k x k convolution (stride s, no bias), batch norm, ReLU; params c_in, c_out, stride, kernel=3"),
+    "pool_conv_bn_relu": OpRule(
+        _pool_conv_infer,
+        lambda p: int(p["c_in"]) * int(p["c_out"]) + 2 * int(p["c_out"]),
+        _pool_conv_macs,
+        "average pooling by `stride`, 1x1 convolution, batch norm, ReLU; params c_in, c_out, stride"),
+    "linear_relu": OpRule(
+        _linear_infer("linear_relu"),
+        lambda p: int(p["d_in"]) * int(p["d_out"]) + int(p["d_out"]),
+        lambda p, t: int(p["d_in"]) * int(p["d_out"]),
+        "fully connected layer with bias, ReLU; params d_in, d_out"),
+    "linear": OpRule(
+        _linear_infer("linear"),
+        lambda p: int(p["d_in"]) * int(p["d_out"]) + int(p["d_out"]),
+        lambda p, t: int(p["d_in"]) * int(p["d_out"]),
+        "fully connected layer with bias; params d_in, d_out"),
+    "pool_linear": OpRule(
+        _pool_linear_infer,
+        lambda p: int(p["c_in"]) * int(p["d_out"]) + int(p["d_out"]),
+        lambda p, t: int(p["c_in"]) * int(p["d_out"]),
+        "global average pooling, then a fully connected layer; params c_in, d_out"),
+    "head_mlp": OpRule(
+        _linear_infer("head_mlp"),
+        lambda p: int(p["d_in"]) * int(p["d_out"]) + int(p["d_out"]),
+        lambda p, t: int(p["d_in"]) * int(p["d_out"]),
+        "ReLU, then a fully connected layer to the task's outputs; params d_in, d_out"),
+}
+
+
+def known_ops() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def _rule(op: Op) -> OpRule:
+    try:
+        return REGISTRY[op.name]
+    except KeyError:
+        raise OpTypeError(f"unknown op {op.name!r} (known: {', '.join(known_ops())})") from None
+
+
+def output_type(op: Op, input_type: TensorType) -> TensorType:
+    """The type `op` produces from `input_type`; raises `OpTypeError` if it cannot take it."""
+    try:
+        return _rule(op).infer(op.params, input_type)
+    except KeyError as missing:
+        raise OpTypeError(f"op {op} is missing parameter {missing}") from None
+
+
+def parameter_count(op: Op | None) -> int:
+    return 0 if op is None else _rule(op).params(op.params)
+
+
+def mac_count(op: Op | None, input_type: TensorType) -> int:
+    return 0 if op is None else _rule(op).macs(op.params, input_type)

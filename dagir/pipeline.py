@@ -1,0 +1,48 @@
+"""The method, as pipelines of passes. Read this file to see what dagir does to a search space.
+
+Before search, a spec becomes a gated supernet:
+    build-central    the stem, hidden nodes h_1..h_N in stages, candidate edges h_i -> h_j, heads
+    flow-restrict    cut the long skip connections: keep h_i -> h_j only if j - i <= max_span
+    insert-read-io   read-in edges x0 -> h_j and read-out edges h_j -> every head
+    legalize-types   choose each edge's op from the types at its ends (resampling between stages)
+    attach-gates     a gate logit per task on every searchable edge
+
+After search, with the trained gates imported, the supernet becomes one compact network:
+    discretize       keep an edge for a task iff its gate >= threshold (a path per task is kept)
+    flow-reduce      drop the edges that carry the least flow while (1 - ε) of it remains
+    share-states     compute once every state two tasks have in common
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from .ir import IR, Node, Task, TensorType
+from .pass_manager import Pass, PassCallback, PassManager, parse_pipeline
+from .spec import Spec, input_shape
+
+BEFORE_SEARCH = ["build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates"]
+AFTER_SEARCH = ["discretize", "flow-reduce", "share-states"]
+
+
+def seed_ir(spec: Spec) -> IR:
+    """The IR a build pass starts from: the tasks and the input node."""
+    ir = IR(name=spec.name, tasks=[Task(t.name, t.kind, t.out_dim, t.weight) for t in spec.tasks])
+    ir.add_node(Node("input", "input", TensorType(input_shape(spec))))
+    return ir
+
+
+def before_search_pipeline(spec: Spec) -> list[Pass]:
+    """The spec's own pipeline if it writes one, else the default; options default from the spec."""
+    return parse_pipeline(spec.pipeline.before_search or BEFORE_SEARCH, spec)
+
+
+def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_each: bool = True,
+                 on_pass: PassCallback | None = None) -> IR:
+    """Run the pre-search pipeline on `spec` and return the gated supernet's IR.
+
+    >>> from dagir import load_spec, compile_spec      # doctest: +SKIP
+    >>> ir = compile_spec(load_spec("examples/multimnist.yaml"))
+    """
+    manager = PassManager(passes if passes is not None else before_search_pipeline(spec),
+                          verify_each=verify_each, on_pass=on_pass)
+    return manager.run(seed_ir(spec))

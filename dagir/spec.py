@@ -1,0 +1,289 @@
+"""The search-space spec: pydantic models for every section, and `load_spec`.
+
+Every model forbids unknown keys; every default is filled in, so the resolved spec written beside
+each output says exactly what ran. Errors name the file, line, column and field path:
+`spec.yaml:14:5: network.central.nodes: must be >= 1 (got 0)`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SpecError
+from .spec_loader import FieldPath, Location, apply_override, format_path, locate, read_spec_file
+
+TaskKind = Literal["classification", "multilabel", "regression", "segmentation", "depth", "normals"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# -- data and tasks -------------------------------------------------------------------------------
+class DataSpec(Strict):
+    dataset: str = "multimnist"
+    options: dict[str, Any] = Field(default_factory=dict)
+    root: str | None = None
+    batch_size: int = Field(128, ge=1)
+    val_split: float = Field(0.1, gt=0, lt=1)
+
+
+class TaskSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    kind: TaskKind
+    classes: int | None = Field(None, ge=1)
+    loss: str | None = None
+    metric: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _classes_where_needed(self) -> "TaskSpec":
+        if self.kind in ("classification", "multilabel", "segmentation") and self.classes is None:
+            raise ValueError(f"a {self.kind} task needs 'classes'")
+        if self.kind == "classification" and self.classes is not None and self.classes < 2:
+            raise ValueError("a classification task needs classes >= 2")
+        return self
+
+    @property
+    def out_dim(self) -> int:
+        if self.classes is not None:
+            return self.classes
+        return 3 if self.kind == "normals" else 1
+
+
+# -- network --------------------------------------------------------------------------------------
+class InputSpec(Strict):
+    shape: list[int] = Field(min_length=1, max_length=3)
+
+    @field_validator("shape")
+    @classmethod
+    def _shape(cls, shape: list[int]) -> list[int]:
+        if len(shape) == 2:
+            raise ValueError("shape is [C, H, W] for images or [D] for vectors")
+        if any(d < 1 for d in shape):
+            raise ValueError(f"every dimension must be >= 1 (got {shape})")
+        return shape
+
+
+class StemSpec(Strict):
+    channels: int = Field(16, ge=1)
+
+
+class CentralSpec(Strict):
+    nodes: int = Field(9, ge=1)
+    stages: int = Field(3, ge=1)
+    channels: list[int] | int = Field(default_factory=lambda: [16, 32, 64])
+    edge_op: Literal["auto", "conv", "mlp"] = "auto"
+    resample: Literal["strided", "pool"] = "strided"
+    aggregation: Literal["sum", "nddr", "gate"] = "sum"
+
+    @model_validator(mode="after")
+    def _stages_fit(self) -> "CentralSpec":
+        if self.stages > self.nodes:
+            raise ValueError(f"stages ({self.stages}) cannot exceed nodes ({self.nodes})")
+        if isinstance(self.channels, list):
+            if len(self.channels) != self.stages:
+                raise ValueError(f"channels lists one width per stage: {self.stages} expected, "
+                                 f"got {len(self.channels)}")
+            if any(c < 1 for c in self.channels):
+                raise ValueError("every channel count must be >= 1")
+        elif self.channels < 1:
+            raise ValueError("channels must be >= 1")
+        return self
+
+    def stage_channels(self) -> list[int]:
+        return list(self.channels) if isinstance(self.channels, list) else [self.channels] * self.stages
+
+
+class FlowRestrictionSpec(Strict):
+    max_span: int | None = Field(3, ge=1)
+
+
+class HeadsSpec(Strict):
+    hidden: int = Field(64, ge=1)
+
+
+class NetworkSpec(Strict):
+    input: InputSpec | None = None
+    stem: StemSpec = Field(default_factory=StemSpec)
+    central: CentralSpec = Field(default_factory=CentralSpec)
+    flow_restriction: FlowRestrictionSpec = Field(default_factory=FlowRestrictionSpec)
+    read_in: bool = True
+    read_out: bool = True
+    heads: HeadsSpec = Field(default_factory=HeadsSpec)
+
+
+# -- search and training --------------------------------------------------------------------------
+class TemperatureSpec(Strict):
+    start: float = Field(1.0, gt=0)
+    end: float = Field(0.2, gt=0)
+    schedule: Literal["exponential", "linear", "constant"] = "exponential"
+
+
+class GatesSpec(Strict):
+    init: float = 2.0
+    init_noise: float = Field(0.0, ge=0)
+    temperature: TemperatureSpec = Field(default_factory=TemperatureSpec)
+
+
+class SqueezeSpec(Strict):
+    kind: Literal["binary", "entropy", "flow", "none"] = "binary"
+    weight: float = Field(0.5, ge=0)
+    rho: float = Field(0.5, ge=0)
+    ramp: float = Field(0.5, ge=0, le=1)
+
+
+class ReductionSpec(Strict):
+    enabled: bool = True
+    threshold: float = Field(0.5, gt=0, lt=1)
+    flow_budget: float = Field(0.05, ge=0, lt=1)
+
+
+class SearchSpec(Strict):
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    squeeze: SqueezeSpec = Field(default_factory=SqueezeSpec)
+    reduction: ReductionSpec = Field(default_factory=ReductionSpec)
+
+
+class StageSpec(Strict):
+    epochs: int = Field(2, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SearchStageSpec(StageSpec):
+    train_weights: bool = False
+    mode: Literal["joint", "alternating"] = "joint"
+    gate_lr: float = Field(0.05, gt=0)
+
+
+class TrainSpec(Strict):
+    warmup: StageSpec = Field(default_factory=lambda: StageSpec(epochs=3))
+    search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
+    finetune: StageSpec = Field(default_factory=lambda: StageSpec(epochs=2, lr=5e-4))
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["float32", "float64", "bfloat16"] = "float32"
+    checkpoint_every: int = Field(200, ge=1)
+
+
+class PipelineSpec(Strict):
+    before_search: list[str] | None = None
+    after_search: list[str] | None = None
+
+
+class Spec(Strict):
+    name: str = "dagir"
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    tasks: list[TaskSpec] = Field(min_length=1)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
+
+    @field_validator("tasks")
+    @classmethod
+    def _unique_task_names(cls, tasks: list[TaskSpec]) -> list[TaskSpec]:
+        seen: set[str] = set()
+        for task in tasks:
+            if task.name in seen:
+                raise ValueError(f"duplicate task name {task.name!r}")
+            seen.add(task.name)
+        return tasks
+
+    def resolved_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# -- loading --------------------------------------------------------------------------------------
+class SpecSource:
+    """Where a spec came from, to point errors at file, line and column."""
+
+    def __init__(self, file: str, locations: dict[FieldPath, Location]) -> None:
+        self.file, self.locations = file, locations
+
+    def error(self, path: FieldPath, message: str) -> SpecError:
+        where = locate(path, self.locations)
+        line, column = where if where else (None, None)
+        return SpecError(message, file=self.file, line=line, column=column, field=format_path(path) or None)
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Read, override and validate a spec file; checks that need the data registry come after.
+
+    >>> spec = load_spec("examples/multimnist.yaml", ["train.search.epochs=1"])  # doctest: +SKIP
+    """
+    data, locations, file = read_spec_file(path)
+    if not isinstance(data, dict):
+        raise SpecError("a spec is a mapping of sections (name, data, tasks, network, ...)", file=file,
+                        line=1, column=1)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    spec = validate_spec(data, SpecSource(file, locations))
+    check_spec_semantics(spec, SpecSource(file, locations))
+    return spec
+
+
+def validate_spec(data: dict[str, Any], source: SpecSource) -> Spec:
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        path = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        raise source.error(path, _describe(first)) from None
+
+
+def _describe(error: dict[str, Any]) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "field required"
+    if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
+        sign = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {sign} {bound}{shown}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}{shown}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg'].rstrip('.').lower()}{shown}"
+
+
+def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
+    """Checks across sections: the input type against the stages, the data set and tasks."""
+    from .datasets import dataset_info  # the registry knows each data set's input type
+
+    info = dataset_info(spec.data.dataset)
+    if info is None:
+        from .datasets import known_datasets
+        raise source.error(("data", "dataset"), f"unknown dataset {spec.data.dataset!r} "
+                                                f"(known: {', '.join(known_datasets())})")
+    shape = input_shape(spec)
+    stages = spec.network.central.stages
+    if len(shape) == 3:
+        smallest = min(shape[1], shape[2])
+        if 2 ** (stages - 1) > smallest:
+            raise source.error(("network", "central", "stages"),
+                               f"{stages} stages halve the resolution {stages - 1} times, more than the "
+                               f"input {shape[1]}x{shape[2]} allows (at most {1 + int(math.log2(smallest))})")
+    if spec.network.central.edge_op == "conv" and len(shape) != 3:
+        raise source.error(("network", "central", "edge_op"), f"'conv' needs image inputs; the input is {list(shape)}")
+    if spec.network.central.edge_op == "mlp" and len(shape) == 3:
+        raise source.error(("network", "central", "edge_op"), f"'mlp' needs vector inputs; the input is {list(shape)}")
+
+
+def input_shape(spec: Spec) -> tuple[int, ...]:
+    """The input type: written in the spec, or else the data set's."""
+    if spec.network.input is not None:
+        return tuple(spec.network.input.shape)
+    from .datasets import dataset_info
+    info = dataset_info(spec.data.dataset)
+    assert info is not None
+    return tuple(info.input_shape(spec.data.options))

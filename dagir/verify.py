@@ -1,0 +1,185 @@
+"""The verifier: the IR's invariants, checked between passes.
+
+1. `structure`: acyclic, every edge's endpoints exist, names unique, one input, one head per task;
+2. `types`: every edge op maps its source's type to its destination's input type, every node op
+   maps its input type to its type (edges may lack an op only before `legalize-types`);
+3. `task-paths`: every task has a path input -> stem -> ... -> its head on edges active for it;
+4. `flow-restriction`: every internal edge h_i -> h_j has 1 <= j - i <= max_span;
+5. `reduced`: after reduction, no node lies off every task's kept paths and no edge is kept for no task.
+
+A violation raises `VerificationError` naming the invariant and the offending nodes.
+"""
+from __future__ import annotations
+
+from .errors import VerificationError
+from .ir import AGGREGATIONS, EDGE_KINDS, IR, NODE_KINDS
+from .ops import OpTypeError, output_type
+
+INVARIANTS = ("structure", "types", "task-paths", "flow-restriction", "reduced")
+
+
+def verify(ir: IR) -> None:
+    """Check every invariant of `ir`; raise `VerificationError` on the first one broken."""
+    check_structure(ir)
+    check_types(ir)
+    check_task_paths(ir)
+    check_flow_restriction(ir)
+    if ir.reduced:
+        check_reduced(ir)
+
+
+def check_structure(ir: IR) -> None:
+    def fail(message: str, offending: list[str]) -> VerificationError:
+        return VerificationError("structure", message, offending=offending)
+
+    for name, node in ir.nodes.items():
+        if node.name != name:
+            raise fail(f"node stored under {name!r} is named {node.name!r}", [name])
+        if node.kind not in NODE_KINDS or node.aggregation not in AGGREGATIONS:
+            raise fail(f"node {name!r} has unknown kind or aggregation", [name])
+    task_names = ir.task_names
+    if len(set(task_names)) != len(task_names):
+        raise fail("task names are not unique", task_names)
+    inputs = ir.nodes_of_kind("input")
+    if len(inputs) != 1:
+        raise fail(f"expected one input node, found {len(inputs)}", [n.name for n in inputs])
+    heads = ir.nodes_of_kind("head")
+    head_tasks = [h.task for h in heads]
+    missing = [t for t in task_names if t not in head_tasks]
+    extra = [h.name for h in heads if head_tasks.count(h.task) > 1 or h.task not in task_names]
+    if missing or extra:
+        raise fail("every task needs exactly one head", missing + extra)
+    for (src, dst), edge in ir.edges.items():
+        if (edge.src, edge.dst) != (src, dst):
+            raise fail(f"edge stored under {src}->{dst} connects {edge.src}->{edge.dst}", [src, dst])
+        dangling = [n for n in (src, dst) if n not in ir.nodes]
+        if dangling:
+            raise fail(f"edge {src} -> {dst} has an endpoint that does not exist", dangling)
+        if edge.kind not in EDGE_KINDS:
+            raise fail(f"edge {src} -> {dst} has unknown kind {edge.kind!r}", [src, dst])
+        unknown = [t for t in edge.tasks if t not in task_names]
+        if unknown:
+            raise fail(f"edge {src} -> {dst} serves unknown tasks {unknown}", [src, dst])
+        if src == dst:
+            raise fail(f"self-loop on {src}", [src])
+    cycle = _find_cycle(ir)
+    if cycle:
+        raise fail("the graph has a cycle", cycle)
+
+
+def _find_cycle(ir: IR) -> list[str]:
+    """Kahn's algorithm; returns the nodes left on cycles (empty when acyclic)."""
+    indegree = {name: 0 for name in ir.nodes}
+    outgoing: dict[str, list[str]] = {name: [] for name in ir.nodes}
+    for src, dst in ir.edges:
+        indegree[dst] += 1
+        outgoing[src].append(dst)
+    ready = [n for n, d in indegree.items() if d == 0]
+    seen = 0
+    while ready:
+        node = ready.pop()
+        seen += 1
+        for nxt in outgoing[node]:
+            indegree[nxt] -= 1
+            if indegree[nxt] == 0:
+                ready.append(nxt)
+    return [] if seen == len(indegree) else sorted(n for n, d in indegree.items() if d > 0)
+
+
+def check_types(ir: IR) -> None:
+    for node in ir.nodes.values():
+        if node.op is None:
+            if node.in_type is not None and node.in_type != node.type:
+                raise VerificationError("types", f"node {node.name} has input type {node.in_type} but "
+                                        f"type {node.type} and no op between them", offending=[node.name])
+            continue
+        try:
+            produced = output_type(node.op, node.input_type)
+        except OpTypeError as err:
+            raise VerificationError("types", f"node {node.name}: {err}", offending=[node.name]) from None
+        if produced != node.type:
+            raise VerificationError("types", f"node {node.name}: op {node.op} makes {produced} from "
+                                    f"{node.input_type}, but the node's type is {node.type}",
+                                    offending=[node.name])
+    for edge in ir.edges.values():
+        src, dst = ir.nodes[edge.src], ir.nodes[edge.dst]
+        if edge.op is None:
+            if ir.types_legal:
+                raise VerificationError("types", f"edge {edge.src} -> {edge.dst} has no op after "
+                                        "type legalisation", offending=[edge.src, edge.dst])
+            continue
+        try:
+            produced = output_type(edge.op, src.type)
+        except OpTypeError as err:
+            raise VerificationError("types", f"edge {edge.src} -> {edge.dst}: {err}",
+                                    offending=[edge.src, edge.dst]) from None
+        if produced != dst.input_type:
+            raise VerificationError("types", f"edge {edge.src} -> {edge.dst}: op {edge.op} makes "
+                                    f"{produced} from {src.type}, but {edge.dst} takes {dst.input_type}",
+                                    offending=[edge.src, edge.dst])
+
+
+def reachable_for_task(ir: IR, task: str, outgoing=None) -> set[str]:
+    """Nodes reachable from the input on edges active for `task`."""
+    outgoing = outgoing if outgoing is not None else ir.out_edges()
+    start = ir.input_node().name
+    seen, stack = {start}, [start]
+    while stack:
+        for edge in outgoing[stack.pop()]:
+            if edge.dst not in seen and edge.is_active(task):
+                seen.add(edge.dst)
+                stack.append(edge.dst)
+    return seen
+
+
+def co_reachable_for_task(ir: IR, task: str, incoming=None) -> set[str]:
+    """Nodes from which `task`'s head is reachable on edges active for `task`."""
+    incoming = incoming if incoming is not None else ir.in_edges()
+    start = ir.head_of(task).name
+    seen, stack = {start}, [start]
+    while stack:
+        for edge in incoming[stack.pop()]:
+            if edge.src not in seen and edge.is_active(task):
+                seen.add(edge.src)
+                stack.append(edge.src)
+    return seen
+
+
+def check_task_paths(ir: IR) -> None:
+    outgoing = ir.out_edges()
+    stems = {n.name for n in ir.nodes_of_kind("stem")}
+    for task in ir.task_names:
+        reached = reachable_for_task(ir, task, outgoing)
+        head = ir.head_of(task).name
+        if head not in reached:
+            raise VerificationError("task-paths", f"task {task!r} has no path from the input to its "
+                                    "head on edges active for it", offending=[head])
+        if stems and not (stems & reached):
+            raise VerificationError("task-paths", f"task {task!r} does not pass through the stem",
+                                    offending=sorted(stems))
+
+
+def check_flow_restriction(ir: IR) -> None:
+    if ir.max_span is None:
+        return
+    for edge in ir.edges.values():
+        if edge.kind != "internal":
+            continue
+        i, j = ir.nodes[edge.src].index, ir.nodes[edge.dst].index
+        if i is None or j is None or not 1 <= j - i <= ir.max_span:
+            raise VerificationError("flow-restriction", f"internal edge {edge.src} -> {edge.dst} spans "
+                                    f"{None if i is None or j is None else j - i}, outside "
+                                    f"1..{ir.max_span}", offending=[edge.src, edge.dst])
+
+
+def check_reduced(ir: IR) -> None:
+    unused = [e.name for e in ir.edges.values() if not e.active_tasks()]
+    if unused:
+        raise VerificationError("reduced", "edges kept for no task remain", offending=unused)
+    outgoing, incoming = ir.out_edges(), ir.in_edges()
+    on_paths: set[str] = set()
+    for task in ir.task_names:
+        on_paths |= reachable_for_task(ir, task, outgoing) & co_reachable_for_task(ir, task, incoming)
+    dead = sorted(set(ir.nodes) - on_paths)
+    if dead:
+        raise VerificationError("reduced", "nodes lie on no task's kept path", offending=dead)

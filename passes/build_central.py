@@ -1,0 +1,82 @@
+"""`build-central`: the stem, the hidden nodes h_1..h_N in stages, the candidate edges and the heads."""
+from __future__ import annotations
+
+from math import ceil
+from typing import Any, Literal
+
+from pydantic import Field
+
+from dagir.ir import IR, Edge, Node, Op, TensorType, all_tasks
+from dagir.pass_manager import Pass, register_pass
+
+
+@register_pass
+class BuildCentral(Pass):
+    """Build the DAG-based central network of the method.
+
+    Candidate internal edges are h_i -> h_j for i < j. `max_span` builds only the edges with
+    j - i <= max_span, so a restricted search space costs time linear in N to build rather than
+    quadratic; `flow-restrict` then records and enforces the restriction. Without read-in and
+    read-out (added by `insert-read-io`) the stem feeds h_1 only and h_N feeds every head. Hidden
+    node i (1-based) lies in stage (i-1)*stages // nodes; each stage halves an image's resolution.
+    Edge ops are chosen later, by `legalize-types`.
+    """
+
+    name = "build-central"
+    builds = True
+    nodes: int = Field(9, ge=1)
+    stages: int = Field(3, ge=1)
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    stem_channels: int = Field(16, ge=1)
+    head_hidden: int = Field(64, ge=1)
+    aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    max_span: int | None = Field(None, ge=1)
+
+    @classmethod
+    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
+        central = spec.network.central
+        return {"nodes": central.nodes, "stages": central.stages, "channels": central.stage_channels(),
+                "stem_channels": spec.network.stem.channels, "head_hidden": spec.network.heads.hidden,
+                "aggregation": central.aggregation,
+                "max_span": spec.network.flow_restriction.max_span}
+
+    def run(self, ir: IR) -> IR:
+        if self.stages > self.nodes or len(self.channels) != self.stages:
+            raise ValueError("build-central: need stages <= nodes and one channel count per stage")
+        out = ir.copy()
+        tasks = out.task_names
+        shared = all_tasks(tasks)  # immutable: every edge serving all tasks can share it
+        x = out.input_node()
+        image = x.type.is_image
+
+        def typed(width: int, stage: int) -> TensorType:
+            if not image:
+                return TensorType((width,))
+            return TensorType((width, ceil(x.type.shape[1] / 2 ** stage), ceil(x.type.shape[2] / 2 ** stage)))
+
+        out.add_node(Node("stem", "stem", typed(self.stem_channels, 0)))
+        out.add_edge(Edge(x.name, "stem", "stem", _stem_op(x.type, self.stem_channels), shared))
+        names = [f"h{i}" for i in range(1, self.nodes + 1)]
+        for i, name in enumerate(names, start=1):
+            stage = (i - 1) * self.stages // self.nodes
+            out.add_node(Node(name, "hidden", typed(self.channels[stage], stage), index=i, stage=stage,
+                              aggregation=self.aggregation))
+        span = self.nodes if self.max_span is None else self.max_span
+        for j in range(2, self.nodes + 1):
+            for i in range(max(1, j - span), j):
+                out.add_edge(Edge(names[i - 1], names[j - 1], "internal", None, shared, gated=True))
+        out.add_edge(Edge("stem", names[0], "read_in", None, shared))
+        for task in out.tasks:
+            head = f"head_{task.name}"
+            out.add_node(Node(head, "head", TensorType((task.out_dim,)),
+                              in_type=TensorType((self.head_hidden,)),
+                              op=Op("head_mlp", {"d_in": self.head_hidden, "d_out": task.out_dim}),
+                              task=task.name))
+            out.add_edge(Edge(names[-1], head, "read_out", None, {task.name: shared[task.name]}))
+        return out
+
+
+def _stem_op(input_type: TensorType, width: int) -> Op:
+    if input_type.is_image:
+        return Op("conv_bn_relu", {"c_in": input_type.channels, "c_out": width, "stride": 1})
+    return Op("linear_relu", {"d_in": input_type.shape[0], "d_out": width})

@@ -1,0 +1,51 @@
+"""`insert-read-io`: read-in and read-out layers (DESIGN §4)."""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from dagir.ir import IR, Edge, EdgeTaskState
+from dagir.pass_manager import Pass, register_pass
+
+
+@register_pass
+class InsertReadIO(Pass):
+    """Let every task enter at any hidden node and leave from any hidden node.
+
+    Read-in: an edge from the stem (x0) to every hidden node, so a task's sub-network may start
+    anywhere (polytrees). Read-out: an edge from every hidden node to every task's head, so a task may
+    exit early. The edges gain learned gates (B and Γ) — including the stem -> h_1 and h_N -> head
+    edges the build pass made, which stay ungated when the switch is off.
+    """
+
+    name = "insert-read-io"
+    read_in: bool = True
+    read_out: bool = True
+
+    @classmethod
+    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
+        return {"read_in": spec.network.read_in, "read_out": spec.network.read_out}
+
+    def run(self, ir: IR) -> IR:
+        out = ir.copy()
+        stems = out.nodes_of_kind("stem")
+        hidden = out.hidden_nodes()
+        if self.read_in and stems:
+            stem = stems[0].name
+            every_task = {t: EdgeTaskState() for t in out.task_names}
+            for node in hidden:
+                tasks = every_task if node.task is None else {node.task: EdgeTaskState()}
+                existing = out.edges.get((stem, node.name))
+                out.add_edge(replace(existing, gated=True) if existing
+                             else Edge(stem, node.name, "read_in", None, tasks, gated=True))
+        if self.read_out:
+            for task in out.tasks:
+                head = out.head_of(task.name).name
+                for node in hidden:
+                    if node.task not in (None, task.name):
+                        continue
+                    existing = out.edges.get((node.name, head))
+                    out.add_edge(replace(existing, gated=True) if existing
+                                 else Edge(node.name, head, "read_out", None, {task.name: EdgeTaskState()}, gated=True))
+        return out
+
