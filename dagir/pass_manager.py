@@ -89,7 +89,7 @@ def parse_pass(text: str, spec: Any = None) -> Pass:
             if not eq or not key.strip():
                 raise PipelineError(f"pass {name!r}: option {item!r} is not key=value")
             try:
-                options[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+                options[key.strip()] = _read_value(raw)
             except yaml.YAMLError:
                 raise PipelineError(f"pass {name!r}: cannot read value of {key.strip()!r}: {raw!r}") from None
     cls = passes[name]
@@ -100,6 +100,12 @@ def parse_pass(text: str, spec: Any = None) -> Pass:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise PipelineError(f"pass {name!r}: option {field!r}: {first['msg']}") from None
+
+
+def _read_value(raw: str) -> Any:
+    """An option value: YAML, with `none` (as `str(pass)` prints it) meaning null."""
+    raw = raw.strip()
+    return None if raw.lower() in ("", "none") else yaml.safe_load(raw)
 
 
 def _split_options(body: str) -> list[str]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .ir import IR, Node, Task, TensorType
-from .pass_manager import Pass, PassCallback, PassManager, parse_pipeline
+from .pass_manager import Pass, PassCallback, PassManager, PipelineError, parse_pipeline
 from .spec import Spec, input_shape
 
 BEFORE_SEARCH = ["build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates"]
@@ -33,7 +33,12 @@ def seed_ir(spec: Spec) -> IR:
 
 def before_search_pipeline(spec: Spec) -> list[Pass]:
     """The spec's own pipeline if it writes one, else the default; options default from the spec."""
-    return parse_pipeline(spec.pipeline.before_search or BEFORE_SEARCH, spec)
+    if spec.pipeline.before_search is None:
+        return parse_pipeline(BEFORE_SEARCH, spec)
+    try:
+        return parse_pipeline(spec.pipeline.before_search, spec)
+    except PipelineError as err:
+        raise spec.error(("pipeline", "before_search"), str(err)) from None
 
 
 def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_each: bool = True,

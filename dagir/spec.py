@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 from .spec_loader import FieldPath, Location, apply_override, format_path, locate, read_spec_file
@@ -185,6 +185,7 @@ class Spec(Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
+    _source: "SpecSource | None" = PrivateAttr(None)
 
     @field_validator("tasks")
     @classmethod
@@ -199,15 +200,25 @@ class Spec(Strict):
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def error(self, path: tuple[str | int, ...], message: str) -> SpecError:
+        """A `SpecError` pointing at `path` in the file this spec was read from (if any)."""
+        if self._source is None:
+            return SpecError(message, field=format_path(path) or None)
+        return self._source.error(path, message)
+
 
 # -- loading --------------------------------------------------------------------------------------
 class SpecSource:
     """Where a spec came from, to point errors at file, line and column."""
 
-    def __init__(self, file: str, locations: dict[FieldPath, Location]) -> None:
-        self.file, self.locations = file, locations
+    def __init__(self, file: str, locations: dict[FieldPath, Location],
+                 overrides: dict[FieldPath, str] | None = None) -> None:
+        self.file, self.locations, self.overrides = file, locations, overrides or {}
 
     def error(self, path: FieldPath, message: str) -> SpecError:
+        for prefix, assignment in self.overrides.items():
+            if tuple(str(p) for p in path[:len(prefix)]) == prefix:
+                return SpecError(message, file=f"--set {assignment}", field=format_path(path) or None)
         where = locate(path, self.locations)
         line, column = where if where else (None, None)
         return SpecError(message, file=self.file, line=line, column=column, field=format_path(path) or None)
@@ -224,8 +235,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
                         line=1, column=1)
     for assignment in overrides:
         apply_override(data, assignment)
-    spec = validate_spec(data, SpecSource(file, locations))
-    check_spec_semantics(spec, SpecSource(file, locations))
+    overridden = {tuple(a.partition("=")[0].strip().split(".")): a for a in overrides}
+    source = SpecSource(file, locations, overridden)
+    spec = validate_spec(data, source)
+    spec._source = source
+    check_spec_semantics(spec, source)
     return spec
 
 

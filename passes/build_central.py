@@ -4,7 +4,7 @@ from __future__ import annotations
 from math import ceil
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dagir.ir import IR, Edge, Node, Op, TensorType, all_tasks
 from dagir.pass_manager import Pass, register_pass
@@ -40,9 +40,15 @@ class BuildCentral(Pass):
                 "aggregation": central.aggregation,
                 "max_span": spec.network.flow_restriction.max_span}
 
+    @model_validator(mode="after")
+    def _stages_fit(self) -> "BuildCentral":
+        if self.stages > self.nodes:
+            raise ValueError(f"stages ({self.stages}) cannot exceed nodes ({self.nodes})")
+        if len(self.channels) != self.stages or min(self.channels) < 1:
+            raise ValueError(f"channels needs {self.stages} positive widths, one per stage")
+        return self
+
     def run(self, ir: IR) -> IR:
-        if self.stages > self.nodes or len(self.channels) != self.stages:
-            raise ValueError("build-central: need stages <= nodes and one channel count per stage")
         out = ir.copy()
         tasks = out.task_names
         shared = all_tasks(tasks)  # immutable: every edge serving all tasks can share it

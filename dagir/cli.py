@@ -1,0 +1,118 @@
+"""The `dagir` command line. Each command is a thin wrapper over the Python API.
+
+Exit codes: 0 success, 2 bad input (one clear message, no traceback), 1 internal error.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import typer
+
+from .errors import UserError, VerificationError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dagir: a compiler for multi-task network search spaces.")
+
+SetOption = typer.Option(None, "--set", help="Override a spec value: --set train.search.epochs=2")
+
+
+def _echo(text: str) -> None:
+    typer.echo(text)
+
+
+@app.command("compile")
+def compile_command(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The search-space spec (YAML)."),
+    out: Path = typer.Option(Path("out"), "-o", "--out", help="Output folder."),
+    overrides: Optional[List[str]] = SetOption,
+    print_between_passes: bool = typer.Option(False, help="Print the IR after every pass."),
+    time_passes: bool = typer.Option(False, help="Print the time each pass took."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the verifier between passes."),
+) -> None:
+    """Run the pre-search pipeline: IR, drawing and summary after every pass, and the supernet code."""
+    from .compile_job import CompileOptions, compile_to_folder
+    from .spec import load_spec
+
+    spec = load_spec(spec_path, overrides or [])
+    options = CompileOptions(print_between_passes=print_between_passes, time_passes=time_passes,
+                             verify=verify)
+    report = compile_to_folder(spec, out, options, echo=_echo)
+    _print_summary(report.rows, time_passes)
+    if report.supernet_parameters is not None:
+        _echo(f"supernet: {report.supernet_parameters:,} parameters; code in {out / 'supernet.py'}")
+    _echo(f"wrote {out}")
+
+
+def _print_summary(rows: list[dict], with_time: bool) -> None:
+    header = f"{'#':>2}  {'pass':<16} {'nodes':>6} {'edges':>7} {'params':>11} {'gates':>7}"
+    _echo(header + (f" {'ms':>9}" if with_time else ""))
+    for index, row in enumerate(rows, start=1):
+        name = row["pass"].split("{")[0]
+        line = (f"{index:>2}  {name:<16} {row['nodes']:>6} {row['edges']:>7} "
+                f"{row['parameters']:>11,} {row['gates']:>7}")
+        _echo(line + (f" {row['seconds'] * 1000:>9.2f}" if with_time else ""))
+    if with_time:
+        _echo(f"    {'total':<16} {'':>6} {'':>7} {'':>11} {'':>7} "
+              f"{sum(r['seconds'] for r in rows) * 1000:>9.2f}")
+
+
+@app.command("passes")
+def passes_command() -> None:
+    """List the registered passes and their options."""
+    from .pass_manager import registered_passes
+
+    for name, cls in registered_passes().items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        _echo(f"{name}{'  (build pass)' if cls.builds else ''}")
+        _echo(f"    {doc}")
+        for field_name, info in cls.model_fields.items():
+            annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
+            default = info.get_default(call_default_factory=True)
+            _echo(f"    {field_name}: {annotation} = {json.dumps(default)}")
+
+
+@app.command("viz")
+def viz_command(
+    ir_path: Path = typer.Argument(..., metavar="IR.json", help="An IR dump (OUT/passes/NN-name.json)."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output path without suffix "
+                                       "(default: beside the IR)."),
+    png: bool = typer.Option(False, help="Also render a PNG."),
+) -> None:
+    """Draw an IR dump with graphviz (DOT always; SVG/PNG when `dot` is installed)."""
+    from dagir.backends.graphviz_dot import render, to_dot
+
+    from .ir_io import read_ir
+
+    ir = read_ir(ir_path)
+    target = out if out is not None else ir_path.with_suffix("")
+    written = render(to_dot(ir), target, formats=("svg", "png") if png else ("svg",))
+    for path in written:
+        _echo(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `dagir` script: maps errors to exit codes."""
+    try:
+        app(args=argv, prog_name="dagir", standalone_mode=False)
+    except UserError as err:
+        typer.echo(f"dagir: error: {err}", err=True)
+        sys.exit(2)
+    except VerificationError as err:
+        typer.echo(f"dagir: internal error: {err}", err=True)
+        sys.exit(1)
+    except click.exceptions.Exit as err:
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("dagir: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        err.show()
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

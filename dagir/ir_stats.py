@@ -1,0 +1,38 @@
+"""Counting an IR without lowering it: parameters, gates, multiply-accumulates, edges per task."""
+from __future__ import annotations
+
+from .ir import IR
+from .ops import aggregation_parameter_count, mac_count, parameter_count
+
+
+def count_parameters(ir: IR) -> int:
+    """Network parameters (Θ and heads, not gates) the IR's ops and aggregations hold."""
+    total = sum(parameter_count(e.op) for e in ir.edges.values())
+    total += sum(parameter_count(n.op) for n in ir.nodes.values())
+    in_degree = {name: 0 for name in ir.nodes}
+    for _, dst in ir.edges:
+        in_degree[dst] += 1
+    total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name])
+                 for n in ir.nodes.values() if n.kind == "hidden")
+    return total
+
+
+def count_gates(ir: IR) -> int:
+    """Gate logits: one per (gated edge, task served)."""
+    return sum(len(e.tasks) for e in ir.edges.values() if e.gated)
+
+
+def count_macs(ir: IR) -> int:
+    """Multiply-accumulates of one sample through every edge and node op once (the shared supernet)."""
+    total = sum(mac_count(e.op, ir.nodes[e.src].type) for e in ir.edges.values())
+    return total + sum(mac_count(n.op, n.input_type) for n in ir.nodes.values())
+
+
+def edges_per_task(ir: IR) -> dict[str, int]:
+    return {t: sum(1 for e in ir.edges.values() if e.is_active(t)) for t in ir.task_names}
+
+
+def pass_summary(ir: IR) -> dict[str, object]:
+    """The row the compile summary prints after each pass."""
+    summary = ir.summary()
+    return {**summary, "parameters": count_parameters(ir), "gates": count_gates(ir)}

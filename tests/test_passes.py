@@ -1,0 +1,115 @@
+"""Unit tests of the pre-search passes on small IRs, and of pipeline parsing."""
+from __future__ import annotations
+
+import pytest
+from helpers import make_spec, small_ir
+
+from dagir.ir import IR
+from dagir.pass_manager import PipelineError, parse_pass, parse_pipeline, registered_passes
+from dagir.pipeline import BEFORE_SEARCH, compile_spec, seed_ir
+
+
+def run(names, spec=None):
+    spec = spec or make_spec()
+    ir = seed_ir(spec)
+    for pass_ in parse_pipeline(names, spec):
+        ir = pass_.run(ir)
+    return ir
+
+
+def test_build_central_full_dag_and_stages():
+    ir = run(["build-central{nodes=6, stages=3, channels=[4,6,8], max_span=none}"])
+    internal = ir.edges_of_kind("internal")
+    assert len(internal) == 6 * 5 // 2
+    assert [n.stage for n in ir.hidden_nodes()] == [0, 0, 1, 1, 2, 2]
+    assert [n.type.shape for n in ir.hidden_nodes()][::2] == [(4, 8, 8), (6, 4, 4), (8, 2, 2)]
+    assert ir.edges_of_kind("read_in")[0].src == "stem" and len(ir.edges_of_kind("read_out")) == 2
+    assert all(e.op is None for e in internal) and not ir.types_legal
+
+
+def test_flow_restrict_cuts_long_edges_and_records_span():
+    ir = run(["build-central{nodes=6, stages=1, channels=[4], max_span=none}", "flow-restrict{max_span=2}"])
+    assert ir.max_span == 2
+    assert sorted((int(e.src[1:]), int(e.dst[1:])) for e in ir.edges_of_kind("internal")) == \
+        [(1, 2), (1, 3), (2, 3), (2, 4), (3, 4), (3, 5), (4, 5), (4, 6), (5, 6)]
+
+
+def test_flow_restrict_never_loosens_a_recorded_restriction():
+    ir = run(["build-central", "flow-restrict{max_span=2}", "flow-restrict{max_span=none}"])
+    assert ir.max_span == 2
+
+
+def test_insert_read_io_adds_gated_edges_everywhere():
+    ir = run(["build-central", "insert-read-io"], make_spec(nodes=4, tasks=3))
+    assert len(ir.edges_of_kind("read_in")) == 4
+    assert len(ir.edges_of_kind("read_out")) == 4 * 3
+    assert all(e.gated for e in ir.edges_of_kind("read_in") + ir.edges_of_kind("read_out"))
+    assert all(list(e.tasks) == [e.dst[len("head_"):]] for e in ir.edges_of_kind("read_out"))
+
+
+def test_read_io_off_leaves_single_ungated_entry_and_exit():
+    ir = compile_spec(make_spec(nodes=4, tasks=2, read_in=False, read_out=False))
+    assert [(e.src, e.dst, e.gated) for e in ir.edges_of_kind("read_in")] == [("stem", "h1", False)]
+    assert sorted((e.src, e.dst, e.gated) for e in ir.edges_of_kind("read_out")) == \
+        [("h4", "head_t0", False), ("h4", "head_t1", False)]
+
+
+def test_legalize_types_picks_strides_and_families():
+    ir = compile_spec(make_spec(nodes=6, stages=3, max_span=3))
+    op = ir.edges[("h2", "h5")].op  # stage 0 (8x8) -> stage 2 (2x2)
+    assert (op.name, op.params["stride"]) == ("conv_bn_relu", 4)
+    assert ir.edges[("h5", "head_t0")].op.name == "pool_linear"
+    pooled = compile_spec(make_spec(nodes=6, stages=3, max_span=3, resample="pool"))
+    assert pooled.edges[("h2", "h5")].op.name == "pool_conv_bn_relu"
+    assert pooled.edges[("h1", "h2")].op.name == "conv_bn_relu"  # same stage: no resampling
+    vector = compile_spec(make_spec(image=False))
+    assert {e.op.name for e in vector.edges.values()} == {"linear_relu", "linear"}
+
+
+def test_attach_gates_sets_a_logit_per_task_on_gated_edges_only():
+    ir = run(BEFORE_SEARCH[:-1] + ["attach-gates{init=1.5, noise=0.1, seed=3}"])
+    gated = [e for e in ir.edges.values() if e.gated]
+    logits = [s.gate_logit for e in gated for s in e.tasks.values()]
+    assert all(abs(v - 1.5) < 1 for v in logits) and len(set(logits)) > 1
+    assert all(s.gate_logit is None for e in ir.edges.values() if not e.gated for s in e.tasks.values())
+    again = run(BEFORE_SEARCH[:-1] + ["attach-gates{init=1.5, noise=0.1, seed=3}"])
+    assert again.to_dict() == ir.to_dict()
+
+
+def test_passes_never_mutate_their_input():
+    spec = make_spec()
+    ir = seed_ir(spec)
+    for pass_ in parse_pipeline(BEFORE_SEARCH, spec):
+        before = ir.to_json()
+        result = pass_.run(ir)
+        assert ir.to_json() == before and result is not ir
+        ir = result
+
+
+def test_round_trip_through_json():
+    ir = small_ir()
+    assert IR.from_json(ir.to_json()).to_dict() == ir.to_dict()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("no-such-pass", "unknown pass 'no-such-pass'"),
+    ("flow-restrict{max_span=0}", "option 'max_span'"),
+    ("flow-restrict{colour=3}", "option 'colour'"),
+    ("flow-restrict{max_span}", "is not key=value"),
+    ("build-central{nodes=2, stages=3, channels=[1,2,3]}", "stages (3) cannot exceed nodes (2)"),
+])
+def test_bad_pass_text(text, message):
+    with pytest.raises(PipelineError) as caught:
+        parse_pass(text, make_spec())
+    assert message in str(caught.value)
+
+
+def test_pipeline_that_builds_nothing_is_rejected():
+    with pytest.raises(PipelineError, match="builds nothing"):
+        parse_pipeline(["flow-restrict", "attach-gates"], make_spec())
+
+
+def test_every_pass_is_registered_and_prints_its_options():
+    passes = registered_passes()
+    assert set(BEFORE_SEARCH) <= set(passes)
+    assert str(parse_pass("flow-restrict{max_span=none}")) == "flow-restrict{max_span=none}"

@@ -1,0 +1,89 @@
+"""Spec loading: defaults, overrides, and located errors for bad input."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dagir.errors import SpecError
+from dagir.spec import load_spec
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+GOOD = """\
+name: t
+data: {dataset: multimnist}
+tasks:
+  - {name: a, kind: classification, classes: 10}
+  - {name: b, kind: regression}
+network:
+  central: {nodes: 4, stages: 2, channels: [8, 16]}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_filled_in(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD))
+    assert spec.network.flow_restriction.max_span == 3
+    assert spec.search.reduction.threshold == 0.5
+    assert spec.tasks[1].out_dim == 1
+    assert spec.resolved_dict()["train"]["search"]["train_weights"] is False
+
+
+def test_overrides_use_dotted_keys_and_list_indices(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD), ["train.search.epochs=7", "tasks.1.weight=0.25",
+                                             "network.flow_restriction.max_span=null"])
+    assert spec.train.search.epochs == 7
+    assert spec.tasks[1].weight == 0.25
+    assert spec.network.flow_restriction.max_span is None
+
+
+@pytest.mark.parametrize("name", ["multimnist.yaml", "digits.yaml"])
+def test_examples_load(name):
+    assert load_spec(EXAMPLES / name).tasks
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD.replace("nodes: 4", "nodes: 0"), "spec.yaml:7:13: network.central.nodes: must be >= 1 (got 0)"),
+    (GOOD + "  flow_restriction: {max_span: 0}\n",
+     "spec.yaml:8:22: network.flow_restriction.max_span: must be >= 1 (got 0)"),
+    (GOOD + "  colour: red\n", "spec.yaml:8:3: network.colour: unknown field"),
+    (GOOD.replace("kind: regression", "kind: regresion"), "spec.yaml:5:15: tasks.1.kind: must be one of"),
+    (GOOD.replace("name: b", "name: a"), "spec.yaml:3:1: tasks: duplicate task name 'a'"),
+    (GOOD.replace("nodes: 4, stages: 2, channels: [8, 16]", "nodes: 8, stages: 7, channels: 8"),
+     "network.central.stages: 7 stages halve the resolution 6 times"),
+    (GOOD.replace("multimnist", "imagenet"), "spec.yaml:2:8: data.dataset: unknown dataset 'imagenet'"),
+    (GOOD.replace("classes: 10", "classes: ten"), "tasks.0.classes: input should be a valid integer"),
+    ("name: [unclosed\n", "spec.yaml:2:1: malformed YAML"),
+    ("tasks: !!python/object:os.system {}\n", "YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed"),
+    ("- 1\n- 2\n", "a spec is a mapping of sections"),
+    (GOOD + "pipeline: {before_search: [flow-restrict]}\n", None),  # accepted here; fails at compile
+])
+def test_bad_input_is_located(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    if expected is None:
+        load_spec(path)
+        return
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    assert expected in str(caught.value)
+    assert str(caught.value).startswith(str(path).rsplit("/", 1)[0]) or "spec.yaml" in str(caught.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_bad_override_is_reported(tmp_path):
+    with pytest.raises(SpecError, match=r"--set tasks.5.weight=1: tasks.5: no list item"):
+        load_spec(write(tmp_path, GOOD), ["tasks.5.weight=1"])
+    with pytest.raises(SpecError, match="expected dotted.key=value"):
+        load_spec(write(tmp_path, GOOD), ["train.search.epochs"])
+    with pytest.raises(SpecError, match=r"--set train.search.epochs=many: train.search.epochs: input should be a valid integer"):
+        load_spec(write(tmp_path, GOOD), ["train.search.epochs=many"])
