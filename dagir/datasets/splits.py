@@ -1,0 +1,193 @@
+"""What every loader returns, and the plumbing loaders share.
+
+A loader returns a `TaskData`: three `Split`s (train, validation, test) held as in-memory tensors,
+plus what the rest of dagir needs to know about the tasks (kind, number of classes, target scale).
+The data sets here are small, so training iterates minibatches straight from the tensors
+(`Split.batches`) instead of going through a `DataLoader`, which would cost a Python call per sample.
+
+The helpers below keep the loaders short and consistent: `read_options` checks a loader's options
+and fills in defaults, `partition` splits indices deterministically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+@dataclass
+class Split:
+    """One split: `inputs` [N, *input_shape] float32 and one target tensor [N, ...] per task.
+
+    `source_ids` [N, k] names the source examples each sample was built from (row indices into the
+    loader's raw data), so tests can check that no source example appears in two splits.
+    """
+
+    inputs: torch.Tensor
+    targets: dict[str, torch.Tensor]
+    source_ids: torch.Tensor
+
+    def __post_init__(self) -> None:
+        sizes = {len(self.inputs), len(self.source_ids), *(len(t) for t in self.targets.values())}
+        if len(sizes) != 1:
+            raise ValueError(f"a split's inputs, targets and source ids differ in length: {sorted(sizes)}")
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
+        """Minibatches `(inputs, {task: target})`, see `iterate_batches`."""
+        return iterate_batches(self, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+
+    def to(self, device: torch.device | str) -> "Split":
+        """The same split on `device` (move it once, then batch on the device)."""
+        return Split(self.inputs.to(device), {name: t.to(device) for name, t in self.targets.items()},
+                     self.source_ids)
+
+
+@dataclass
+class TaskData:
+    """A loaded data set: its splits and what each task's targets are.
+
+    `target_scales[task]` converts a regression target back to its natural unit: the loader divided
+    the raw target by it, so an error on the scaled target times the scale is the error in natural
+    units (pass it to `task_metrics(..., scale=...)`). Tasks without an entry have scale 1.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    input_shape: tuple[int, ...]
+    task_kinds: dict[str, str]
+    task_classes: dict[str, int | None]
+    target_scales: dict[str, float] = field(default_factory=dict)
+
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+    def scale(self, task: str) -> float:
+        return self.target_scales.get(task, 1.0)
+
+
+def iterate_batches(split: Split, batch_size: int, shuffle: bool = False,
+                    generator: torch.Generator | None = None, drop_last: bool = False) -> Iterator[Batch]:
+    """Yield `(inputs, {task: target})` minibatches of `split`, by slicing its tensors.
+
+    With `shuffle`, the order is a permutation drawn from `generator` (pass a seeded one for
+    reproducible epochs); the permutation is drawn on the CPU and moved to the split's device.
+
+    >>> split = Split(torch.zeros(5, 2), {"t": torch.arange(5)}, torch.arange(5)[:, None])
+    >>> [len(x) for x, _ in iterate_batches(split, 2)]
+    [2, 2, 1]
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    count = len(split)
+    order = torch.randperm(count, generator=generator) if shuffle else None
+    if order is not None:
+        order = order.to(split.inputs.device)
+    stop = count - count % batch_size if drop_last else count
+    for start in range(0, stop, batch_size):
+        if order is None:
+            rows: slice | torch.Tensor = slice(start, start + batch_size)
+        else:
+            rows = order[start:start + batch_size]
+        yield split.inputs[rows], {name: target[rows] for name, target in split.targets.items()}
+
+
+# -- helpers for loaders --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """A loader option: its default, its type, and a check returning an error text or None."""
+
+    default: Any
+    kind: type
+    check: Callable[[Any], str | None] = lambda value: None
+
+
+def at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda value: None if value >= low else f"must be >= {low}"
+
+
+def between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def read_options(dataset: str, options: Mapping[str, Any] | None,
+                 known: Mapping[str, Option]) -> dict[str, Any]:
+    """Check `options` against a loader's `known` options and fill in the defaults.
+
+    Raises `UserError` naming the data set and the option for an unknown key, a value of the
+    wrong type, or a value out of range.
+    """
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listed = ", ".join(sorted(known)) or "none"
+        raise UserError(f"data.options: unknown option(s) {', '.join(map(repr, unknown))} for data set "
+                        f"'{dataset}' (its options: {listed})")
+    resolved: dict[str, Any] = {}
+    for name, option in known.items():
+        value = options.get(name, option.default)
+        resolved[name] = _coerce(dataset, name, value, option)
+    return resolved
+
+
+def _coerce(dataset: str, name: str, value: Any, option: Option) -> Any:
+    where = f"data.options.{name} (data set '{dataset}')"
+    if option.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: must be an integer (got {value!r})")
+    elif option.kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{where}: must be a number (got {value!r})")
+        value = float(value)
+    elif not isinstance(value, option.kind):
+        raise UserError(f"{where}: must be of type {option.kind.__name__} (got {value!r})")
+    problem = option.check(value)
+    if problem:
+        raise UserError(f"{where}: {problem} (got {value!r})")
+    return value
+
+
+def partition(count: int, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split `range(count)` at random into disjoint index sets of the given fractions.
+
+    The last named part takes the remainder, so every index lands in exactly one part; the order
+    within each part is sorted, which keeps the result independent of how parts are consumed.
+
+    >>> parts = partition(10, {"test": 0.2, "val": 0.1, "train": 0.7}, seed=0)
+    >>> [len(parts[name]) for name in ("train", "val", "test")]
+    [7, 1, 2]
+    """
+    order = seeded_rng(seed).permutation(count)
+    parts: dict[str, np.ndarray] = {}
+    start = 0
+    names = list(fractions)
+    for index, name in enumerate(names):
+        size = count - start if index == len(names) - 1 else int(round(fractions[name] * count))
+        parts[name] = np.sort(order[start:start + size])
+        start += size
+    return parts
+
+
+def seeded_rng(seed: int, stream: int = 0) -> np.random.Generator:
+    """A numpy generator for `seed` (any integer, negative too); `stream` gives independent draws."""
+    return np.random.default_rng([seed % 2**63, stream])
+
+
+def check_split_fractions(dataset: str, val_split: float, test_fraction: float) -> None:
+    """The validation and test fractions must leave a training set."""
+    if not 0 < val_split < 1:
+        raise UserError(f"data.val_split: must be between 0 and 1 (got {val_split!r})")
+    if val_split + test_fraction >= 1:
+        raise UserError(f"data set '{dataset}': val_split ({val_split}) plus test_fraction "
+                        f"({test_fraction}) leave no training data; their sum must be < 1")

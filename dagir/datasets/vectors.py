@@ -1,0 +1,107 @@
+"""Vector data sets: scikit-learn's `digits` and the procedural MNIST-1D, each with digit-derived tasks.
+
+Both are small and need no download, so a search on them runs in seconds on a CPU.
+
+- `digits`: the 1797 8x8 digits bundled with scikit-learn, as 64-dim vectors scaled to [0, 1].
+  Tasks: `digit` (10 classes), `parity` (digit odd: 2 classes), `large` (digit >= 5: 2 classes).
+  Split at random by `seed`: `test_fraction` for test, `val_split` for validation, the rest train.
+- `mnist1d`: the MNIST-1D signals (40-dim) made by the `mnist1d` package's own generator with its
+  default arguments (seed 42 gives the standard data set), never its download path. Tasks: `digit`
+  (10 classes) and `parity` (2 classes). The generator's test part (20%) is the test split; its
+  training part is split into train and validation by `seed`.
+"""
+from __future__ import annotations
+
+import functools
+import random
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .splits import (Option, Split, TaskData, at_least, between, check_split_fractions, partition,
+                     read_options)
+
+DIGITS_OPTIONS: dict[str, Option] = {
+    "test_fraction": Option(0.2, float, between(0.05, 0.9)),
+}
+MNIST1D_OPTIONS: dict[str, Option] = {
+    "num_samples": Option(5000, int, at_least(100)),
+    "generator_seed": Option(42, int, between(0, 2**32 - 1)),
+}
+
+
+def load_digits(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+                seed: int = 0) -> TaskData:
+    """scikit-learn's 8x8 digits with tasks digit, parity and large; `root` is not used."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    resolved = read_options("digits", options, DIGITS_OPTIONS)
+    test_fraction = resolved["test_fraction"]
+    check_split_fractions("digits", val_split, test_fraction)
+    bunch = sklearn_digits()
+    inputs = (bunch.data / 16.0).astype(np.float32)  # pixel counts 0..16
+    labels = bunch.target.astype(np.int64)
+    parts = partition(len(labels), {"test": test_fraction, "val": val_split,
+                                    "train": 1.0 - test_fraction - val_split}, seed=seed)
+    splits = {name: _digit_split(inputs, labels, indices, with_large=True) for name, indices in parts.items()}
+    return TaskData("digits", splits["train"], splits["val"], splits["test"], input_shape=(64,),
+                    task_kinds={"digit": "classification", "parity": "classification",
+                                "large": "classification"},
+                    task_classes={"digit": 10, "parity": 2, "large": 2})
+
+
+def load_mnist1d(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+                 seed: int = 0) -> TaskData:
+    """MNIST-1D generated in memory, with tasks digit and parity; `root` is not used."""
+    resolved = read_options("mnist1d", options, MNIST1D_OPTIONS)
+    check_split_fractions("mnist1d", val_split, 0.0)
+    generated = generate_mnist1d(resolved["num_samples"], resolved["generator_seed"])
+    train_inputs, train_labels = generated["x"], generated["y"]
+    parts = partition(len(train_labels), {"val": val_split, "train": 1.0 - val_split}, seed=seed)
+    train = _digit_split(train_inputs, train_labels, parts["train"], with_large=False)
+    val = _digit_split(train_inputs, train_labels, parts["val"], with_large=False)
+    # Source ids of the test split continue after the training part's, so ids are unique overall.
+    test_labels = generated["y_test"]
+    test = _digit_split(generated["x_test"], test_labels, np.arange(len(test_labels)), with_large=False,
+                        id_offset=len(train_labels))
+    return TaskData("mnist1d", train, val, test, input_shape=(40,),
+                    task_kinds={"digit": "classification", "parity": "classification"},
+                    task_classes={"digit": 10, "parity": 2})
+
+
+@functools.lru_cache(maxsize=4)
+def generate_mnist1d(num_samples: int, generator_seed: int) -> dict[str, np.ndarray]:
+    """Run the mnist1d package's generator (no download) without disturbing the global RNGs.
+
+    `make_dataset` reseeds Python's and numpy's global generators; their states are saved and put
+    back, so loading data never changes what other code draws. Generating takes seconds, so the
+    result is cached; its arrays are read-only to keep the cache intact.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset  # imported here: it imports matplotlib
+
+    arguments = get_dataset_args()
+    arguments.num_samples = num_samples
+    arguments.seed = generator_seed
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        generated = make_dataset(arguments)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+    arrays = {"x": generated["x"].astype(np.float32), "y": generated["y"].astype(np.int64),
+              "x_test": generated["x_test"].astype(np.float32),
+              "y_test": generated["y_test"].astype(np.int64)}
+    for array in arrays.values():
+        array.flags.writeable = False
+    return arrays
+
+
+def _digit_split(inputs: np.ndarray, labels: np.ndarray, indices: np.ndarray, with_large: bool,
+                 id_offset: int = 0) -> Split:
+    digit = torch.from_numpy(labels[indices])
+    targets = {"digit": digit, "parity": digit % 2}
+    if with_large:
+        targets["large"] = (digit >= 5).long()
+    return Split(torch.from_numpy(inputs[indices]), targets,
+                 torch.from_numpy(indices.astype(np.int64) + id_offset).unsqueeze(1))
