@@ -279,6 +279,12 @@ def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
         from .datasets import known_datasets
         raise source.error(("data", "dataset"), f"unknown dataset {spec.data.dataset!r} "
                                                 f"(known: {', '.join(known_datasets())})")
+    from .tasks import task_misfits
+
+    misfits = task_misfits(info, spec.tasks)
+    if misfits:
+        first = misfits[0]
+        raise source.error(("tasks", first.index, first.field), first.message)
     shape = input_shape(spec)
     stages = spec.network.central.stages
     if len(shape) == 3:

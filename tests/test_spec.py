@@ -14,8 +14,8 @@ GOOD = """\
 name: t
 data: {dataset: multimnist}
 tasks:
-  - {name: a, kind: classification, classes: 10}
-  - {name: b, kind: regression}
+  - {name: left, kind: classification, classes: 10}
+  - {name: sum, kind: regression}
 network:
   central: {nodes: 4, stages: 2, channels: [8, 16]}
 """
@@ -53,8 +53,11 @@ def test_examples_load(name):
     (GOOD + "  flow_restriction: {max_span: 0}\n",
      "spec.yaml:8:22: network.flow_restriction.max_span: must be >= 1 (got 0)"),
     (GOOD + "  colour: red\n", "spec.yaml:8:3: network.colour: unknown field"),
-    (GOOD.replace("kind: regression", "kind: regresion"), "spec.yaml:5:15: tasks.1.kind: must be one of"),
-    (GOOD.replace("name: b", "name: a"), "spec.yaml:3:1: tasks: duplicate task name 'a'"),
+    (GOOD.replace("kind: regression", "kind: regresion"), "spec.yaml:5:17: tasks.1.kind: must be one of"),
+    (GOOD.replace("name: sum", "name: left"), "spec.yaml:3:1: tasks: duplicate task name 'left'"),
+    (GOOD.replace("name: sum", "name: total"), "spec.yaml:5:6: tasks.1.name: data set 'multimnist' has no task 'total'"),
+    (GOOD.replace("kind: regression", "kind: classification, classes: 19"),
+     "spec.yaml:5:17: tasks.1.kind: task 'sum' is regression in data set 'multimnist', not classification"),
     (GOOD.replace("nodes: 4, stages: 2, channels: [8, 16]", "nodes: 8, stages: 7, channels: 8"),
      "network.central.stages: 7 stages halve the resolution 6 times"),
     (GOOD.replace("multimnist", "imagenet"), "spec.yaml:2:8: data.dataset: unknown dataset 'imagenet'"),
