@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import typer
 
 from .errors import UserError, VerificationError
@@ -60,6 +59,53 @@ def _print_summary(rows: list[dict], with_time: bool) -> None:
               f"{sum(r['seconds'] for r in rows) * 1000:>9.2f}")
 
 
+@app.command("run")
+def run_command(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The search-space spec (YAML)."),
+    out: Path = typer.Option(Path("runs/run"), "-o", "--out", help="Output folder."),
+    overrides: Optional[List[str]] = SetOption,
+    resume: bool = typer.Option(False, help="Continue the run in OUT from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start again in an OUT that already holds a run."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export."""
+    from .run_job import prepare_run_folder, Run
+    from .spec import load_spec
+
+    spec = load_spec(spec_path, overrides or [])
+    prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
+    metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo).execute()
+    _print_metrics(metrics)
+    _echo(f"wrote {out}")
+
+
+def _print_metrics(metrics: dict) -> None:
+    _echo("test metrics of the compact network:")
+    for task, values in metrics["test"].items():
+        _echo(f"  {task:<12} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    compact, supernet = metrics["compact"], metrics["supernet"]
+    _echo(f"  parameters: compact {compact['parameters']:,}  supernet {supernet['parameters']:,}")
+    _echo(f"  MACs/sample: compact {compact['macs']['total']:,}  "
+          f"(tasks run separately {compact['macs']['separate_total']:,})  supernet {supernet['macs_shared']:,}")
+    _echo("  edges kept per task: " + ", ".join(f"{t}={n}" for t, n in compact["edges_per_task"].items()))
+
+
+@app.command("eval")
+def eval_command(
+    out: Path = typer.Argument(..., metavar="OUT", help="A finished run folder."),
+) -> None:
+    """Reload a run's exported compact network and evaluate it on the test split."""
+    from .evaluate_job import evaluate_run_folder
+
+    report = evaluate_run_folder(out)
+    for task, values in report["test"].items():
+        _echo(f"  {task:<12} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    _echo("matches metrics.json" if report["matches"] else
+          f"differs from metrics.json (largest difference {report['largest_difference']:.3g})")
+    if not report["matches"]:
+        raise typer.Exit(1)
+
+
 @app.command("passes")
 def passes_command() -> None:
     """List the registered passes and their options."""
@@ -95,23 +141,21 @@ def viz_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `dagir` script: maps errors to exit codes."""
+    """Entry point of the `dagir` script: maps errors to exit codes.
+
+    Typer reports usage errors itself (exit 2); our own bad-input errors become one line and exit 2.
+    """
     try:
-        app(args=argv, prog_name="dagir", standalone_mode=False)
+        app(args=argv, prog_name="dagir")
     except UserError as err:
         typer.echo(f"dagir: error: {err}", err=True)
         sys.exit(2)
     except VerificationError as err:
         typer.echo(f"dagir: internal error: {err}", err=True)
         sys.exit(1)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:
-        typer.echo("dagir: aborted", err=True)
+    except KeyboardInterrupt:
+        typer.echo("dagir: interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,41 @@
+"""`dagir eval OUT`: rebuild a run's compact network from its files and check its test metrics.
+
+The network is rebuilt from `compact.json` (the IR) and `compact.safetensors` (the weights): no code
+or pickle from the folder is loaded.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def evaluate_run_folder(out: Path) -> dict[str, Any]:
+    import torch
+
+    from dagir.backends.torch_compact import load_compact
+
+    from .datasets import load_dataset
+    from .spec import load_spec
+    from .training.loop import evaluate
+
+    out = Path(out)
+    for name in ("spec.resolved.yaml", "metrics.json", "compact.json", "compact.safetensors"):
+        if not (out / name).is_file():
+            raise UserError(f"{out}: not a finished dagir run (missing {name})")
+    spec = load_spec(out / "spec.resolved.yaml")
+    try:
+        saved = json.loads((out / "metrics.json").read_text())["test"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{out / 'metrics.json'}: not a dagir metrics file") from None
+    dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
+    module, _ = load_compact(out, dtype=dtype)
+    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
+    test = evaluate(module, data.test, spec.tasks, data, dtype=dtype)
+    differences = [abs(test[t][m] - saved.get(t, {}).get(m, math.nan)) for t in test for m in test[t]]
+    largest = max((d for d in differences if not math.isnan(d)), default=0.0)
+    matches = all(not math.isnan(d) for d in differences) and largest <= 1e-6
+    return {"test": test, "saved": saved, "matches": matches, "largest_difference": largest}

@@ -1,0 +1,1 @@
+"""Training: the three stages of the method (warm-up, search, fine-tune), their losses and schedules."""

@@ -1,0 +1,185 @@
+"""The training loop shared by the three stages: epochs of minibatch steps, resumable at any step.
+
+A stage is a number of epochs; each epoch visits the training split in an order fixed by
+(seed, stage, epoch), so a run resumed from a checkpoint taken after step k of an epoch replays the
+same batches from step k + 1 on and reaches the same result as a run that never stopped.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..datasets.splits import Split, TaskData
+from ..errors import UserError
+from ..spec import StageSpec, TaskSpec
+from ..tasks import MetricMeter, primary_metric, task_loss
+
+Batch = tuple[Tensor, dict[str, Tensor]]
+
+
+class DivergedError(UserError):
+    """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: float | None = None) -> torch.optim.Optimizer:
+    parameters = [p for p in parameters if p.requires_grad]
+    lr = stage.lr if lr is None else lr
+    if stage.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=stage.weight_decay)
+    if stage.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=stage.weight_decay)
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=stage.weight_decay)
+
+
+def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
+                   tasks: Sequence[TaskSpec]) -> tuple[Tensor, dict[str, float]]:
+    """Σ_t w_t · L_t, and each task's loss for the record."""
+    total, parts = None, {}
+    for task in tasks:
+        loss = task_loss(task.kind, outputs[task.name], targets[task.name])
+        parts[task.name] = float(loss.detach())
+        total = task.weight * loss if total is None else total + task.weight * loss
+    assert total is not None
+    return total, parts
+
+
+def epoch_order_seed(seed: int, stage: str, epoch: int) -> int:
+    return (seed * 1_000_003 + sum(map(ord, stage)) * 10_007 + epoch) % (2 ** 62)
+
+
+def epoch_batches(split: Split, batch_size: int, seed: int) -> list[Batch]:
+    generator = torch.Generator().manual_seed(seed)
+    return list(split.batches(batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size))
+
+
+@dataclass
+class Position:
+    """Where a stage is: epochs finished and steps done in the current epoch."""
+
+    epoch: int = 0
+    step: int = 0
+
+
+@dataclass
+class EpochTotals:
+    loss: float = 0.0
+    squeeze: float = 0.0
+    steps: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"loss": self.loss, "squeeze": self.squeeze, "steps": self.steps}
+
+
+StepFunction = Callable[[Batch, int, int], tuple[float, float]]
+"""(batch, epoch, step) -> (loss, squeeze loss) after one optimisation step."""
+
+
+@dataclass
+class StageLoop:
+    """Runs `epochs` epochs of `step` over the training split, checkpointing as it goes.
+
+    `checkpoint(position, totals)` is called every `checkpoint_every` steps and after every epoch;
+    `end_of_epoch(epoch, totals)` after every epoch (evaluation, history).
+    """
+
+    name: str
+    split: Split
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int | None
+    seed: int
+    step: StepFunction
+    checkpoint: Callable[[Position, EpochTotals], None]
+    end_of_epoch: Callable[[int, EpochTotals], None]
+    checkpoint_every: int = 200
+    progress: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def steps_in_epoch(self) -> int:
+        full = len(self.split) // self.batch_size if len(self.split) > self.batch_size else 1
+        return min(full, self.steps_per_epoch) if self.steps_per_epoch else full
+
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_in_epoch()
+
+    def run(self, start: Position | None = None, totals: EpochTotals | None = None) -> None:
+        position = start or Position()
+        for epoch in range(position.epoch, self.epochs):
+            batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch))
+            batches = batches[:self.steps_in_epoch()]
+            running = totals if (totals is not None and epoch == position.epoch) else EpochTotals()
+            first = position.step if epoch == position.epoch else 0
+            bar = tqdm(total=len(batches), initial=first, desc=f"{self.name} {epoch + 1}/{self.epochs}",
+                       disable=not self.progress, leave=False, unit="step", dynamic_ncols=True)
+            for step in range(first, len(batches)):
+                inputs, targets = batches[step]
+                batch = (inputs.to(self.device), {k: v.to(self.device) for k, v in targets.items()})
+                loss, squeeze = self.step(batch, epoch, step)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise DivergedError(f"training diverged in {self.name} epoch {epoch + 1} step {step + 1}: "
+                                        f"the loss is {loss}; the last good checkpoint is kept (try a lower lr)")
+                running.loss += loss
+                running.squeeze += squeeze
+                running.steps += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{running.loss / running.steps:.4f}")
+                if (step + 1) % self.checkpoint_every == 0 and step + 1 < len(batches):
+                    self.checkpoint(Position(epoch, step + 1), running)
+            bar.close()
+            self.end_of_epoch(epoch, running)
+            self.checkpoint(Position(epoch + 1, 0), EpochTotals())
+            totals = None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: TaskData,
+             batch_size: int = 512, device: torch.device | None = None,
+             dtype: torch.dtype = torch.float32) -> dict[str, dict[str, float]]:
+    """Every task's metrics on `split`, in eval mode."""
+    was_training = model.training
+    model.eval()
+    meters = {t.name: MetricMeter(t.kind, scale=data.scale(t.name)) for t in tasks}
+    device = device or torch.device("cpu")
+    for inputs, targets in split.batches(batch_size):
+        outputs = model(inputs.to(device=device, dtype=dtype))
+        for task in tasks:
+            meters[task.name].update(outputs[task.name].float().cpu(), targets[task.name])
+    model.train(was_training)
+    return {name: meter.compute() for name, meter in meters.items()}
+
+
+def flatten_metrics(metrics: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    return {f"{prefix}/{task}/{name}": value for task, values in metrics.items() for name, value in values.items()}
+
+
+def primary_scores(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> dict[str, float]:
+    return {t.name: metrics[t.name][primary_metric(t.kind, t.metric)[0]] for t in tasks}
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def iterate_forever(batches: Sequence[Batch]) -> Iterator[Batch]:
+    while True:
+        yield from batches
+
+
+def to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    inputs, targets = batch
+    return inputs.to(device=device, dtype=dtype), targets
+
+
+def describe_position(stage: str, position: Position) -> dict[str, Any]:
+    return {"stage": stage, "epoch": position.epoch, "step": position.step}

@@ -1,0 +1,82 @@
+"""Pictures of a run: training curves and per-task gate heatmaps (matplotlib, no display needed)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ..ir import IR  # noqa: E402
+
+
+def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> None:
+    """Training loss, validation metrics and squeeze loss per epoch, stages separated by colour."""
+    if not history:
+        return
+    metric_names = sorted({k for row in history for k in row if k.startswith("val/")})
+    panels = ["train/loss", "train/squeeze"] + metric_names
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
+    stages = list(dict.fromkeys(row["stage"] for row in history))
+    colours = dict(zip(stages, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
+    for axis, name in zip(axes.flat, panels):
+        for stage in stages:
+            points = [(row["epoch_global"], row[name]) for row in history if row["stage"] == stage and name in row]
+            if points:
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, marker="o", markersize=3, color=colours[stage], label=stage)
+        axis.set_title(name.replace("val/", "validation "), fontsize=9)
+        axis.set_xlabel("epoch", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def plot_gate_heatmaps(ir: IR, path: Path) -> None:
+    """One heatmap per task: gate σ(logit) of every edge into (rows) and out of (columns) each node.
+
+    Rows are destinations (hidden nodes, then the task's head), columns sources (stem, hidden nodes);
+    blank cells have no edge. Titles give each task's mean gate.
+    """
+    tasks = ir.task_names
+    hidden = [n.name for n in ir.hidden_nodes()]
+    sources = [n.name for n in ir.nodes_of_kind("stem")] + hidden
+    columns = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / columns)
+    size = max(3.0, 0.35 * len(sources) + 1.5)
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    image = None
+    for axis, task in zip(axes.flat, tasks):
+        destinations = hidden + [ir.head_of(task).name]
+        grid = [[math.nan] * len(sources) for _ in destinations]
+        values = []
+        for edge in ir.edges.values():
+            state = edge.tasks.get(task)
+            if state is None or state.gate_logit is None or edge.src not in sources or edge.dst not in destinations:
+                continue
+            value = 1.0 / (1.0 + math.exp(-state.gate_logit))
+            grid[destinations.index(edge.dst)][sources.index(edge.src)] = value
+            values.append(value)
+        image = axis.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
+        axis.set_xticks(range(len(sources)), sources, rotation=90, fontsize=7)
+        axis.set_yticks(range(len(destinations)), destinations, fontsize=7)
+        mean = sum(values) / len(values) if values else float("nan")
+        axis.set_title(f"{task}: gates (mean {mean:.2f})", fontsize=9)
+        axis.set_xlabel("from", fontsize=8)
+        axis.set_ylabel("to", fontsize=8)
+    for axis in list(axes.flat)[len(tasks):]:
+        axis.axis("off")
+    if image is not None:
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="gate σ(logit)")
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
