@@ -70,6 +70,7 @@ class InputSpec(Strict):
 
 class StemSpec(Strict):
     channels: int = Field(16, ge=1)
+    stride: int = Field(1, ge=1)  # an image stem may down-sample before the first stage
 
 
 class CentralSpec(Strict):
@@ -288,11 +289,13 @@ def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
     shape = input_shape(spec)
     stages = spec.network.central.stages
     if len(shape) == 3:
-        smallest = min(shape[1], shape[2])
+        stride = spec.network.stem.stride
+        smallest = math.ceil(min(shape[1], shape[2]) / stride)
         if 2 ** (stages - 1) > smallest:
             raise source.error(("network", "central", "stages"),
                                f"{stages} stages halve the resolution {stages - 1} times, more than the "
-                               f"input {shape[1]}x{shape[2]} allows (at most {1 + int(math.log2(smallest))})")
+                               f"input {shape[1]}x{shape[2]} allows after the stem's stride {stride} "
+                               f"(at most {1 + int(math.log2(smallest))})")
     if spec.network.central.edge_op == "conv" and len(shape) != 3:
         raise source.error(("network", "central", "edge_op"), f"'conv' needs image inputs; the input is {list(shape)}")
     if spec.network.central.edge_op == "mlp" and len(shape) == 3:

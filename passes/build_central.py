@@ -28,6 +28,7 @@ class BuildCentral(Pass):
     stages: int = Field(3, ge=1)
     channels: list[int] = Field(default_factory=lambda: [16, 32, 64])
     stem_channels: int = Field(16, ge=1)
+    stem_stride: int = Field(1, ge=1)
     head_hidden: int = Field(64, ge=1)
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
     max_span: int | None = Field(None, ge=1)
@@ -36,7 +37,8 @@ class BuildCentral(Pass):
     def spec_defaults(cls, spec: Any) -> dict[str, Any]:
         central = spec.network.central
         return {"nodes": central.nodes, "stages": central.stages, "channels": central.stage_channels(),
-                "stem_channels": spec.network.stem.channels, "head_hidden": spec.network.heads.hidden,
+                "stem_channels": spec.network.stem.channels,
+                "stem_stride": spec.network.stem.stride, "head_hidden": spec.network.heads.hidden,
                 "aggregation": central.aggregation,
                 "max_span": spec.network.flow_restriction.max_span}
 
@@ -58,10 +60,11 @@ class BuildCentral(Pass):
         def typed(width: int, stage: int) -> TensorType:
             if not image:
                 return TensorType((width,))
-            return TensorType((width, ceil(x.type.shape[1] / 2 ** stage), ceil(x.type.shape[2] / 2 ** stage)))
+            stride = self.stem_stride * 2 ** stage
+            return TensorType((width, ceil(x.type.shape[1] / stride), ceil(x.type.shape[2] / stride)))
 
         out.add_node(Node("stem", "stem", typed(self.stem_channels, 0)))
-        out.add_edge(Edge(x.name, "stem", "stem", _stem_op(x.type, self.stem_channels), shared))
+        out.add_edge(Edge(x.name, "stem", "stem", _stem_op(x.type, self.stem_channels, self.stem_stride), shared))
         names = [f"h{i}" for i in range(1, self.nodes + 1)]
         for i, name in enumerate(names, start=1):
             stage = (i - 1) * self.stages // self.nodes
@@ -82,7 +85,7 @@ class BuildCentral(Pass):
         return out
 
 
-def _stem_op(input_type: TensorType, width: int) -> Op:
+def _stem_op(input_type: TensorType, width: int, stride: int) -> Op:
     if input_type.is_image:
-        return Op("conv_bn_relu", {"c_in": input_type.channels, "c_out": width, "stride": 1})
+        return Op("conv_bn_relu", {"c_in": input_type.channels, "c_out": width, "stride": stride})
     return Op("linear_relu", {"d_in": input_type.shape[0], "d_out": width})
