@@ -151,16 +151,15 @@ def mac_count(op: Op | None, input_type: TensorType) -> int:
 def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degree: int) -> int:
     """Parameters of a node's aggregation over `in_degree` incoming edges.
 
-    `sum` has none; `nddr` is a 1x1 conv (images, no bias) or a linear layer (vectors, with bias)
-    from the concatenated inputs to the node's width, then batch norm; `gate` is one linear layer from
-    the pooled concatenation to one weight per incoming edge.
+    `sum` has none; `nddr` is a 1x1 conv (images) or a linear layer (vectors), without bias, from the
+    concatenated inputs to the node's width, then batch norm; `gate` is one linear layer (with bias)
+    from the pooled concatenation to one weight per incoming edge.
     """
     width = node_type.shape[0]
     if aggregation == "sum" or in_degree == 0:
         return 0
     if aggregation == "nddr":
-        bias = 0 if node_type.is_image else width
-        return in_degree * width * width + bias + 2 * width
+        return in_degree * width * width + 2 * width
     if aggregation == "gate":
         return in_degree * width * in_degree + in_degree
     raise OpTypeError(f"unknown aggregation {aggregation!r}")
