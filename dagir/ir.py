@@ -205,10 +205,16 @@ class IR:
         return self.nodes_of_kind("input")[0]
 
     def in_edges(self) -> dict[str, list[Edge]]:
-        """Incoming edges of every node, in a stable order."""
+        """Incoming edges of every node, in a canonical order (by source: kind, index, name).
+
+        Aggregations with one weight slot per incoming edge (nddr, gate) rely on this order, so it
+        must not depend on the order in which passes happened to insert the edges.
+        """
         incoming: dict[str, list[Edge]] = {name: [] for name in self.nodes}
         for edge in self.edges.values():
             incoming.setdefault(edge.dst, []).append(edge)
+        for edges in incoming.values():
+            edges.sort(key=lambda e: self._order_key(e.src) if e.src in self.nodes else (99, 0, e.src))
         return incoming
 
     def out_edges(self) -> dict[str, list[Edge]]:

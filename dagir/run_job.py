@@ -98,6 +98,15 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
         checkpoint.unlink()
 
 
+def with_gates_open(ir: IR) -> IR:
+    """The IR with every gate fully open (σ(logit) = 1 to float precision)."""
+    out = ir.copy()
+    for key, edge in out.edges.items():
+        if edge.gated:
+            out.edges[key] = replace(edge, tasks={t: replace(s, gate_logit=40.0) for t, s in edge.tasks.items()})
+    return out
+
+
 class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
@@ -125,11 +134,15 @@ class Run:
         supernet = lower_supernet(ir, dtype=self.dtype).to(self.device)
         write_text(self.out / "supernet.py", supernet.code)
         stage = state["stage"] if state else "warmup"
-        if stage in ("warmup", "search"):
+        if stage == "warmup":
+            warm = self._shared_network(ir, supernet)
             if state:
+                warm.load_state_dict(state["model"])
+            self._warmup(warm, data, state)
+            self._copy_weights(warm, supernet)
+        if stage in ("warmup", "search"):
+            if stage == "search":
                 supernet.load_state_dict(state["model"])
-            if stage == "warmup":
-                self._warmup(supernet, data, state)
             self._search(supernet, data, state if stage == "search" else None)
             state = None
         else:
@@ -233,22 +246,38 @@ class Run:
         loop.run(position, totals)
         self.stage_seconds[name] = time.perf_counter() - started
 
-    def _warmup(self, supernet, data, state) -> None:
-        from dagir.backends.torch_supernet import head_parameters, weight_parameters
+    def _shared_network(self, ir: IR, supernet):
+        """The supernet with every gate 1, where all tasks share every hidden state: computed once.
+
+        With all gates at 1 every task computes the same state at each hidden node, so warm-up
+        trains the compact lowering of the all-kept IR (same submodule names, same shapes) and copies
+        its weights back into the supernet afterwards.
+        """
+        from dagir.backends.torch_compact import lower_compact
+        passes = parse_pipeline(["discretize", "flow-reduce{enabled=false}", "share-states"], needs_build=False)
+        all_kept = PassManager(passes).run(with_gates_open(ir))
+        return lower_compact(all_kept, supernet, dtype=self.dtype).to(self.device)
+
+    @staticmethod
+    def _copy_weights(source, target) -> None:
+        missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
+        if unexpected or any(not key.startswith("gates.") for key in missing):
+            raise RuntimeError(f"warm-up network and supernet differ: missing {missing}, unexpected {unexpected}")
+
+    def _warmup(self, network, data, state) -> None:
         stage = self.spec.train.warmup
-        supernet.gates.mode = "ones"
-        supernet.train()
-        optimizer = make_optimizer(weight_parameters(supernet) + head_parameters(supernet), stage)
+        network.train()
+        optimizer = make_optimizer(list(network.parameters()), stage)
 
         def step(batch, epoch, index):
             inputs, targets = batch
-            loss, _ = multitask_loss(self._forward(supernet, inputs), targets, self.spec.tasks)
+            loss, _ = multitask_loss(self._forward(network, inputs), targets, self.spec.tasks)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             return float(loss.detach()), 0.0
 
-        loop, started = self._loop("warmup", stage, data.train, step, supernet, [optimizer], data)
+        loop, started = self._loop("warmup", stage, data.train, step, network, [optimizer], data)
         self._resume_loop(loop, state, [optimizer], "warmup", started)
 
     def _search(self, supernet, data, state) -> None:

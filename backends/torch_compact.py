@@ -1,0 +1,397 @@
+"""Lower a searched, reduced IR to the compact module: one network serving every task (DESIGN §4
+"Sharing", §6).
+
+The compact module has no gates: an edge is present for the tasks that keep it, with weight 1.
+Each distinct state (`dagir.compact_cost.compact_states`: a node and a group of tasks from
+`share-states`) is computed once, each edge op once per distinct source state it reads, and one
+forward pass returns every task's output:
+
+    ir = PassManager(parse_pipeline(["discretize", "flow-reduce", "share-states"], needs_build=False)).run(ir)
+    compact = lower_compact(ir, supernet)      # weights copied from the searched supernet
+    outputs = compact(x)                       # {"depth": tensor, "segment": tensor}
+    export_compact(compact, ir, Path("out"))   # compact.py (standalone), compact.safetensors, compact.json
+    compact, ir = load_compact(Path("out"))
+
+Given the supernet, the compact module computes exactly what the supernet computes with hard gates
+equal to the keep masks (1 where kept, 0 elsewhere, including the edges the reduction deleted). A
+gate-0 edge delivers zeros, so a `sum` node just omits it and an `nddr` node keeps the slice of its
+fusion weights for the kept inputs. A `gate` node is subtler: the supernet's softmax still gives a
+gate-0 input a share of the weight (its routing logit is computed from the pooled inputs, zeros in
+its slot), so the compact routing layer keeps one logit per input the supernet's node had — its
+columns sliced to the kept inputs — and takes the softmax over all of them (`gate_slots` below,
+recorded in the IR's `meta["compact"]` so a reload builds the same shapes).
+
+Names follow the IR: `edge_h2_h4`, `node_h3` (aggregation), `head_<task>`; a hidden node's states are
+`h3_s0`, `h3_s1`, ... in the order of its groups in `ir.meta["share_states"]`.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import operator
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+
+from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states
+from dagir.errors import UserError
+from dagir.ir import IR, Edge, Node
+
+from .torch_ops import build_op
+from .torch_supernet import aggregation_module_name, node_op_module_name
+
+WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
+
+
+# -- aggregation modules: torch only, so `export_compact` can copy their source verbatim ----------
+class NddrAggregation(nn.Module):
+    """NDDR fusion: concatenate the inputs (zeros in an empty slot), 1x1 conv (linear layer for
+    vectors), batch norm, ReLU back to the node's width."""
+
+    def __init__(self, inputs: int, width: int, image: bool) -> None:
+        super().__init__()
+        self.config = dict(inputs=inputs, width=width, image=image)
+        if image:
+            self.fuse = nn.Conv2d(inputs * width, width, 1, bias=False)
+            self.bn = nn.BatchNorm2d(width)
+        else:
+            self.fuse = nn.Linear(inputs * width, width, bias=False)
+            self.bn = nn.BatchNorm1d(width)
+        self.relu = nn.ReLU()
+
+    def forward(self, slots: list) -> Tensor:
+        present = next(s for s in slots if s is not None)
+        filled = [torch.zeros_like(present) if s is None else s for s in slots]
+        return self.relu(self.bn(self.fuse(torch.cat(filled, dim=1))))
+
+
+class GateAggregation(nn.Module):
+    """Soft routing: a linear layer on the pooled concatenation of the inputs (zeros in an empty
+    slot) gives `logits` routing logits, softmax over all of them, and input i is weighted by the one
+    at `positions[i]`. Logits without an input belong to inputs that are always zero here."""
+
+    def __init__(self, inputs: int, width: int, logits: int, positions: list) -> None:
+        super().__init__()
+        self.config = dict(inputs=inputs, width=width, logits=logits, positions=list(positions))
+        self.positions = list(positions)
+        self.route = nn.Linear(inputs * width, logits)
+
+    def forward(self, slots: list) -> Tensor:
+        present = next(s for s in slots if s is not None)
+        filled = [torch.zeros_like(present) if s is None else s for s in slots]
+        joined = torch.cat(filled, dim=1)
+        pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
+        weights = torch.softmax(self.route(pooled), dim=1)
+        shape = (-1,) + (1,) * (joined.dim() - 1)
+        return sum(weights[:, p].reshape(shape) * filled[i] for i, p in enumerate(self.positions))
+
+
+# -- the supernet's aggregation slots -------------------------------------------------------------
+def _edge_behind(value: Any) -> str | None:
+    """The edge module whose output a supernet slot holds (through its gate multiplication)."""
+    while isinstance(value, fx.Node) and value.op == "call_function":
+        value = value.args[0]
+    if isinstance(value, fx.Node) and value.op == "call_module" and str(value.target).startswith("edge_"):
+        return str(value.target)
+    return None
+
+
+def supernet_slots(supernet: nn.Module, node: Node) -> tuple[list[str | None], set[int]]:
+    """The supernet's aggregation slots at `node`: the edge in each slot, and the slots that hold a
+    value (even a gate-0 one) in its calls. Read from its fx graph, the only record of the order."""
+    graph = getattr(supernet, "graph", None)
+    if not isinstance(graph, fx.Graph):
+        raise ValueError("copying nddr/gate aggregations needs the supernet as lowered (a GraphModule)")
+    target = aggregation_module_name(node)
+    calls = [n for n in graph.nodes if n.op == "call_module" and n.target == target]
+    if not calls:
+        raise ValueError(f"the supernet never calls {target}: was it lowered from another IR?")
+    edges: list[str | None] = [None] * len(calls[0].args[0])
+    masks = []
+    for call in calls:
+        slots = call.args[0]
+        masks.append(frozenset(i for i, value in enumerate(slots) if value is not None))
+        for i, value in enumerate(slots):
+            edges[i] = edges[i] or _edge_behind(value)
+    if len(set(masks)) > 1:
+        raise ValueError(f"the supernet's node {node.name!r} sees different inputs for different tasks; its "
+                         "gate aggregation cannot be copied into one compact module exactly")
+    return edges, set(masks[0])
+
+
+# -- lowering -------------------------------------------------------------------------------------
+def _state_names(states: list[CompactState]) -> dict[StateKey, str]:
+    names = {}
+    for state in states:
+        node = state.node
+        if node.kind == "input":
+            names[state.key] = "x"
+        elif node.kind == "hidden" and node.task is None:
+            names[state.key] = f"{node.name}_s{state.index}"
+        else:
+            names[state.key] = node.name
+    return names
+
+
+def _gate_slots(ir: IR, supernet: nn.Module | None, slots: dict[str, list[Edge]]) -> dict[str, dict]:
+    """Per `gate` node: the number of routing logits and the logit of each compact slot."""
+    recorded = ir.meta.get("compact", {}).get("gate_slots", {})
+    result = {}
+    for name, edges in slots.items():
+        if ir.nodes[name].aggregation != "gate":
+            continue
+        if supernet is None:
+            entry = recorded.get(name, {"logits": len(edges), "positions": list(range(len(edges)))})
+        else:
+            original, present = supernet_slots(supernet, ir.nodes[name])
+            logit_of = {i: rank for rank, i in enumerate(sorted(present))}
+            positions = [logit_of[original.index(edge.name)] for edge in edges]
+            entry = {"logits": len(present), "positions": positions,
+                     "supernet_slots": [original[i] for i in sorted(present)]}
+        result[name] = {"logits": int(entry["logits"]), "positions": [int(p) for p in entry["positions"]],
+                        **({"supernet_slots": entry["supernet_slots"]} if "supernet_slots" in entry else {})}
+    return result
+
+
+def _aggregation_module(node: Node, inputs: int, gate_slots: dict[str, dict]) -> nn.Module:
+    width, image = node.input_type.channels, node.input_type.is_image
+    if node.aggregation == "nddr":
+        return NddrAggregation(inputs, width, image)
+    if node.aggregation == "gate":
+        entry = gate_slots[node.name]
+        return GateAggregation(inputs, width, entry["logits"], entry["positions"])
+    raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
+
+
+def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
+                  dtype: torch.dtype = torch.float32) -> fx.GraphModule:
+    """The compact module of a reduced, shared IR: `module(x) -> {task: output}`, no gates.
+
+    With `supernet` (lowered from the IR this one was reduced from), its weights and buffers are
+    copied so the result equals the supernet with hard gates set to the keep masks. The gate
+    aggregations' routing layout is kept in `module.compact_meta` (written by `export_compact`).
+    """
+    states = compact_states(ir)
+    names = _state_names(states)
+    slots = aggregation_edges(ir, states)
+    gate_slots = _gate_slots(ir, supernet, slots)
+    root = nn.Module()
+    graph = fx.Graph()
+    values: dict[StateKey, fx.Node] = {}
+    edge_outputs: dict[tuple[str, StateKey], fx.Node] = {}
+    readers: dict[tuple[str, StateKey], int] = {}
+    sources_of: dict[str, set[StateKey]] = {}
+    for state in states:
+        for edge, source in state.inputs:
+            readers[(edge.name, source)] = readers.get((edge.name, source), 0) + 1
+            sources_of.setdefault(edge.name, set()).add(source)
+
+    def edge_output(edge: Edge, source: StateKey, state_name: str | None) -> fx.Node:
+        key = (edge.name, source)
+        if key not in edge_outputs:
+            if not hasattr(root, edge.name):
+                if edge.op is None:
+                    raise ValueError(f"edge {edge.name} has no op (run legalize-types first)")
+                root.add_module(edge.name, build_op(edge.op))
+            name = state_name if state_name and readers[key] == 1 else (
+                edge.name if len(sources_of[edge.name]) == 1 else f"{edge.name}_{names[source]}")
+            edge_outputs[key] = graph.create_node("call_module", edge.name, (values[source],), name=name)
+        return edge_outputs[key]
+
+    for state in states:
+        node, name = state.node, names[state.key]
+        if node.kind == "input":
+            values[state.key] = graph.placeholder("x")
+            continue
+        sole = len(state.inputs) == 1 and node.aggregation == "sum" and node.op is None
+        terms = {edge.name: edge_output(edge, source, name if sole else None) for edge, source in state.inputs}
+        aggregate_name = name + "_in" if node.op is not None else name
+        if node.aggregation == "sum":
+            outputs = list(terms.values())
+            value = outputs[0]
+            for position, output in enumerate(outputs[1:], start=2):
+                value = graph.create_node("call_function", operator.add, (value, output),
+                                          name=aggregate_name if position == len(outputs) else None)
+        else:
+            module_name = aggregation_module_name(node)
+            if not hasattr(root, module_name):
+                root.add_module(module_name, _aggregation_module(node, len(slots[node.name]), gate_slots))
+            inputs = [terms.get(edge.name) for edge in slots[node.name]]
+            value = graph.create_node("call_module", module_name, (inputs,), name=aggregate_name)
+        if node.op is not None:
+            module_name = node_op_module_name(node)
+            if not hasattr(root, module_name):
+                root.add_module(module_name, build_op(node.op))
+            value = graph.create_node("call_module", module_name, (value,), name=name)
+        values[state.key] = value
+
+    index = {(state.node.name, task): state.key for state in states for task in state.tasks}
+    graph.output({task: values[index[(ir.head_of(task).name, task)]] for task in ir.task_names})
+    root.to(dtype)
+    module = fx.GraphModule(root, graph, class_name="CompactNetwork")
+    module.compact_meta = {"gate_slots": gate_slots}
+    module.graph.lint()
+    if supernet is not None:
+        copy_supernet_weights(module, supernet, ir, slots, gate_slots)
+    return module
+
+
+# -- weights from the supernet --------------------------------------------------------------------
+def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR,
+                          slots: dict[str, list[Edge]], gate_slots: dict[str, dict]) -> None:
+    """Copy the supernet's parameters and buffers into the compact module, by submodule name;
+    aggregations take the slice of their weights for the inputs the compact node kept."""
+    with torch.no_grad():
+        for name, child in module.named_children():
+            source = getattr(supernet, name, None)
+            if source is None:
+                raise ValueError(f"the supernet has no submodule {name!r}: was it lowered from another IR?")
+            if isinstance(child, (NddrAggregation, GateAggregation)):
+                node = ir.nodes[name[len("node_"):]]
+                _copy_aggregation(child, source, supernet, node, slots[node.name])
+            else:
+                child.load_state_dict(source.state_dict())
+
+
+def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, node: Node,
+                      edges: list[Edge]) -> None:
+    original, present = supernet_slots(supernet, node)
+    width = child.config["width"]
+    columns = torch.cat([torch.arange(original.index(e.name) * width, (original.index(e.name) + 1) * width)
+                         for e in edges])
+    if isinstance(child, NddrAggregation):
+        child.fuse.weight.copy_(source.fuse.weight[:, columns])
+        child.bn.load_state_dict(source.bn.state_dict())
+    else:
+        rows = torch.tensor(sorted(present), dtype=torch.long)
+        child.route.weight.copy_(source.route.weight[rows][:, columns])
+        child.route.bias.copy_(source.route.bias[rows])
+
+
+# -- export and load ------------------------------------------------------------------------------
+def _module_source(module: nn.Module) -> str:
+    """A constructor expression for one of the layers the compact module uses (plain torch.nn)."""
+    if isinstance(module, nn.Sequential):
+        children = ", ".join(f"({name!r}, {_module_source(child)})" for name, child in module.named_children())
+        return f"nn.Sequential(OrderedDict([{children}]))"
+    if isinstance(module, (NddrAggregation, GateAggregation)):
+        args = ", ".join(f"{k}={v!r}" for k, v in module.config.items())
+        return f"{type(module).__name__}({args})"
+    if isinstance(module, nn.Conv2d):
+        return (f"nn.Conv2d({module.in_channels}, {module.out_channels}, {module.kernel_size}, "
+                f"stride={module.stride}, padding={module.padding}, bias={module.bias is not None})")
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps}, momentum={module.momentum}, "
+                f"affine={module.affine}, track_running_stats={module.track_running_stats})")
+    if isinstance(module, nn.Linear):
+        return f"nn.Linear({module.in_features}, {module.out_features}, bias={module.bias is not None})"
+    if isinstance(module, nn.AvgPool2d):
+        return (f"nn.AvgPool2d({module.kernel_size!r}, stride={module.stride!r}, padding={module.padding!r}, "
+                f"ceil_mode={module.ceil_mode}, count_include_pad={module.count_include_pad})")
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return f"nn.AdaptiveAvgPool2d({module.output_size!r})"
+    if isinstance(module, nn.Flatten):
+        return f"nn.Flatten({module.start_dim}, {module.end_dim})"
+    if type(module) in (nn.ReLU, nn.Identity):
+        return f"nn.{type(module).__name__}()"
+    raise TypeError(f"cannot export a {type(module).__name__} to standalone code")
+
+
+_LOAD_SOURCE = '''
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+           "U8": torch.uint8, "BOOL": torch.bool}
+
+
+def read_safetensors(path):
+    """The tensors of a .safetensors file (the format is a JSON header and raw little-endian data)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    body = bytearray(data[8 + length:])
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        dtype = _DTYPES[info["dtype"]]
+        flat = torch.frombuffer(body, dtype=torch.uint8, count=end - start, offset=start) if end > start \\
+            else torch.empty(0, dtype=torch.uint8)
+        tensors[name] = flat.view(dtype).reshape(info["shape"]).clone()
+    return tensors
+
+
+def load(path):
+    """A CompactNetwork in eval mode with the weights of `path` (compact.safetensors), in their dtype."""
+    network = CompactNetwork()
+    network.load_state_dict(read_safetensors(path), strict=True, assign=True)
+    return network.eval()
+'''
+
+
+def compact_source(module: fx.GraphModule, ir: IR) -> str:
+    """The standalone Python source of `module`: torch only, `CompactNetwork` and `load`."""
+    used = {type(child) for child in module.modules()}
+    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation) if cls in used]
+    layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
+    forward = module.graph.python_code(root_module="self").src
+    forward = re.sub(r";  [\w =]+ = None$", "", forward, flags=re.MULTILINE).strip()  # fx's early frees
+    tasks = ", ".join(ir.task_names)
+    header = (f'"""Compact network {ir.name!r}, compiled by dagir: one forward pass serves the tasks {tasks}.\n\n'
+              "States shared by several tasks are computed once. Standalone: needs only torch.\n\n"
+              f"    network = load({WEIGHTS_FILE!r})\n"
+              "    outputs = network(x)        # {task: tensor}\n"
+              '"""\n')
+    return "\n".join([
+        header, "import json", "import struct", "from collections import OrderedDict", "",
+        "import torch", "from torch import Tensor, nn", "", "", *helpers, "",
+        "class CompactNetwork(nn.Module):",
+        '    """The searched network; submodules are named after the IR (edge_h2_h4, node_h3, head_<task>)."""',
+        "", "    def __init__(self):", "        super().__init__()", layers, "",
+        "    " + forward.replace("\n", "\n    "), "", _LOAD_SOURCE])
+
+
+def export_compact(module: fx.GraphModule, ir: IR, out_dir: Path) -> None:
+    """Write `compact.py` (standalone source), `compact.safetensors` (weights) and `compact.json`
+    (the IR, with the module's routing layout in `meta["compact"]`) to `out_dir`."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    save_file(state, str(out_dir / WEIGHTS_FILE))
+    (out_dir / CODE_FILE).write_text(compact_source(module, ir), encoding="utf-8")
+    recorded = ir.copy()
+    recorded.meta["compact"] = json.loads(json.dumps(getattr(module, "compact_meta", {})))
+    (out_dir / IR_FILE).write_text(recorded.to_json(), encoding="utf-8")
+
+
+def load_compact(out_dir: Path, *, dtype: torch.dtype = torch.float32) -> tuple[fx.GraphModule, IR]:
+    """Rebuild the compact module from `out_dir/compact.json` and load `compact.safetensors` strictly.
+    Nothing from the folder is executed or unpickled; bad or missing files raise `UserError`."""
+    from safetensors.torch import load_file
+
+    from dagir.ir_io import read_ir
+
+    out_dir = Path(out_dir)
+    ir = read_ir(out_dir / IR_FILE)
+    try:
+        module = lower_compact(ir, dtype=dtype)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{out_dir / IR_FILE}: cannot build the compact network ({err})") from None
+    weights = out_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise UserError(f"{weights}: no such file")
+    try:
+        state = load_file(str(weights))
+    except Exception as err:  # safetensors reports a corrupt file with its own exception types
+        raise UserError(f"{weights}: not a readable safetensors file ({err})") from None
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise UserError(f"{weights}: weights do not match {out_dir / IR_FILE} ({err})") from None
+    return module, ir

@@ -1,0 +1,220 @@
+"""The compact lowering: equal to the supernet with hard gates set to the keep masks, each shared
+state and each (edge, source state) computed once, standalone export, and the cost model."""
+from __future__ import annotations
+
+import importlib.util
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from dagir.backends.torch_compact import export_compact, load_compact, lower_compact
+from dagir.backends.torch_supernet import count_parameters, lower_supernet
+from dagir.compact_cost import compact_macs, compact_parameters, compact_states
+from dagir.errors import UserError
+from dagir.ir import IR
+from dagir.pass_manager import PassManager, parse_pipeline
+from dagir.pipeline import compile_spec
+
+from helpers import make_spec
+
+LARGE = 50.0
+
+
+def post_search(ir: IR, flow_budget: float = 0.1) -> IR:
+    passes = parse_pipeline(["discretize", f"flow-reduce{{flow_budget={flow_budget}}}", "share-states"],
+                            spec=None, needs_build=False)
+    return PassManager(passes).run(ir)
+
+
+def with_random_logits(ir: IR, seed: int) -> IR:
+    rng, out = random.Random(seed), ir.copy()
+    for key, edge in list(out.edges.items()):
+        if edge.gated:
+            for task in edge.tasks:
+                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(-3, 3))
+    return out
+
+
+def randomize_batch_norm(module: nn.Module, seed: int) -> None:
+    """Non-trivial running statistics and affine parameters, so copying them is tested."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                for tensor, low, high in ((layer.running_mean, -1, 1), (layer.running_var, 0.5, 2),
+                                          (layer.weight, 0.5, 2), (layer.bias, -1, 1)):
+                    tensor.copy_(torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) * (high - low) + low)
+
+
+def hard_supernet(searched: IR, reduced: IR, seed: int = 0) -> nn.Module:
+    """The supernet of `searched` in eval mode, hard gates: 1 where `reduced` keeps the edge for the
+    task, 0 elsewhere (edges the reduction deleted included)."""
+    supernet = lower_supernet(searched, dtype=torch.float64)
+    randomize_batch_norm(supernet, seed)
+    with torch.no_grad():
+        for entry in supernet.gates.entries:
+            edge = reduced.edges.get((entry.src, entry.dst))
+            kept = edge is not None and edge.is_active(entry.task)
+            supernet.gates.logits[entry.group][entry.position] = LARGE if kept else -LARGE
+    supernet.gates.mode = "hard"
+    return supernet.eval()
+
+
+def edge_calls(module: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    return [n for n in module.graph.nodes if n.op == "call_module" and str(n.target).startswith("edge_")]
+
+
+def batch_for(ir: IR, size: int = 3) -> torch.Tensor:
+    return torch.randn(size, *ir.input_node().type.shape, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(size))
+
+
+@st.composite
+def searched_spaces(draw) -> IR:
+    nodes = draw(st.integers(1, 6))
+    spec = make_spec(tasks=draw(st.integers(1, 3)), nodes=nodes, stages=draw(st.integers(1, min(2, nodes))),
+                     max_span=draw(st.none() | st.integers(1, nodes)), image=draw(st.booleans()),
+                     read_in=draw(st.booleans()), read_out=draw(st.booleans()),
+                     aggregation=draw(st.sampled_from(["sum", "nddr", "gate"])))
+    return with_random_logits(compile_spec(spec), draw(st.integers(0, 2 ** 16)))
+
+
+PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]))
+def test_compact_equals_the_hard_gated_supernet(searched, flow_budget):
+    reduced = post_search(searched, flow_budget)
+    supernet = hard_supernet(searched, reduced)
+    compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
+    x = batch_for(searched)
+    expected, outputs = supernet(x), compact(x)
+    assert set(outputs) == set(reduced.task_names)
+    for task in reduced.task_names:
+        torch.testing.assert_close(outputs[task], expected[task])
+    assert not hasattr(compact, "gates")
+
+
+@PROPERTY
+@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]))
+def test_each_state_and_edge_call_is_computed_once(searched, flow_budget):
+    reduced = post_search(searched, flow_budget)
+    compact = lower_compact(reduced, dtype=torch.float64)
+    states = compact_states(reduced)
+    groups = reduced.meta["share_states"]["states"]
+    state_of = {(node, task): index for node, node_groups in groups.items()
+                for index, group in enumerate(node_groups) for task in group}
+    pairs = {(edge.name, state_of[(edge.src, reduced.nodes[edge.src].task or task)])
+             for edge in reduced.edges.values() for task in edge.active_tasks()}
+    per_task = sum(1 for edge in reduced.edges.values() for _ in edge.active_tasks())
+    calls = edge_calls(compact)
+    assert len(calls) == len(pairs) <= per_task
+    # no edge op is applied twice to the same value
+    assert len({(n.target, n.args[0]) for n in calls}) == len(calls)
+    assert len(states) == reduced.meta["share_states"]["distinct_states"]
+    macs = compact_macs(reduced)
+    assert macs["separate_total"] == sum(macs["per_task"].values())
+    assert 0 < macs["total"] <= macs["separate_total"]
+    if len(reduced.tasks) == 1:
+        assert macs["total"] == macs["separate_total"]
+        assert len(calls) == per_task
+    assert compact_parameters(reduced)["total"] == count_parameters(compact)
+
+
+def test_shared_states_make_the_compact_network_cheaper():
+    searched = compile_spec(make_spec(tasks=3, nodes=4, stages=1))  # every gate at init: all kept
+    reduced = post_search(searched, 0.0)
+    macs = compact_macs(reduced)
+    assert macs["total"] < macs["separate_total"]
+    compact = lower_compact(reduced)
+    per_task = sum(len(edge.active_tasks()) for edge in reduced.edges.values())
+    assert len(edge_calls(compact)) < per_task
+
+
+def test_generated_code_is_readable_and_names_follow_the_ir():
+    searched = with_random_logits(compile_spec(make_spec(tasks=2, nodes=4, stages=2, aggregation="nddr")), 3)
+    reduced = post_search(searched)
+    compact = lower_compact(reduced, hard_supernet(searched, reduced))
+    code = compact.code
+    assert "h1_s0 = self.node_h1([" in code
+    assert "stem = self.edge_input_stem(x)" in code
+    assert "return {'t0': head_t0, 't1': head_t1}" in code
+    assert "gates" not in code
+    children = {name for name, _ in compact.named_children()}
+    assert {e.name for e in reduced.edges.values()} == {c for c in children if c.startswith("edge_")}
+    assert {"head_t0", "head_t1"} <= children
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "nddr", "gate"])
+def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, aggregation: str):
+    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation)), 7)
+    reduced = post_search(searched)
+    supernet = hard_supernet(searched, reduced, seed=1)
+    compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
+    x = batch_for(searched)
+    expected = compact(x)
+    export_compact(compact, reduced, tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"compact.py", "compact.json", "compact.safetensors"}
+
+    source = (tmp_path / "compact.py").read_text()
+    imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
+    assert imports <= {"torch", "json", "struct", "collections"}
+    spec = importlib.util.spec_from_file_location(f"exported_compact_{aggregation}", tmp_path / "compact.py")
+    standalone = importlib.util.module_from_spec(spec)
+    sys.modules.pop(spec.name, None)
+    spec.loader.exec_module(standalone)
+    network = standalone.load(tmp_path / "compact.safetensors")
+    assert set(network.state_dict()) == set(compact.state_dict())
+    outputs = network(x)
+    for task in reduced.task_names:
+        assert torch.equal(outputs[task], expected[task])
+
+    loaded, ir = load_compact(tmp_path, dtype=torch.float64)
+    assert ir.to_dict()["edges"] == reduced.to_dict()["edges"]
+    outputs = loaded.eval()(x)
+    for task in reduced.task_names:
+        assert torch.equal(outputs[task], expected[task])
+    assert compact_parameters(ir)["total"] == count_parameters(loaded) == count_parameters(compact)
+
+
+def test_load_reports_missing_and_corrupt_files(tmp_path: Path):
+    reduced = post_search(with_random_logits(compile_spec(make_spec(tasks=2, nodes=3, stages=1)), 1))
+    compact = lower_compact(reduced)
+    with pytest.raises(UserError, match="compact.json: no such file"):
+        load_compact(tmp_path)
+    export_compact(compact, reduced, tmp_path)
+    weights = tmp_path / "compact.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        load_compact(tmp_path)
+    weights.unlink()
+    with pytest.raises(UserError, match="compact.safetensors: no such file"):
+        load_compact(tmp_path)
+    other = post_search(with_random_logits(compile_spec(make_spec(tasks=2, nodes=4, stages=1)), 1))
+    export_compact(lower_compact(other), other, tmp_path / "other")
+    (tmp_path / "other" / "compact.safetensors").replace(weights)
+    with pytest.raises(UserError, match="weights do not match"):
+        load_compact(tmp_path)
+    (tmp_path / "compact.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_compact(tmp_path)
+
+
+def test_lowering_needs_shared_states():
+    searched = compile_spec(make_spec(tasks=2, nodes=3, stages=1))
+    with pytest.raises(UserError, match="share-states"):
+        lower_compact(searched)
+
+
+def test_one_task_costs_its_own_sub_network():
+    reduced = post_search(with_random_logits(compile_spec(make_spec(tasks=1, nodes=4, stages=2)), 5))
+    macs = compact_macs(reduced)
+    assert macs["total"] == macs["separate_total"] == macs["per_task"]["t0"]
+    assert compact_parameters(reduced)["total"] == compact_parameters(reduced)["per_task"]["t0"]

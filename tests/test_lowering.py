@@ -1,0 +1,307 @@
+"""The torch lowering: op modules against `dagir.ops`, and the generated supernet against the
+reference evaluator (DESIGN §4 computed straight from the IR) on random search spaces."""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagir.backends.reference import evaluate_reference
+from dagir.backends.torch_ops import aggregation_parameter_count, build_aggregation, build_op
+from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
+                                           import_gates_from_module, lower_supernet, weight_parameters)
+from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, Task, TensorType
+from dagir.ops import REGISTRY, output_type, parameter_count
+from dagir.pipeline import before_search_pipeline, compile_spec
+from dagir.spec import Spec
+from dagir.verify import reachable_for_task
+
+OP_CASES = [
+    (Op("identity"), (3, 5, 5)),
+    (Op("identity"), (7,)),
+    (Op("conv_bn_relu", {"c_in": 2, "c_out": 3, "stride": 1}), (2, 7, 7)),
+    (Op("conv_bn_relu", {"c_in": 2, "c_out": 3, "stride": 2}), (2, 7, 5)),
+    (Op("conv_bn_relu", {"c_in": 1, "c_out": 4, "stride": 4, "kernel": 5}), (1, 9, 6)),
+    (Op("conv_bn_relu", {"c_in": 3, "c_out": 2, "stride": 2, "kernel": 1}), (3, 1, 1)),
+    (Op("pool_conv_bn_relu", {"c_in": 2, "c_out": 3, "stride": 1}), (2, 6, 6)),
+    (Op("pool_conv_bn_relu", {"c_in": 2, "c_out": 3, "stride": 2}), (2, 7, 5)),
+    (Op("pool_conv_bn_relu", {"c_in": 2, "c_out": 3, "stride": 4}), (2, 3, 9)),
+    (Op("linear_relu", {"d_in": 5, "d_out": 3}), (5,)),
+    (Op("linear", {"d_in": 5, "d_out": 2}), (5,)),
+    (Op("pool_linear", {"c_in": 3, "d_out": 4}), (3, 5, 7)),
+    (Op("head_mlp", {"d_in": 6, "d_out": 2}), (6,)),
+]
+
+
+def test_op_cases_cover_the_registry():
+    assert {op.name for op, _ in OP_CASES} == set(REGISTRY)
+
+
+@pytest.mark.parametrize("op, shape", OP_CASES, ids=lambda case: str(case))
+def test_op_module_matches_the_registry(op, shape):
+    module = build_op(op).eval()
+    output = module(torch.randn(2, *shape))
+    assert tuple(output.shape[1:]) == output_type(op, TensorType(shape)).shape
+    assert count_parameters(module) == parameter_count(op)
+
+
+@pytest.mark.parametrize("aggregation", ["nddr", "gate"])
+@pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
+def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation, shape):
+    node_type = TensorType(shape)
+    module = build_aggregation(aggregation, 3, node_type).eval()
+    slots = [torch.randn(2, *shape), None, torch.randn(2, *shape)]
+    assert module(slots).shape == (2, *shape)
+    assert count_parameters(module) == aggregation_parameter_count(aggregation, 3, node_type)
+
+
+def test_gate_aggregation_gives_an_empty_slot_no_weight():
+    module = build_aggregation("gate", 2, TensorType((4,)))
+    only = torch.randn(3, 4)
+    torch.testing.assert_close(module([only, None]), only)
+
+
+# -- random search spaces -------------------------------------------------------------------------
+def make_spec(image: bool, nodes: int = 4, stages: int = 2, tasks: int = 2, aggregation: str = "sum",
+              max_span: int | None = None, read_in: bool = True, read_out: bool = True,
+              channels: list[int] | None = None, shape: list[int] | None = None) -> Spec:
+    task_specs = [{"name": f"t{i}", "kind": "classification", "classes": 2 + i} if i % 2 == 0
+                  else {"name": f"t{i}", "kind": "regression"} for i in range(tasks)]
+    return Spec(tasks=task_specs, network={
+        "input": {"shape": shape or ([1, 8, 8] if image else [5])}, "stem": {"channels": 3},
+        "central": {"nodes": nodes, "stages": stages, "channels": channels or [2 + s for s in range(stages)],
+                    "aggregation": aggregation},
+        "flow_restriction": {"max_span": max_span}, "read_in": read_in, "read_out": read_out,
+        "heads": {"hidden": 5}})
+
+
+def with_random_gates(ir: IR, rng: random.Random, drop: float = 0.0) -> IR:
+    """Random gate logits on every gated edge; with probability `drop` an (edge, task) is dropped
+    (keep=False) unless that would cut the task off from its head."""
+    out = ir.copy()
+    for key, edge in list(out.edges.items()):
+        for task in edge.tasks:
+            changes = {"gate_logit": rng.uniform(-3, 3)} if edge.gated else {}
+            out.edges[key] = out.edges[key].with_task_state(task, **changes)
+            if edge.kind != "stem" and rng.random() < drop:
+                kept = out.edges[key]
+                out.edges[key] = kept.with_task_state(task, keep=False)
+                if out.head_of(task).name not in reachable_for_task(out, task):
+                    out.edges[key] = kept
+    return out
+
+
+@st.composite
+def search_spaces(draw) -> IR:
+    image = draw(st.booleans())
+    shape = draw(st.sampled_from([[1, 8, 8], [2, 6, 6]])) if image else [draw(st.integers(1, 6))]
+    nodes = draw(st.integers(1, 12))
+    stages = draw(st.integers(1, min(3, nodes)))
+    spec = make_spec(image, nodes=nodes, stages=stages, tasks=draw(st.integers(1, 4)),
+                     aggregation=draw(st.sampled_from(["sum", "nddr", "gate"])),
+                     max_span=draw(st.none() | st.integers(1, nodes)),
+                     read_in=draw(st.booleans()), read_out=draw(st.booleans()),
+                     channels=draw(st.lists(st.integers(1, 4), min_size=stages, max_size=stages)),
+                     shape=shape)
+    rng = random.Random(draw(st.integers(0, 2 ** 16)))
+    return with_random_gates(compile_spec(spec), rng, drop=draw(st.sampled_from([0.0, 0.3])))
+
+
+def batch_for(ir: IR, size: int = 2) -> torch.Tensor:
+    return torch.randn(size, *ir.input_node().type.shape, dtype=torch.float64)
+
+
+PROPERTY = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(search_spaces(), st.sampled_from([0.3, 1.0, 2.0]), st.integers(0, 2 ** 16))
+def test_supernet_equals_the_reference_evaluator(ir, tau, seed):
+    torch.manual_seed(seed)
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    x = batch_for(ir)
+    module.gates.tau = tau
+    for mode in ("soft", "hard"):
+        module.gates.mode = mode
+        outputs = module(x)
+        assert set(outputs) == set(ir.task_names)
+        for task in ir.tasks:
+            assert outputs[task.name].shape == (2, task.out_dim)
+        torch.testing.assert_close(outputs, evaluate_reference(ir, module, x, tau=tau, mode=mode))
+
+
+@PROPERTY
+@given(search_spaces(), st.integers(0, 2 ** 16))
+def test_gate_slots_match_the_ir_and_imported_gates_round_trip(ir, seed):
+    torch.manual_seed(seed)
+    before = ir.to_json()
+    module = lower_supernet(ir, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    values = module.gates()
+    for entry in module.gates.entries:
+        edge = ir.edges[(entry.src, entry.dst)]
+        slot = module.gates.slots[(edge.name, entry.task)]
+        assert values[slot].item() == pytest.approx(1 / (1 + math.exp(-edge.tasks[entry.task].gate_logit)))
+    with torch.no_grad():
+        for parameter in gate_parameters(module):
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    imported = import_gates_from_module(module, ir)
+    assert ir.to_json() == before, "the IR given must not change"
+    for entry in module.gates.entries:
+        edge = imported.edges[(entry.src, entry.dst)]
+        assert edge.tasks[entry.task].gate_logit == module.gates.logits[entry.group][entry.position].item()
+    again = lower_supernet(imported, dtype=torch.float64)
+    torch.testing.assert_close(again.gates(), module.gates())
+    assert import_gates_from_module(again, imported).to_json() == imported.to_json()
+
+
+# -- unit tests on small IRs ----------------------------------------------------------------------
+def test_generated_code_is_readable_and_names_follow_the_ir():
+    ir = compile_spec(make_spec(image=True, nodes=4, stages=2))
+    module = lower_supernet(ir)
+    code = module.code
+    for name in ("self.edge_h1_h2(", "self.edge_stem_h3(", "self.head_t0(", "self.head_t1(",
+                 "self.gates()", "stem = self.edge_input_stem(x)"):
+        assert name in code
+    assert "return {'t0': head_t0, 't1': head_t1}" in code
+    edges = [name for name, _ in module.named_children() if name.startswith("edge_")]
+    assert sorted(edges) == sorted(e.name for e in ir.edges.values())
+
+
+def test_nddr_and_gate_nodes_get_an_aggregation_module():
+    for aggregation in ("nddr", "gate"):
+        module = lower_supernet(compile_spec(make_spec(image=False, nodes=3, stages=1, aggregation=aggregation)))
+        assert {"node_h1", "node_h2", "node_h3"} <= {name for name, _ in module.named_children()}
+        assert "self.node_h3([" in module.code
+
+
+def test_parameter_groups_partition_the_module():
+    module = lower_supernet(compile_spec(make_spec(image=True, aggregation="nddr")))
+    groups = [gate_parameters(module), weight_parameters(module), head_parameters(module)]
+    assert all(groups)
+    assert sum(count_parameters(group) for group in groups) == count_parameters(module)
+    assert count_parameters(gate_parameters(module)) == len(module.gates.entries)
+
+
+def test_a_hard_gate_below_zero_cuts_its_edge():
+    ir = compile_spec(make_spec(image=True, nodes=3, stages=1, tasks=2))
+    edge = ir.edges[("h1", "h3")]
+    ir.edges[("h1", "h3")] = edge.with_task_state("t0", gate_logit=-1.0)
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    module.gates.mode = "hard"
+    x = batch_for(ir)
+    before = module(x)
+    with torch.no_grad():
+        module.edge_h1_h3.conv.weight.add_(1.0)
+    after = module(x)
+    torch.testing.assert_close(after["t0"], before["t0"])
+    assert not torch.allclose(after["t1"], before["t1"]), "the edge still counts for t1"
+    module.gates.mode = "soft"
+    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="soft"))
+
+
+def test_ones_mode_ignores_the_logits():
+    ir = with_random_gates(compile_spec(make_spec(image=False, nodes=4, stages=2, tasks=3)), random.Random(0))
+    saturated = ir.copy()
+    for key, edge in saturated.edges.items():
+        saturated.edges[key] = replace(edge, tasks={t: replace(s, gate_logit=100.0 if edge.gated else None)
+                                                    for t, s in edge.tasks.items()})
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    module.gates.mode = "ones"
+    x = batch_for(ir)
+    ones = module(x)
+    torch.testing.assert_close(ones, evaluate_reference(saturated, module, x, mode="soft"))
+    torch.testing.assert_close(ones, evaluate_reference(ir, module, x, mode="ones"))
+    module.gates.mode = "soft"
+    assert not torch.allclose(module(x)["t0"], ones["t0"])
+
+
+def test_gate_mode_is_checked():
+    module = lower_supernet(compile_spec(make_spec(image=False)))
+    module.gates.mode = "sharp"
+    with pytest.raises(ValueError, match="unknown gate mode"):
+        module(torch.randn(2, 5))
+
+
+def test_gates_by_hand_on_identity_edges():
+    """h1 = x0, h2 = σ(a)·h1 + σ(b)·x0, head = h2: computed by hand, not by the reference."""
+    vector, tasks = TensorType((3,)), {"t": EdgeTaskState()}
+    ir = IR("tiny", [Task("t", "regression", 3)])
+    for node in (Node("input", "input", vector), Node("stem", "stem", vector),
+                 Node("h1", "hidden", vector, index=1), Node("h2", "hidden", vector, index=2),
+                 Node("head_t", "head", vector, op=Op("identity"), task="t")):
+        ir.add_node(node)
+    identity = Op("identity")
+    for src, dst, kind, logit in (("input", "stem", "stem", None), ("stem", "h1", "read_in", None),
+                                  ("h1", "h2", "internal", 0.5), ("stem", "h2", "read_in", -1.0),
+                                  ("h2", "head_t", "read_out", None)):
+        gated = logit is not None
+        ir.add_edge(Edge(src, dst, kind, identity, {"t": EdgeTaskState(gate_logit=logit)}, gated=gated))
+    module = lower_supernet(ir, dtype=torch.float64)
+    x = batch_for(ir)
+    sigmoid = lambda value: 1 / (1 + torch.exp(torch.tensor(-value, dtype=torch.float64)))
+    module.gates.tau = 0.5
+    torch.testing.assert_close(module(x)["t"], (sigmoid(0.5 / 0.5) + sigmoid(-1.0 / 0.5)) * x)
+    module.gates.mode = "hard"
+    torch.testing.assert_close(module(x)["t"], x)
+
+
+def task_owned_chains() -> IR:
+    """MTL-NAS-like: one chain per task, a gated cross edge from each chain into the other."""
+    image = TensorType((2, 4, 4))
+    ir = IR("chains", [Task("a", "regression", 1), Task("b", "regression", 2)])
+    ir.add_node(Node("input", "input", TensorType((1, 4, 4))))
+    ir.add_node(Node("stem", "stem", image))
+    conv = Op("conv_bn_relu", {"c_in": 2, "c_out": 2, "stride": 1})
+    ir.add_edge(Edge("input", "stem", "stem", Op("conv_bn_relu", {"c_in": 1, "c_out": 2, "stride": 1}),
+                     {"a": EdgeTaskState(), "b": EdgeTaskState()}))
+    for task, other, outputs in (("a", "b", 1), ("b", "a", 2)):
+        for index in (1, 2):
+            ir.add_node(Node(f"{task}{index}", "hidden", image, index=index, task=task, aggregation="nddr"))
+        ir.add_node(Node(f"head_{task}", "head", TensorType((outputs,)), in_type=TensorType((3,)),
+                         op=Op("head_mlp", {"d_in": 3, "d_out": outputs}), task=task))
+        own = {task: EdgeTaskState(gate_logit=1.0)}
+        ir.add_edge(Edge("stem", f"{task}1", "read_in", conv, {task: EdgeTaskState()}))
+        ir.add_edge(Edge(f"{task}1", f"{task}2", "internal", conv, own, gated=True))
+        ir.add_edge(Edge(f"{other}1", f"{task}2", "cross", conv, {task: EdgeTaskState(gate_logit=-0.5)}, gated=True))
+        ir.add_edge(Edge(f"{task}2", f"head_{task}", "read_out", Op("pool_linear", {"c_in": 2, "d_out": 3}),
+                         {task: EdgeTaskState()}))
+    return ir
+
+
+def test_task_owned_nodes_are_read_in_their_owners_state():
+    ir = task_owned_chains()
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    code = module.code
+    assert "edge_stem_a1 = self.edge_stem_a1(stem)" in code
+    assert not re.search(r"\ba1_a\b", code), "an owned node holds one state, named after the node"
+    assert "self.edge_b1_a2(b1)" in code, "the cross edge reads b's own state"
+    x = batch_for(ir)
+    for mode in ("soft", "hard", "ones"):
+        module.gates.mode = mode
+        torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode=mode))
+    assert {"A", "cross"} == set(module.gates.logits)
+
+
+def test_lowering_needs_ops_on_edges():
+    spec = make_spec(image=False)
+    passes = [p for p in before_search_pipeline(spec) if p.name not in ("legalize-types", "attach-gates")]
+    ir = compile_spec(spec, passes=passes, verify_each=False)
+    with pytest.raises(ValueError, match="legalize-types"):
+        lower_supernet(ir)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_supernet_runs_on_cuda():
+    ir = with_random_gates(compile_spec(make_spec(image=True, aggregation="gate")), random.Random(1))
+    module = lower_supernet(ir).eval()
+    x = torch.randn(2, 1, 8, 8)
+    expected = module(x)
+    outputs = module.to("cuda")(x.to("cuda"))
+    torch.testing.assert_close({t: v.cpu() for t, v in outputs.items()}, expected, rtol=1e-4, atol=1e-4)
