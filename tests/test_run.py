@@ -1,0 +1,148 @@
+"""`dagir run` end to end on a tiny spec: artifacts, resume equivalence, eval, and bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_cli import dagir
+
+import dagir.run_job as run_job
+from dagir.errors import UserError
+from dagir.ir_io import read_ir
+from dagir.run_job import Run
+from dagir.spec import load_spec
+
+TINY = """\
+name: tiny
+seed: 3
+data: {dataset: digits, batch_size: 32}
+tasks:
+  - {name: digit, kind: classification, classes: 10}
+  - {name: parity, kind: classification, classes: 2}
+network:
+  stem: {channels: 16}
+  central: {nodes: 4, stages: 2, channels: [16, 12], edge_op: mlp}
+  flow_restriction: {max_span: 2}
+  heads: {hidden: 8}
+search:
+  squeeze: {kind: binary, weight: 1.0, rho: 1.0}
+train:
+  warmup: {epochs: 2, steps_per_epoch: 4, lr: 0.01}
+  search: {epochs: 2, steps_per_epoch: 4, lr: 0.01, gate_lr: 0.2}
+  finetune: {epochs: 1, steps_per_epoch: 4, lr: 0.005}
+  checkpoint_every: 3
+  device: cpu
+"""
+
+
+@pytest.fixture()
+def tiny_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def run_quietly(spec_path: Path, out: Path, *, resume: bool = False, overrides=()) -> dict:
+    spec = load_spec(spec_path, list(overrides))
+    run_job.prepare_run_folder(spec, out, resume=resume, overwrite=False)
+    return Run(spec, out, resume=resume, progress=False, echo=lambda text: None).execute()
+
+
+def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
+    out = tmp_path / "run"
+    code, stdout, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--no-progress")
+    assert code == 0, stderr
+    for name in ("spec.resolved.yaml", "architecture.json", "compact.json", "compact.py", "compact.safetensors",
+                 "gates.png", "curves.png", "metrics.json", "history.json", "supernet.py", "checkpoints/latest.pt"):
+        assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "passes" / "before-search").glob("*.json")) == [
+        "01-build-central.json", "02-flow-restrict.json", "03-insert-read-io.json", "04-legalize-types.json",
+        "05-attach-gates.json"]
+    assert sorted(p.name for p in (out / "passes" / "after-search").glob("*.json")) == [
+        "01-discretize.json", "02-flow-reduce.json", "03-share-states.json"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"digit", "parity"}
+    assert 0.0 <= metrics["test"]["digit"]["accuracy"] <= 1.0
+    assert metrics["compact"]["parameters"] <= metrics["supernet"]["parameters"]
+    assert metrics["compact"]["macs"]["total"] <= metrics["compact"]["macs"]["separate_total"]
+    assert set(metrics["stage_seconds"]) == {"warmup", "search", "finetune"}
+    assert read_ir(out / "compact.json").reduced
+    history = json.loads((out / "history.json").read_text())
+    assert [row["stage"] for row in history] == ["warmup"] * 2 + ["search"] * 2 + ["finetune"]
+    code, stdout, stderr = dagir("eval", str(out))
+    assert code == 0 and "matches metrics.json" in stdout, stdout + stderr
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
+    whole = run_quietly(tiny_spec, tmp_path / "whole")
+    real_loss = run_job.multitask_loss
+    # inside warm-up, inside search after a mid-epoch checkpoint, inside fine-tuning after one
+    for stop_at in (6, 16, 20):
+        calls = {"n": 0}
+
+        def flaky_loss(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == stop_at:
+                raise Interrupt()
+            return real_loss(*args, **kwargs)
+
+        out = tmp_path / f"resumed-{stop_at}"
+        monkeypatch.setattr(run_job, "multitask_loss", flaky_loss)
+        with pytest.raises(Interrupt):
+            run_quietly(tiny_spec, out)
+        monkeypatch.setattr(run_job, "multitask_loss", real_loss)
+        resumed = run_quietly(tiny_spec, out, resume=True)
+        assert resumed["test"] == whole["test"]
+        assert read_ir(out / "architecture.json").to_dict() == read_ir(tmp_path / "whole" / "architecture.json").to_dict()
+        a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
+        b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
+        assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
+
+
+def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_spec, monkeypatch):
+    real_loss = run_job.multitask_loss
+    calls = {"n": 0}
+
+    def exploding(*args, **kwargs):
+        calls["n"] += 1
+        loss, parts = real_loss(*args, **kwargs)
+        return (loss * float("nan"), parts) if calls["n"] >= 11 else (loss, parts)
+
+    monkeypatch.setattr(run_job, "multitask_loss", exploding)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="training diverged in search epoch 1 step 3"):
+        run_quietly(tiny_spec, out)
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert (state["stage"], state["epoch"], state["step"]) == ("warmup", 2, 0)
+
+
+def test_bad_resume_and_eval_inputs(tmp_path, tiny_spec):
+    out = tmp_path / "run"
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
+    assert code == 2 and "not a dagir run folder" in stderr
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "spec.resolved.yaml").write_text(json.dumps(load_spec(tiny_spec).resolved_dict()))
+    (out / "checkpoints" / "latest.pt").write_bytes(b"garbage, not a checkpoint")
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
+    assert code == 2 and "not a readable dagir checkpoint" in stderr and "Traceback" not in stderr
+    torch.save({"format": "something else"}, out / "checkpoints" / "latest.pt")
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
+    assert code == 2 and "not a dagir checkpoint" in stderr
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out))
+    assert code == 2 and "already holds a run" in stderr
+    assert (out / "checkpoints" / "latest.pt").is_file()  # nothing lost
+    code, _, stderr = dagir("eval", str(tmp_path))
+    assert code == 2 and "not a finished dagir run" in stderr
+
+
+def test_task_kind_that_does_not_fit_the_data(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("kind: classification, classes: 2", "kind: regression"))
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "o"))
+    assert code == 2 and "tasks.1.kind: task 'parity' is classification in data set 'digits'" in stderr
