@@ -29,7 +29,10 @@ class DatasetInfo:
     """A registered data set. `loader` is `"module:function"`, imported only when data is loaded.
 
     `task_kinds` names each task the data set provides and its kind; `task_classes` the number of
-    classes of each classification task.
+    classes of each classification task. Where the tasks depend on the options or on the files under
+    `root` (Omniglot: one task per alphabet folder; Cityscapes: 7 or 19 classes), `tasks_for` is
+    `"module:function"` for `(options, root) -> (task_kinds, task_classes)`, and `task_kinds` and
+    `task_classes` hold only what is known without them; `dataset_tasks` answers for both cases.
     """
 
     name: str
@@ -39,6 +42,7 @@ class DatasetInfo:
     task_kinds: Mapping[str, str] = field(default_factory=dict)
     needs_root: bool = False
     task_classes: Mapping[str, int] = field(default_factory=dict)
+    tasks_for: str | None = None
 
 
 def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
@@ -48,6 +52,37 @@ def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, .
 def _multimnist_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
     size = int(options.get("canvas", 36))
     return (1, size, size)
+
+
+def _resized_image(dataset: str, native: tuple[int, int],
+                   default: tuple[int, int]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
+    """(3, H, W) from the `resize` option ([H, W], or null for the `native` size)."""
+    def shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+        size = options.get("resize", list(default))
+        if size is None:
+            return (3, *native)
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+                isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in size):
+            raise UserError(f"data.options.resize (data set '{dataset}'): must be [height, width] with "
+                            f"positive integers, or null for the native size (got {size!r})")
+        return (3, int(size[0]), int(size[1]))
+    return shape
+
+
+def _positive_int(dataset: str, options: Mapping[str, Any], name: str, default: int) -> int:
+    value = options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"data.options.{name} (data set '{dataset}'): must be a positive integer (got {value!r})")
+    return value
+
+
+def _omniglot_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+    size = _positive_int("omniglot", options, "size", 28)
+    return (1, size, size)
+
+
+def _mmoe_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+    return (_positive_int("mmoe_synthetic", options, "dim", 100),)
 
 
 REGISTRY: dict[str, DatasetInfo] = {
@@ -66,6 +101,24 @@ REGISTRY: dict[str, DatasetInfo] = {
         "the procedural MNIST-1D signals (generated, no download)",
         {"digit": "classification", "parity": "classification"},
         task_classes={"digit": 10, "parity": 2}),
+    "nyuv2": DatasetInfo(
+        "nyuv2", _resized_image("nyuv2", (288, 384), (72, 96)), "dagir.datasets.nyuv2:load",
+        "NYUv2 in the MTAN/LibMTL NumPy layout root/{train,val}/{image,label,depth,normal}/<i>.npy",
+        {"segmentation": "segmentation", "depth": "depth", "normals": "normals"},
+        needs_root=True, task_classes={"segmentation": 13}),
+    "cityscapes": DatasetInfo(
+        "cityscapes", _resized_image("cityscapes", (128, 256), (64, 128)), "dagir.datasets.cityscapes:load",
+        "Cityscapes in the MTAN/LibMTL NumPy layout root/{train,val}/{image,label_7|label_19,depth}/<i>.npy",
+        {"segmentation": "segmentation", "depth": "depth"},
+        needs_root=True, tasks_for="dagir.datasets.cityscapes:tasks_for"),
+    "omniglot": DatasetInfo(
+        "omniglot", _omniglot_shape, "dagir.datasets.omniglot:load",
+        "Omniglot's image folders, one character-classification task per alphabet (tasks read from root)",
+        needs_root=True, tasks_for="dagir.datasets.omniglot:tasks_for"),
+    "mmoe_synthetic": DatasetInfo(
+        "mmoe_synthetic", _mmoe_shape, "dagir.datasets.tabular:load",
+        "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
+        {"a": "regression", "b": "regression"}),
 }
 
 
@@ -75,6 +128,23 @@ def dataset_info(name: str) -> DatasetInfo | None:
 
 def known_datasets() -> list[str]:
     return sorted(REGISTRY)
+
+
+def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
+                  root: str | None = None) -> tuple[dict[str, str], dict[str, int]]:
+    """The tasks a data set offers with these options and root: `(task_kinds, task_classes)`.
+
+    Static data sets answer from the registry; one with `tasks_for` imports it and asks (for
+    Omniglot that lists the folders under `root`, without reading an image).
+    """
+    info = REGISTRY.get(name)
+    if info is None:
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())})")
+    if info.tasks_for is None:
+        return dict(info.task_kinds), dict(info.task_classes)
+    module_name, _, function = info.tasks_for.partition(":")
+    kinds, classes = getattr(importlib.import_module(module_name), function)(dict(options or {}), root)
+    return dict(kinds), dict(classes)
 
 
 def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str | None = None,
