@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .datasets import DatasetInfo
 
 VOID_LABEL = 255  # segmentation pixels with this label (or a negative one) count for nothing
+IGNORED_CLASS = -100  # a classification target for a sample the task has no label for
 NORMAL_ANGLE_BIN = 0.01  # degrees; the median angle is exact to half a bin
 
 
@@ -120,7 +121,10 @@ def task_loss(kind: str, output: "torch.Tensor", target: "torch.Tensor",
 def _classification_cross_entropy(output: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
     from torch.nn import functional
 
-    return functional.cross_entropy(output, target.long().reshape(-1))
+    target = target.long().reshape(-1)
+    if not bool((target != IGNORED_CLASS).any()):  # a batch where this task has no labelled sample
+        return output.sum() * 0.0
+    return functional.cross_entropy(output, target, ignore_index=IGNORED_CLASS)
 
 
 def _multilabel_bce(output: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
@@ -247,8 +251,9 @@ class MetricMeter:
     # classification
     def _update_classification(self, output: "torch.Tensor", target: "torch.Tensor") -> None:
         target = target.reshape(-1)
-        self._add("correct", (output.argmax(dim=1) == target).sum())
-        self._add("count", target.numel())
+        labelled = target != IGNORED_CLASS  # samples of other tasks (e.g. another Omniglot alphabet)
+        self._add("correct", (output.argmax(dim=1)[labelled] == target[labelled]).sum())
+        self._add("count", labelled.sum())
 
     def _compute_classification(self) -> dict[str, float]:
         return {"accuracy": self._ratio("correct", "count")}

@@ -254,3 +254,17 @@ def test_every_misfit_is_reported_with_its_field():
     where = [(misfit.index, misfit.field) for misfit in misfits]
     assert where == [(0, "classes"), (1, "loss"), (1, "metric")]
     assert "has 10 classes" in misfits[0].message
+
+
+def test_unlabelled_classification_samples_are_ignored():
+    import torch
+
+    from dagir.tasks import IGNORED_CLASS, MetricMeter, task_loss
+
+    output = torch.tensor([[3.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
+    target = torch.tensor([0, IGNORED_CLASS, IGNORED_CLASS])
+    assert float(task_loss("classification", output, target)) == float(task_loss("classification", output[:1], target[:1]))
+    assert float(task_loss("classification", output, torch.full((3,), IGNORED_CLASS))) == 0.0
+    meter = MetricMeter("classification")
+    meter.update(output, target)
+    assert meter.compute() == {"accuracy": 1.0}
