@@ -33,7 +33,7 @@ from .ir import IR
 from .ir_stats import edges_per_task
 from .pass_manager import PassManager, PassResult, parse_pipeline
 from .pipeline import AFTER_SEARCH, before_search_pipeline, seed_ir
-from .spec import Spec
+from .spec import Spec, check_data_root
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.loop import (EpochTotals, Position, StageLoop, evaluate, flatten_metrics, make_optimizer,
                             multitask_loss)
@@ -126,6 +126,7 @@ class Run:
         spec = self.spec
         state = self._start()
         torch.manual_seed(spec.seed)
+        check_data_root(spec)
         data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
         self._check_data(data)
         ir = self.ir = self._compile()

@@ -280,8 +280,18 @@ def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
         from .datasets import known_datasets
         raise source.error(("data", "dataset"), f"unknown dataset {spec.data.dataset!r} "
                                                 f"(known: {', '.join(known_datasets())})")
+    from dataclasses import replace
+
+    from .datasets import dataset_tasks
+    from .errors import UserError
     from .tasks import task_misfits
 
+    if info.tasks_for is not None:  # the tasks depend on the data on disk (Omniglot's alphabets)
+        try:
+            kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root)
+        except UserError as err:
+            raise source.error(("data", "root"), str(err)) from None
+        info = replace(info, task_kinds=kinds, task_classes=classes)
     misfits = task_misfits(info, spec.tasks)
     if misfits:
         first = misfits[0]
@@ -300,6 +310,19 @@ def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
         raise source.error(("network", "central", "edge_op"), f"'conv' needs image inputs; the input is {list(shape)}")
     if spec.network.central.edge_op == "mlp" and len(shape) == 3:
         raise source.error(("network", "central", "edge_op"), f"'mlp' needs vector inputs; the input is {list(shape)}")
+
+
+def check_data_root(spec: Spec) -> None:
+    """A data set read from disk needs `data.root` to be an existing folder (checked before a run)."""
+    from .datasets import dataset_info
+
+    info = dataset_info(spec.data.dataset)
+    if info is None or not info.needs_root:
+        return
+    if spec.data.root is None:
+        raise spec.error(("data",), f"data set '{info.name}' is read from disk: set data.root to its folder")
+    if not Path(spec.data.root).expanduser().is_dir():
+        raise spec.error(("data", "root"), f"folder {spec.data.root!r} does not exist")
 
 
 def input_shape(spec: Spec) -> tuple[int, ...]:

@@ -146,3 +146,14 @@ def test_task_kind_that_does_not_fit_the_data(tmp_path):
     spec.write_text(TINY.replace("kind: classification, classes: 2", "kind: regression"))
     code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "o"))
     assert code == 2 and "tasks.1.kind: task 'parity' is classification in data set 'digits'" in stderr
+
+
+def test_data_set_folder_that_does_not_exist(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TINY.replace("data: {dataset: digits, batch_size: 32}",
+                                 f"data: {{dataset: nyuv2, root: {tmp_path / 'nowhere'}}}").replace(
+        "  - {name: digit, kind: classification, classes: 10}\n  - {name: parity, kind: classification, classes: 2}",
+        "  - {name: segmentation, kind: segmentation, classes: 13}\n  - {name: depth, kind: depth}").replace(
+        "edge_op: mlp", "edge_op: conv"))
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "o"))
+    assert code == 2 and "spec.yaml:3:" in stderr and "data.root: folder" in stderr and "does not exist" in stderr
