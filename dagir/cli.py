@@ -90,6 +90,32 @@ def _print_metrics(metrics: dict) -> None:
     _echo("  edges kept per task: " + ", ".join(f"{t}={n}" for t, n in compact["edges_per_task"].items()))
 
 
+@app.command("bench")
+def bench_command(
+    spec_path: Path = typer.Argument(..., metavar="SPEC", help="The search-space spec (YAML)."),
+    out: Path = typer.Option(Path("runs/bench"), "-o", "--out", help="Output folder."),
+    overrides: Optional[List[str]] = SetOption,
+    methods: Optional[str] = typer.Option(None, help="Comma-separated: searched,single_task,hard_sharing,"
+                                          "cross_stitch (default: bench.methods of the spec)."),
+    seeds: Optional[int] = typer.Option(None, help="Number of seeds, from the spec's seed on."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """The searched network against the baselines on the same data: metrics, Δ_MTL, parameters, MACs."""
+    from .bench_job import run_bench
+    from .spec import load_spec
+
+    extra = list(overrides or [])
+    if methods:
+        extra.append(f"bench.methods=[{methods}]")
+    if seeds:
+        extra.append(f"bench.seeds={seeds}")
+    spec = load_spec(spec_path, extra)
+    seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
+    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo)
+    _echo((out / "table.md").read_text())
+    _echo(f"wrote {out}")
+
+
 @app.command("eval")
 def eval_command(
     out: Path = typer.Argument(..., metavar="OUT", help="A finished run folder."),

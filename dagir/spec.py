@@ -125,15 +125,19 @@ class TemperatureSpec(Strict):
 
 
 class GatesSpec(Strict):
-    init: float = 2.0
+    init: float = 1.0
     init_noise: float = Field(0.0, ge=0)
     temperature: TemperatureSpec = Field(default_factory=TemperatureSpec)
 
 
 class SqueezeSpec(Strict):
+    """λ·[mean b(a) + ρ·mean c·a]. The binarising term's slope 4(1-2a) pushes a gate away from 1/2;
+    ρ moves the tipping point to a = 1/2 + ρ/8, so with ρ = 4 every gate decays unless its task's
+    loss holds it up: the search keeps what a task needs, not everything warm-up trained."""
+
     kind: Literal["binary", "entropy", "flow", "none"] = "binary"
     weight: float = Field(0.5, ge=0)
-    rho: float = Field(0.5, ge=0)
+    rho: float = Field(4.0, ge=0)
     ramp: float = Field(0.5, ge=0, le=1)
 
 
@@ -177,6 +181,12 @@ class PipelineSpec(Strict):
     after_search: list[str] | None = None
 
 
+class BenchSpec(Strict):
+    methods: list[Literal["searched", "single_task", "hard_sharing", "cross_stitch"]] = Field(
+        default_factory=lambda: ["searched", "single_task", "hard_sharing", "cross_stitch"], min_length=1)
+    seeds: int = Field(1, ge=1)
+
+
 class Spec(Strict):
     name: str = "dagir"
     seed: int = 0
@@ -186,6 +196,7 @@ class Spec(Strict):
     search: SearchSpec = Field(default_factory=SearchSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
     _source: "SpecSource | None" = PrivateAttr(None)
 
     @field_validator("tasks")

@@ -15,12 +15,13 @@ from dagir.pass_manager import Pass, register_pass
 class AttachGates(Pass):
     """Give every gated edge, for every task it serves, the logit `init` (plus Gaussian `noise`).
 
-    The gate is σ(logit / τ); the default init 2.0 starts every gate near 0.88, so search starts
-    from a network that uses every edge, as warm-up trained it. `seed` makes the noise reproducible.
+    The gate is σ(logit / τ); the default init 1.0 starts every gate near 0.73, so search starts
+    from a network that uses every edge, as warm-up trained it, with the gates still free to move
+    either way. `seed` makes the noise reproducible.
     """
 
     name = "attach-gates"
-    init: float = 2.0
+    init: float = 1.0
     noise: float = Field(0.0, ge=0)
     seed: int = 0
 
