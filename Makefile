@@ -9,7 +9,7 @@ $(VENV)/.installed: pyproject.toml tools/setup.sh
 	bash tools/setup.sh $(VENV)
 
 demo: setup
-	$(VENV)/bin/dagir compile examples/multimnist.yaml -o $(OUT) --time-passes
+	$(VENV)/bin/dagir run examples/multimnist.yaml -o $(OUT) --overwrite
 
 test: setup
 	$(VENV)/bin/python -m pytest

@@ -157,3 +157,21 @@ def test_data_set_folder_that_does_not_exist(tmp_path):
         "edge_op: mlp", "edge_op: conv"))
     code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "o"))
     assert code == 2 and "spec.yaml:3:" in stderr and "data.root: folder" in stderr and "does not exist" in stderr
+
+
+@pytest.mark.parametrize("ablation, check", [
+    (["network.read_in=false", "network.read_out=false"],
+     lambda ir: [e.src for e in ir.edges.values() if e.kind == "read_in"] == ["stem"]),
+    (["network.flow_restriction.max_span=null"], lambda ir: ir.max_span is None),
+    (["search.squeeze.kind=none"], lambda ir: True),
+    (["search.reduction.enabled=false"], lambda ir: "flow-reduce{flow_budget=0.05, enabled=false}" in ir.provenance),
+])
+def test_ablation_switches_run(tmp_path, tiny_spec, ablation, check):
+    overrides = ablation + ["train.warmup.epochs=1", "train.search.epochs=1"]
+    metrics = run_quietly(tiny_spec, tmp_path / "run", overrides=overrides)
+    compact = read_ir(tmp_path / "run" / "compact.json")
+    assert check(compact), compact.provenance
+    if "search.squeeze.kind=none" in ablation:
+        history = json.loads((tmp_path / "run" / "history.json").read_text())
+        assert all(row["train/squeeze"] == 0.0 for row in history)
+    assert set(metrics["test"]) == {"digit", "parity"}

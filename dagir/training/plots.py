@@ -54,7 +54,8 @@ def plot_gate_heatmaps(ir: IR, path: Path) -> None:
     columns = min(3, len(tasks))
     rows = math.ceil(len(tasks) / columns)
     size = max(3.0, 0.35 * len(sources) + 1.5)
-    figure, axes = plt.subplots(rows, columns, figsize=(size * columns, size * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(size * columns * 1.15, size * rows), squeeze=False,
+                                layout="constrained")
     image = None
     for axis, task in zip(axes.flat, tasks):
         destinations = hidden + [ir.head_of(task).name]
@@ -73,10 +74,10 @@ def plot_gate_heatmaps(ir: IR, path: Path) -> None:
         mean = sum(values) / len(values) if values else float("nan")
         axis.set_title(f"{task}: gates (mean {mean:.2f})", fontsize=9)
         axis.set_xlabel("from", fontsize=8)
-        axis.set_ylabel("to", fontsize=8)
     for axis in list(axes.flat)[len(tasks):]:
         axis.axis("off")
     if image is not None:
         figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="gate σ(logit)")
-    figure.savefig(path, dpi=110, bbox_inches="tight")
+    figure.supylabel("to", fontsize=8)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
