@@ -101,7 +101,23 @@ def _edge_behind(value: Any) -> str | None:
 
 def supernet_slots(supernet: nn.Module, node: Node) -> tuple[list[str | None], set[int]]:
     """The supernet's aggregation slots at `node`: the edge in each slot, and the slots that hold a
-    value (even a gate-0 one) in its calls. Read from its fx graph, the only record of the order."""
+    value (even a gate-0 one) in its calls. `lower_supernet` records them in `aggregation_slots`;
+    for a module without that record they are read from its fx graph."""
+    recorded = getattr(supernet, "aggregation_slots", None)
+    if isinstance(recorded, dict):
+        if node.name not in recorded:
+            raise ValueError(f"the supernet never calls {aggregation_module_name(node)}: "
+                             "was it lowered from another IR?")
+        edges, masks = list(recorded[node.name]["slots"]), [frozenset(m) for m in recorded[node.name]["calls"]]
+    else:
+        edges, masks = _slots_from_graph(supernet, node)
+    if len(set(masks)) > 1:
+        raise ValueError(f"the supernet's node {node.name!r} sees different inputs for different tasks; its "
+                         "gate aggregation cannot be copied into one compact module exactly")
+    return edges, set(masks[0])
+
+
+def _slots_from_graph(supernet: nn.Module, node: Node) -> tuple[list[str | None], list[frozenset[int]]]:
     graph = getattr(supernet, "graph", None)
     if not isinstance(graph, fx.Graph):
         raise ValueError("copying nddr/gate aggregations needs the supernet as lowered (a GraphModule)")
@@ -116,10 +132,7 @@ def supernet_slots(supernet: nn.Module, node: Node) -> tuple[list[str | None], s
         masks.append(frozenset(i for i, value in enumerate(slots) if value is not None))
         for i, value in enumerate(slots):
             edges[i] = edges[i] or _edge_behind(value)
-    if len(set(masks)) > 1:
-        raise ValueError(f"the supernet's node {node.name!r} sees different inputs for different tasks; its "
-                         "gate aggregation cannot be copied into one compact module exactly")
-    return edges, set(masks[0])
+    return edges, masks
 
 
 # -- lowering -------------------------------------------------------------------------------------
@@ -280,6 +293,10 @@ def _module_source(module: nn.Module) -> str:
     if isinstance(module, (NddrAggregation, GateAggregation)):
         args = ", ".join(f"{k}={v!r}" for k, v in module.config.items())
         return f"{type(module).__name__}({args})"
+    if type(module).__name__ == "Scale":  # torch_ops.Scale: its value is a weight, loaded afterwards
+        return "Scale(1.0)"
+    if type(module).__name__ == "UpsampleConv":
+        return f"UpsampleConv({module.conv.in_channels}, {module.conv.out_channels}, {tuple(module.size)!r})"
     if isinstance(module, nn.Conv2d):
         return (f"nn.Conv2d({module.in_channels}, {module.out_channels}, {module.kernel_size}, "
                 f"stride={module.stride}, padding={module.padding}, bias={module.bias is not None})")
@@ -299,6 +316,8 @@ def _module_source(module: nn.Module) -> str:
         return f"nn.{type(module).__name__}()"
     raise TypeError(f"cannot export a {type(module).__name__} to standalone code")
 
+
+_OP_CLASSES = ("Scale", "UpsampleConv")
 
 _LOAD_SOURCE = '''
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -336,7 +355,10 @@ def load(path):
 def compact_source(module: fx.GraphModule, ir: IR) -> str:
     """The standalone Python source of `module`: torch only, `CompactNetwork` and `load`."""
     used = {type(child) for child in module.modules()}
-    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation) if cls in used]
+    # layer classes of torch_ops beyond plain torch.nn (Scale, UpsampleConv) travel as source too
+    local = [cls for cls in used if cls.__module__ == "dagir.backends.torch_ops" and cls.__name__ in _OP_CLASSES]
+    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, *sorted(local, key=str))
+               if cls in used]
     layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
     forward = module.graph.python_code(root_module="self").src
     forward = re.sub(r";  [\w =]+ = None$", "", forward, flags=re.MULTILINE).strip()  # fx's early frees

@@ -58,6 +58,47 @@ def _head_mlp(p: Mapping) -> nn.Module:
     return nn.Sequential(OrderedDict(relu=nn.ReLU(), linear=nn.Linear(int(p["d_in"]), int(p["d_out"]))))
 
 
+class UpsampleConv(nn.Module):
+    """1x1 conv-BN-ReLU at the source resolution, then bilinear up-sampling to `size`: projecting
+    before resizing costs the convolution at the small resolution only."""
+
+    def __init__(self, c_in: int, c_out: int, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.size = size
+        self.conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        projected = self.relu(self.bn(self.conv(x)))
+        return nn.functional.interpolate(projected, size=self.size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def _upsample_conv(p: Mapping) -> nn.Module:
+    return UpsampleConv(int(p["c_in"]), int(p["c_out"]), (int(p["height"]), int(p["width"])))
+
+
+def _dense_head(p: Mapping) -> nn.Module:
+    c_in, c_out = int(p["c_in"]), int(p["c_out"])
+    return nn.Sequential(OrderedDict(
+        conv=nn.Conv2d(c_in, c_in, 3, padding=1, bias=False), bn=nn.BatchNorm2d(c_in), relu=nn.ReLU(),
+        classifier=nn.Conv2d(c_in, c_out, 1)))
+
+
+class Scale(nn.Module):
+    """Its input times one learned scalar: a cross-stitch unit's weight α_ts on one edge."""
+
+    def __init__(self, init: float) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.alpha
+
+
 BUILDERS: dict[str, Callable[[Mapping], nn.Module]] = {
     "identity": lambda p: nn.Identity(),
     "conv_bn_relu": _conv_bn_relu,
@@ -66,6 +107,9 @@ BUILDERS: dict[str, Callable[[Mapping], nn.Module]] = {
     "linear": _linear,
     "pool_linear": _pool_linear,
     "head_mlp": _head_mlp,
+    "upsample_conv": _upsample_conv,
+    "dense_head": _dense_head,
+    "scale": lambda p: Scale(float(p.get("init", 1.0))),
 }
 assert set(BUILDERS) == set(REGISTRY), "every registered op needs a torch builder"
 

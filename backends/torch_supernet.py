@@ -3,26 +3,49 @@
 The graph computes DESIGN §4 literally. Per task t, a hidden node's state is
 `h_j^t = Σ_{i→j active for t} g^t_ij · o_ij(h_i^t)` (or the node's `nddr` / `gate` aggregation of the
 gated terms), and a head computes `head_op(Σ_j g^t_j · q^t_j(h_j^t))`. Edge ops are shared by all
-tasks: one submodule per edge (`edge_h2_h4`), called once per distinct source state. Gates come from
-one `GateTable` submodule (`gates`), whose mode and temperature are set at run time:
+tasks: one submodule per edge (`edge_h2_h4`). Gates come from one `GateTable` submodule (`gates`),
+whose mode and temperature are set at run time:
 
     module = lower_supernet(ir)
     module.gates.mode = "ones"        # warm-up: every gate 1
     module.gates.mode, module.gates.tau = "soft", 0.5
     outputs = module(x)               # {"depth": tensor, "segment": tensor}
 
-States are numbered structurally while lowering: two tasks share a state (computed once) when they
-reach the node through the same edges, from the same states, with the same gates — in practice the
-ungated prefix (input, stem). In "ones" mode every task's state at a node is equal whenever the
-tasks use the same edges, but the graph is fixed at lowering time, so those states are still
-computed once per task; a warm-up lowering that computes them once is left for the task-batched
-version.
+States are numbered structurally while lowering (`plan_states`): two tasks share a state (computed
+once) when they reach the node through the same edges, from the same states, with the same gates —
+in practice the ungated prefix (input, stem).
+
+**Task-batched lowering (the default, `batched=True`).** A node's states are stacked along the batch
+dimension, `[K·B, ...]` for the K states that reach it, and every edge op runs once per node on the
+stacked states it reads; the gates of the K states multiply the `[K, B, ...]` view as a `[K, 1, ...]`
+vector (0 where an edge is inactive for a state). A `gate` node whose states see different inputs
+calls its aggregation once per group of states with the same inputs (the softmax masks absent
+inputs, so zeros would not do). Task-owned nodes hold one state (K = 1) and need no special case.
+`batched=False` keeps the per-task lowering, one call per edge and state, for comparison.
+
+Batch norm in train mode sees the stacked states of all tasks that reach an edge, so its batch
+statistics (and one running-statistics update per step) are taken over the union of the tasks'
+states rather than per task. We accept that: the layers are shared by all tasks (DESIGN §4, Θ), a
+shared BN is meant to normalise what all tasks feed it, and in the default search Θ is frozen with
+BN in eval mode, where batched and per-task outputs are identical. Use `batched=False` for per-task
+statistics.
+
+**Warm-up.** With every gate 1 (`gates.mode == "ones"`) the tasks' states coincide wherever they use
+the same edges, so the batched module also holds a second graph planned without gates, in which
+each such state is computed once; its `forward` switches to it (`forward_ones`) in "ones" mode.
+
+**Fused edges (`fuse_edges=True`).** Edges that read the same stacked states and apply the same op
+(`conv_bn_relu` with the same kernel and stride, `pool_conv_bn_relu` with the same stride,
+`linear_relu`) run as one wider convolution / linear layer on the concatenated weights, split by
+channel, then each edge's own batch norm and ReLU (BN is per channel, so the split is exact). The
+submodules and state-dict keys stay the same. On by default: on the CPU a search step with fused
+edges takes 0.89-0.94x the time of one without (`benchmarks/supernet_step.py`).
 """
 from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import torch
 from torch import Tensor, fx, nn
@@ -142,8 +165,11 @@ class Plan:
     state_of: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-def plan_states(ir: IR, slots: dict[tuple[str, str], int]) -> Plan:
-    """Number the states of every node per task, in topological order (state 0 is the input)."""
+def plan_states(ir: IR, slots: dict[tuple[str, str], int], *, gated: bool = True) -> Plan:
+    """Number the states of every node per task, in topological order (state 0 is the input).
+
+    With `gated=False` every gate counts as 1 ("ones" mode): tasks that use the same edges from the
+    same states then share the state."""
     plan = Plan()
     source = ir.input_node()
     plan.states.append(State(source, list(ir.task_names), ()))
@@ -158,7 +184,7 @@ def plan_states(ir: IR, slots: dict[tuple[str, str], int]) -> Plan:
             for edge in incoming[name]:
                 reads = plan.state_of.get((edge.src, ir.nodes[edge.src].task or task))
                 if edge.is_active(task) and reads is not None:
-                    terms.append(Contribution(edge, reads, slots[(edge.name, task)] if edge.gated else None))
+                    terms.append(Contribution(edge, reads, slots[(edge.name, task)] if edge.gated and gated else None))
             if not terms:
                 continue  # no active edge reaches this node for the task: it holds no state for it
             key = (name, tuple((c.edge.name, c.source, c.slot) for c in terms))
@@ -176,17 +202,340 @@ def plan_states(ir: IR, slots: dict[tuple[str, str], int]) -> Plan:
 
 
 # -- lowering -------------------------------------------------------------------------------------
-def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32) -> fx.GraphModule:
+FUSE_EDGES_DEFAULT = True  # measured (benchmarks/supernet_step.py, CPU): a fused step takes 0.89-0.94x the time
+
+
+def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32, batched: bool = True,
+                   fuse_edges: bool | None = None) -> fx.GraphModule:
     """The supernet of `ir`: `module(x) -> {task: output}`, with a `gates` GateTable submodule.
 
-    Needs every edge to have an op (run `legalize-types` first). The module is built on the CPU in
-    `dtype`; move it with `.to(device)`.
+    `batched` stacks the tasks' states along the batch dimension so each edge op runs once per node
+    (the default); `batched=False` lowers one call per edge and task state. `fuse_edges` (batched
+    only; default `FUSE_EDGES_DEFAULT`) runs edges with the same source and op as one wider layer.
+    Both choices compute the same function in eval mode and share submodule names and state-dict
+    keys. Needs every edge to have an op (run `legalize-types` first). The module is built on the
+    CPU in `dtype`; move it with `.to(device)`.
     """
     missing = [e.name for e in ir.edges.values() if e.op is None and e.active_tasks()]
     if missing:
         raise ValueError(f"edges without an op (run legalize-types first): {', '.join(missing)}")
+    reached = plan_states(ir, {}, gated=False).state_of
+    for task in ir.task_names:
+        if (ir.head_of(task).name, task) not in reached:
+            raise ValueError(f"task {task!r} has no path to its head on edges active for it")
     root = nn.Module()
     root.gates = GateTable(ir, dtype=dtype)
+    if not batched:
+        return _lower_per_task(ir, root, dtype)
+    fuse = FUSE_EDGES_DEFAULT if fuse_edges is None else fuse_edges
+    gated = _BatchedGraph(ir, root, plan_states(ir, root.gates.slots), gated=True, fuse_edges=fuse)
+    warmup = _BatchedGraph(ir, root, plan_states(ir, root.gates.slots, gated=False), gated=False,
+                           fuse_edges=fuse)
+    root.to(dtype)
+    gated.graph.set_codegen(_WarmupDispatch())
+    module = _graph_module(Supernet, root, gated.graph, "Supernet")
+    object.__setattr__(module, "warmup_module", _graph_module(fx.GraphModule, root, warmup.graph, "SupernetWarmup"))
+    module.aggregation_slots = gated.aggregation_slots
+    return module
+
+
+def _graph_module(cls: type, root: nn.Module, graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """A GraphModule whose top-level children are `root`'s own (fx would copy only the attributes
+    the graph touches, e.g. just `edge_h1_h2.bn` of a fused edge); every graph shares them."""
+    graph.lint()
+    module = cls(root, graph, class_name=class_name)
+    for name, child in root.named_children():
+        setattr(module, name, child)
+    module.recompile()
+    return module
+
+
+class Supernet(fx.GraphModule):
+    """The generated supernet; in "ones" mode `forward` runs `warmup_module`, the same submodules
+    planned without gates (each state the tasks share computed once)."""
+
+    def forward_ones(self, x: Tensor) -> Any:
+        return self.__dict__["warmup_module"](x)
+
+
+class _WarmupDispatch(fx.graph.CodeGen):
+    """Generated code that starts with the switch to the warm-up graph."""
+
+    def gen_fn_def(self, free_vars: list[str], maybe_return_annotation: str, **kwargs: Any) -> str:
+        return super().gen_fn_def(free_vars, maybe_return_annotation, **kwargs) + (
+            "\n    if self.gates.mode == 'ones':  # warm-up: states the tasks share are computed once"
+            "\n        return self.forward_ones(x)")
+
+
+def _needed_states(ir: IR, plan: Plan) -> set[int]:
+    """The states some head reads, directly or through other states (the rest is dead code)."""
+    needed = {plan.state_of[(ir.head_of(task).name, task)] for task in ir.task_names}
+    for index in range(len(plan.states) - 1, 0, -1):
+        if index in needed:
+            needed.update(term.source for term in plan.states[index].contributions)
+    needed.add(0)
+    return needed
+
+
+
+def _fusion_key(edge: Edge) -> tuple | None:
+    p = edge.op.params
+    if edge.op.name == "conv_bn_relu":
+        return ("conv", int(p["c_in"]), int(p.get("kernel", 3)), int(p.get("stride", 1)))
+    if edge.op.name == "pool_conv_bn_relu":
+        return ("pool_conv", int(p["c_in"]), int(p.get("stride", 1)))
+    if edge.op.name == "linear_relu":
+        return ("linear_relu", int(p["d_in"]))
+    return None
+
+
+class _BatchedGraph:
+    """Builds the task-batched graph of one plan: a node's K states as one `[K·B, ...]` tensor."""
+
+    def __init__(self, ir: IR, root: nn.Module, plan: Plan, *, gated: bool, fuse_edges: bool) -> None:
+        self.ir, self.root, self.plan, self.gated = ir, root, plan, gated
+        self.graph = fx.Graph()
+        self.aggregation_slots: dict[str, dict[str, Any]] = {}
+        needed = _needed_states(ir, plan)
+        self.blocks: dict[str, list[int]] = {}
+        for index in sorted(needed):
+            self.blocks.setdefault(plan.states[index].node.name, []).append(index)
+        self.position = {index: blocks.index(index) for blocks in self.blocks.values() for index in blocks}
+        # each edge has one destination, so it runs once, on the source states its terms read
+        self.reads: dict[str, tuple[int, ...]] = {}
+        edges: dict[str, Edge] = {}
+        for index in needed:
+            for term in plan.states[index].contributions:
+                reads = set(self.reads.get(term.edge.name, ())) | {self.position[term.source]}
+                self.reads[term.edge.name] = tuple(sorted(reads))
+                edges[term.edge.name] = term.edge
+        self.fused: dict[str, list[Edge]] = {}
+        if fuse_edges:
+            groups: dict[tuple, list[Edge]] = {}
+            for name, edge in edges.items():
+                key = _fusion_key(edge)
+                if key is not None:
+                    groups.setdefault((edge.src, self.reads[name], key), []).append(edge)
+            for members in groups.values():
+                if len(members) > 1:
+                    self.fused.update({edge.name: members for edge in members})
+        self.values: dict[str, fx.Node] = {}
+        self.inputs: dict[tuple[str, tuple[int, ...]], fx.Node] = {}
+        self.outputs: dict[str, fx.Node] = {}
+        self.stacked: dict[fx.Node, fx.Node] = {}
+        self._gates: fx.Node | None = None
+        self._table: fx.Node | None = None
+        self.slot_task = {slot: task for (_, task), slot in root.gates.slots.items()}
+        self._build()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def call(self, op: str, target: Any, args: tuple, name: str | None = None) -> fx.Node:
+        return self.graph.create_node(op, target, args, name=name)
+
+    def module(self, name: str, build) -> str:
+        if not hasattr(self.root, name):
+            self.root.add_module(name, build())
+        return name
+
+    def gates(self) -> fx.Node:
+        if self._gates is None:
+            self._gates = self.call("call_module", "gates", ())
+        return self._gates
+
+    def gate_table(self) -> tuple[fx.Node, int, int]:
+        """Every gate, then a 1 and a 0: one index per state picks its gate (or 1, or 0)."""
+        if self._table is None:
+            if self.gated:
+                gates = self.gates()
+                ones_zeros = self.call("call_method", "new_tensor", (gates, [1.0, 0.0]))
+                self._table = self.call("call_function", torch.cat, ([gates, ones_zeros],), name="gate_table")
+            else:
+                self._table = self.call("call_method", "new_tensor", (self.values["input"], [1.0, 0.0]),
+                                        name="gate_table")
+        offset = len(self.root.gates.entries) if self.gated else 0
+        return self._table, offset, offset + 1
+
+    def blocks_of(self, value: fx.Node, count: int) -> fx.Node:
+        """`[K·B, ...]` as `[K, B, ...]` (one view per value)."""
+        if value not in self.stacked:
+            self.stacked[value] = self.call("call_method", "unflatten", (value, 0, (count, -1)))
+        return self.stacked[value]
+
+    def edge_input(self, edge: Edge) -> fx.Node:
+        """The stacked source states `edge` reads."""
+        source, reads = self.ir.nodes[edge.src].name, self.reads[edge.name]
+        count = len(self.blocks[source])
+        if reads == tuple(range(count)):
+            return self.values[source]
+        key = (source, reads)
+        if key not in self.inputs:
+            stacked = self.blocks_of(self.values[source], count)
+            if len(reads) == 1:
+                self.inputs[key] = self.call("call_function", operator.getitem, (stacked, reads[0]))
+            else:
+                contiguous = reads == tuple(range(reads[0], reads[-1] + 1))
+                index = slice(reads[0], reads[-1] + 1) if contiguous else list(reads)
+                chosen = self.call("call_function", operator.getitem, (stacked, index))
+                self.inputs[key] = self.call("call_method", "flatten", (chosen, 0, 1))
+        return self.inputs[key]
+
+    def edge_output(self, edge: Edge, name: str | None = None) -> fx.Node:
+        if edge.name not in self.outputs:
+            if edge.name in self.fused:
+                self.fused_outputs(self.fused[edge.name])
+            else:
+                self.module(edge.name, lambda: build_op(edge.op))
+                self.outputs[edge.name] = self.call("call_module", edge.name, (self.edge_input(edge),),
+                                                    name=name or edge.name)
+        return self.outputs[edge.name]
+
+    def fused_outputs(self, members: list[Edge]) -> None:
+        """One wide layer for edges with the same input and op, split, then each edge's BN/ReLU."""
+        for edge in members:
+            self.module(edge.name, lambda edge=edge: build_op(edge.op))
+        first, params = members[0], members[0].op.params
+        value = self.edge_input(first)
+        layer = "linear" if first.op.name == "linear_relu" else "conv"
+        weights = [self.call("get_attr", f"{edge.name}.{layer}.weight", ()) for edge in members]
+        weight = self.call("call_function", torch.cat, (weights,))
+        widths = [int(edge.op.params["d_out" if layer == "linear" else "c_out"]) for edge in members]
+        if layer == "linear":
+            biases = [self.call("get_attr", f"{edge.name}.linear.bias", ()) for edge in members]
+            bias = self.call("call_function", torch.cat, (biases,))
+            wide = self.call("call_function", torch.nn.functional.linear, (value, weight, bias))
+        else:
+            stride, kernel = int(params.get("stride", 1)), int(params.get("kernel", 3))
+            if first.op.name == "pool_conv_bn_relu":
+                if stride > 1:
+                    value = self.call("call_module", f"{first.name}.pool", (value,))
+                stride, kernel = 1, 1
+            wide = self.call("call_function", torch.conv2d, (value, weight, None, stride, kernel // 2))
+        parts = self.call("call_function", torch.split, (wide, widths, 1),
+                          name="fused_" + "_".join(edge.name[len("edge_"):] for edge in members))
+        for position, edge in enumerate(members):
+            part = self.call("call_function", operator.getitem, (parts, position))
+            if layer == "conv":
+                part = self.call("call_module", f"{edge.name}.bn", (part,))
+            self.outputs[edge.name] = self.call("call_module", f"{edge.name}.relu", (part,), name=edge.name)
+
+    def term(self, edge: Edge, output: fx.Node, per_state: list[Contribution | None],
+             width: int) -> tuple[fx.Node, int]:
+        """The gated term of `edge` for the K states of its destination: `(value, leading)`, with
+        `value` flat `[B, ...]` when K = 1, else `[leading, B, ...]` (leading 1: the same for all)."""
+        count = len(per_state)
+        reads = self.reads[edge.name]
+        if count == 1:
+            slot = per_state[0].slot
+            if slot is None:
+                return output, 1
+            suffix = f"{edge.name}_{self.slot_task[slot]}"
+            gate = self.call("call_function", operator.getitem, (self.gates(), slot), name=f"gate_{suffix}")
+            return self.call("call_function", operator.mul, (output, gate), name=f"gated_{suffix}"), 1
+        if len(reads) == 1:
+            value, leading = self.call("call_method", "unsqueeze", (output, 0)), 1
+        else:
+            value, leading = self.blocks_of(output, len(reads)), count
+            index = [reads.index(self.position[c.source]) if c is not None else 0 for c in per_state]
+            if index != list(range(len(reads))):
+                value = self.call("call_function", operator.getitem, (value, index))
+        if all(c is not None and c.slot is None for c in per_state):
+            return value, leading
+        table, one, zero = self.gate_table()
+        index = [zero if c is None else one if c.slot is None else c.slot for c in per_state]
+        gate = self.call("call_function", operator.getitem, (table, index))
+        gate = self.call("call_method", "view", (gate, (count,) + (1,) * width), name=f"gate_{edge.name}")
+        return self.call("call_function", operator.mul, (value, gate), name=f"gated_{edge.name}"), count
+
+    def flatten(self, value: fx.Node, leading: int, count: int, width: int, name: str | None = None) -> fx.Node:
+        """A `[leading, B, ...]` term for `count` states as one `[count·B, ...]` tensor."""
+        if leading == 1 and count > 1:
+            value = self.call("call_method", "expand", (value, (count,) + (-1,) * width))
+        return self.call("call_method", "flatten", (value, 0, 1), name=name)
+
+    def slot_value(self, term: tuple[fx.Node, int], count: int, width: int) -> fx.Node:
+        return term[0] if count == 1 else self.flatten(*term, count, width)
+
+    # -- the graph ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        ir, plan = self.ir, self.plan
+        incoming = ir.in_edges()
+        self.values["input"] = x = self.graph.placeholder("x")
+        self.values[ir.input_node().name] = x
+        for name, states in self.blocks.items():
+            node = ir.nodes[name]
+            if node.kind == "input":
+                continue
+            count = len(states)
+            per_edge: dict[str, list[Contribution | None]] = {}
+            for k, index in enumerate(states):
+                for term in plan.states[index].contributions:
+                    per_edge.setdefault(term.edge.name, [None] * count)[k] = term
+            edges = [edge for edge in incoming[name] if edge.name in per_edge]
+            width = len(node.input_type.shape) + 1  # batch and sample dimensions of a term
+            sole = (count == 1 and len(edges) == 1 and node.aggregation == "sum" and node.op is None
+                    and per_edge[edges[0].name][0].slot is None and edges[0].name not in self.fused)
+            terms = {edge.name: self.term(edge, self.edge_output(edge, name if sole else None),
+                                          per_edge[edge.name], width) for edge in edges}
+            aggregate_name = name + "_in" if node.op is not None else name
+            if node.aggregation == "sum":
+                value, leading = None, 1
+                for position, (term, term_leading) in enumerate(terms.values(), start=1):
+                    last = position == len(terms) and count == 1
+                    value = term if value is None else self.call(
+                        "call_function", operator.add, (value, term), name=aggregate_name if last else None)
+                    leading = max(leading, term_leading)
+                if count > 1:
+                    value = self.flatten(value, leading, count, width, name=aggregate_name)
+            else:
+                value = self.aggregate(node, incoming[name], per_edge, terms, count, width, aggregate_name)
+            if node.op is not None:
+                module_name = self.module(node_op_module_name(node), lambda: build_op(node.op))
+                value = self.call("call_module", module_name, (value,), name=name)
+            self.values[name] = value
+        self.graph.output({task: self.values[ir.head_of(task).name] for task in ir.task_names})
+
+    def aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
+                  terms: dict[str, tuple[fx.Node, int]], count: int, width: int, name: str) -> fx.Node:
+        module_name = self.module(aggregation_module_name(node),
+                                  lambda: build_aggregation(node.aggregation, len(in_edges), node.input_type))
+        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
+                 for k in range(count)]
+        self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
+                                             "calls": sorted({tuple(i for i, p in enumerate(m) if p) for m in masks})}
+        # nddr fills an absent input with zeros, which is what a 0 gate gives: one call for all states.
+        # gate masks absent inputs out of its softmax: one call per group of states with the same inputs.
+        groups = [list(range(count))] if node.aggregation != "gate" else [
+            [k for k in range(count) if masks[k] == mask] for mask in dict.fromkeys(masks)]
+        if len(groups) == 1:
+            slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
+                     for edge in in_edges]
+            return self.call("call_module", module_name, (slots,), name=name)
+        results = []
+        for group in groups:
+            slots = []
+            for i, edge in enumerate(in_edges):
+                if not masks[group[0]][i]:
+                    slots.append(None)
+                    continue
+                value, leading = terms[edge.name]
+                if len(group) == 1:
+                    slots.append(self.call("call_function", operator.getitem, (value, group[0] if leading > 1 else 0)))
+                    continue
+                if leading > 1:
+                    value = self.call("call_function", operator.getitem, (value, group))
+                slots.append(self.flatten(value, 1 if leading == 1 else len(group), len(group), width))
+            results.append(self.call("call_module", module_name, (slots,)))
+        order = [k for group in groups for k in group]
+        joined = self.call("call_function", torch.cat, (results,), name=name if order == sorted(order) else None)
+        if order == sorted(order):
+            return joined
+        restore = [order.index(k) for k in range(count)]
+        chosen = self.call("call_function", operator.getitem, (self.blocks_of(joined, count), restore))
+        return self.call("call_method", "flatten", (chosen, 0, 1), name=name)
+
+
+def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModule:
+    """One call per edge and source state, one term per task state (the lowering before batching)."""
     plan = plan_states(ir, root.gates.slots)
     incoming = ir.in_edges()
     graph = fx.Graph()
@@ -240,12 +589,7 @@ def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32) -> fx.GraphMod
             value = graph.create_node("call_module", module_name, (value,), name=state.name)
         values[index] = value
 
-    outputs = {}
-    for task in ir.task_names:
-        head = ir.head_of(task).name
-        if (head, task) not in plan.state_of:
-            raise ValueError(f"task {task!r} has no path to its head on edges active for it")
-        outputs[task] = values[plan.state_of[(head, task)]]
+    outputs = {task: values[plan.state_of[(ir.head_of(task).name, task)]] for task in ir.task_names}
     graph.output(outputs)
     root.to(dtype)
     module = fx.GraphModule(root, graph, class_name="Supernet")
@@ -254,6 +598,13 @@ def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32) -> fx.GraphMod
     module.gates = root.gates  # kept even when no edge is gated, so the helpers below always work
     module.graph.lint()
     module.recompile()
+    calls: dict[str, set[tuple[int, ...]]] = {}
+    for call in module.graph.nodes:
+        if call.op == "call_module" and str(call.target).startswith("node_"):
+            calls.setdefault(str(call.target)[len("node_"):], set()).add(
+                tuple(i for i, value in enumerate(call.args[0]) if value is not None))
+    module.aggregation_slots = {name: {"slots": [edge.name for edge in incoming[name]], "calls": sorted(masks)}
+                                for name, masks in calls.items()}
     return module
 
 

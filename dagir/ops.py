@@ -86,6 +86,31 @@ def _identity_infer(p: Mapping, t: TensorType) -> TensorType:
     return t
 
 
+def _upsample_conv_infer(p: Mapping, t: TensorType) -> TensorType:
+    _require_image(t, int(p["c_in"]), "upsample_conv")
+    height, width = int(p["height"]), int(p["width"])
+    if height < t.shape[1] or width < t.shape[2]:
+        raise OpTypeError(f"upsample_conv up-samples: {t} cannot become {height}x{width}")
+    return TensorType((int(p["c_out"]), height, width))
+
+
+def _dense_head_infer(p: Mapping, t: TensorType) -> TensorType:
+    _require_image(t, int(p["c_in"]), "dense_head")
+    return TensorType((int(p["c_out"]),) + t.shape[1:])
+
+
+def _dense_head_params(p: Mapping) -> int:
+    c_in, c_out = int(p["c_in"]), int(p["c_out"])
+    return 9 * c_in * c_in + 2 * c_in + c_in * c_out + c_out
+
+
+def _elements(t: TensorType) -> int:
+    count = 1
+    for size in t.shape:
+        count *= size
+    return count
+
+
 REGISTRY: dict[str, OpRule] = {
     "identity": OpRule(_identity_infer, lambda p: 0, lambda p, t: 0, "passes its input through"),
     "conv_bn_relu": OpRule(
@@ -118,6 +143,23 @@ REGISTRY: dict[str, OpRule] = {
         lambda p: int(p["d_in"]) * int(p["d_out"]) + int(p["d_out"]),
         lambda p, t: int(p["d_in"]) * int(p["d_out"]),
         "ReLU, then a fully connected layer to the task's outputs; params d_in, d_out"),
+    "upsample_conv": OpRule(
+        _upsample_conv_infer,
+        lambda p: int(p["c_in"]) * int(p["c_out"]) + 2 * int(p["c_out"]),
+        lambda p, t: int(p["c_in"]) * int(p["c_out"]) * t.shape[1] * t.shape[2],  # the conv runs before up-sampling
+        "1x1 convolution, batch norm, ReLU, then bilinear up-sampling (align_corners=False) to "
+        "height x width: a read-out into a dense head; params c_in, c_out, height, width"),
+    "dense_head": OpRule(
+        _dense_head_infer,
+        _dense_head_params,
+        lambda p, t: (9 * int(p["c_in"]) + int(p["c_out"])) * int(p["c_in"]) * t.shape[1] * t.shape[2],
+        "3x3 convolution, batch norm, ReLU, then a 1x1 convolution (with bias) to the task's channels "
+        "per pixel: the head of a segmentation, depth or normals task; params c_in, c_out"),
+    "scale": OpRule(
+        _identity_infer,
+        lambda p: 1,
+        lambda p, t: _elements(t),
+        "its input times one learned scalar α starting at `init` (a cross-stitch weight); params init"),
 }
 
 

@@ -289,7 +289,9 @@ class Run:
         weights = weight_parameters(supernet)
         for parameter in weights:
             parameter.requires_grad_(stage.train_weights)
-        gate_optimizer = torch.optim.Adam(gate_parameters(supernet), lr=stage.gate_lr)
+        gates = gate_parameters(supernet)
+        # a search space without gates (a baseline) has nothing to search: its heads still train
+        gate_optimizer = torch.optim.Adam(gates if gates else [torch.zeros(0, requires_grad=True)], lr=stage.gate_lr)
         trained = head_parameters(supernet) + (weights if stage.train_weights else [])
         weight_optimizer = make_optimizer(trained, stage)
         optimizers = [gate_optimizer, weight_optimizer]

@@ -119,9 +119,35 @@ def check_types(ir: IR) -> None:
                                     offending=[edge.src, edge.dst])
 
 
+def _owned_sources(ir: IR) -> bool:
+    """Whether some task-owned node feeds others (MTL-NAS chains): then a state's reach crosses tasks."""
+    return any(ir.nodes[e.src].task is not None for e in ir.edges.values())
+
+
+def _forward_states(ir: IR, outgoing) -> set[tuple[str, str]]:
+    """Every state (node, task) computed from the input: an unowned node holds one per task reaching
+    it; an owned node holds its owner's, which any edge may read (DESIGN §3, node states)."""
+    start = ir.input_node().name
+    seen = {(start, t) for t in ir.task_names}
+    stack = list(seen)
+    while stack:
+        node, task = stack.pop()
+        owned = ir.nodes[node].task is not None
+        for edge in outgoing[node]:
+            for reader in (edge.active_tasks() if owned else [task] if edge.is_active(task) else []):
+                state = (edge.dst, ir.nodes[edge.dst].task or reader)
+                if state not in seen:
+                    seen.add(state)
+                    stack.append(state)
+    return seen
+
+
 def reachable_for_task(ir: IR, task: str, outgoing=None) -> set[str]:
-    """Nodes reachable from the input on edges active for `task`."""
+    """Nodes whose state, as `task` reads it, is computed from the input on active edges."""
     outgoing = outgoing if outgoing is not None else ir.out_edges()
+    if _owned_sources(ir):
+        states = _forward_states(ir, outgoing)
+        return {name for name, node in ir.nodes.items() if (name, node.task or task) in states}
     start = ir.input_node().name
     seen, stack = {start}, [start]
     while stack:
@@ -133,16 +159,20 @@ def reachable_for_task(ir: IR, task: str, outgoing=None) -> set[str]:
 
 
 def co_reachable_for_task(ir: IR, task: str, incoming=None) -> set[str]:
-    """Nodes from which `task`'s head is reachable on edges active for `task`."""
+    """Nodes whose state flows into `task`'s head on active edges (an owned node's state is
+    computed with its owner's edges, whichever task reads it)."""
     incoming = incoming if incoming is not None else ir.in_edges()
-    start = ir.head_of(task).name
-    seen, stack = {start}, [start]
+    head = ir.head_of(task).name
+    seen, stack = {(head, task)}, [(head, task)]
     while stack:
-        for edge in incoming[stack.pop()]:
-            if edge.src not in seen and edge.is_active(task):
-                seen.add(edge.src)
-                stack.append(edge.src)
-    return seen
+        node, state_task = stack.pop()
+        for edge in incoming[node]:
+            if edge.is_active(state_task):
+                state = (edge.src, ir.nodes[edge.src].task or state_task)
+                if state not in seen:
+                    seen.add(state)
+                    stack.append(state)
+    return {node for node, _ in seen}
 
 
 def check_task_paths(ir: IR) -> None:

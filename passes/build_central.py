@@ -6,8 +6,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from dagir.ir import IR, Edge, Node, Op, TensorType, all_tasks
+from dagir.errors import UserError
+from dagir.ir import IR, Edge, Node, Op, Task, TensorType, all_tasks
 from dagir.pass_manager import Pass, register_pass
+from dagir.tasks import TASK_KINDS
 
 
 @register_pass
@@ -76,13 +78,34 @@ class BuildCentral(Pass):
                 out.add_edge(Edge(names[i - 1], names[j - 1], "internal", None, shared, gated=True))
         out.add_edge(Edge("stem", names[0], "read_in", None, shared))
         for task in out.tasks:
-            head = f"head_{task.name}"
-            out.add_node(Node(head, "head", TensorType((task.out_dim,)),
-                              in_type=TensorType((self.head_hidden,)),
-                              op=Op("head_mlp", {"d_in": self.head_hidden, "d_out": task.out_dim}),
-                              task=task.name))
-            out.add_edge(Edge(names[-1], head, "read_out", None, {task.name: shared[task.name]}))
+            head = task_head(task, self.head_hidden, x.type)
+            out.add_node(head)
+            out.add_edge(Edge(names[-1], head.name, "read_out", None, {task.name: shared[task.name]}))
         return out
+
+
+def is_dense(task: Task) -> bool:
+    """Whether the task predicts per pixel (segmentation, depth, normals)."""
+    kind = TASK_KINDS.get(task.kind)
+    return kind is not None and kind.dense
+
+
+def task_head(task: Task, hidden: int, input_type: TensorType) -> Node:
+    """The head node `head_<task>`, with its `hidden` input width.
+
+    A vector task's head takes `[hidden]` and applies `head_mlp`. A dense task's head takes
+    `[hidden, H, W]` at the input's resolution, where its labels live, and applies `dense_head`, so
+    its output is `[out_dim, H, W]`; `legalize-types` up-samples every read-out to that resolution.
+    """
+    if not is_dense(task):
+        return Node(f"head_{task.name}", "head", TensorType((task.out_dim,)), in_type=TensorType((hidden,)),
+                    op=Op("head_mlp", {"d_in": hidden, "d_out": task.out_dim}), task=task.name)
+    if not input_type.is_image:
+        raise UserError(f"task {task.name!r} is a {task.kind} task: it needs an image input, not {input_type}")
+    resolution = input_type.shape[1:]
+    return Node(f"head_{task.name}", "head", TensorType((task.out_dim, *resolution)),
+                in_type=TensorType((hidden, *resolution)),
+                op=Op("dense_head", {"c_in": hidden, "c_out": task.out_dim}), task=task.name)
 
 
 def _stem_op(input_type: TensorType, width: int, stride: int) -> Op:

@@ -20,8 +20,10 @@ class LegalizeTypes(Pass):
     Between images of the same resolution: a 3x3 conv-BN-ReLU changing channels as needed. Down to a
     lower resolution (an edge between stages): a strided conv (`resample=strided`) or average pooling
     then a 1x1 conv (`resample=pool`), with the stride the two resolutions require. Between vectors:
-    linear + ReLU. Into a head: global pooling then linear (images) or linear (vectors). Edges that
-    already have an op keep it. Afterwards every edge has an op, and the IR says so (`types_legal`).
+    linear + ReLU. Into a head: global pooling then linear (images) or linear (vectors); into a dense
+    head (an image head at the input's resolution): a 1x1 conv-BN-ReLU, up-sampled bilinearly
+    (`upsample_conv`) from a lower resolution. Edges that already have an op keep it. Afterwards
+    every edge has an op, and the IR says so (`types_legal`).
     """
 
     name = "legalize-types"
@@ -42,6 +44,8 @@ class LegalizeTypes(Pass):
         return out
 
     def choose(self, src: TensorType, dst: TensorType, *, into_head: bool) -> Op:
+        if into_head and src.is_image and dst.is_image:
+            return _into_dense_head(src, dst)
         if src.is_image and dst.is_image:
             stride = _stride(src, dst)
             family = "pool_conv_bn_relu" if stride > 1 and self.resample == "pool" else "conv_bn_relu"
@@ -52,6 +56,17 @@ class LegalizeTypes(Pass):
             raise IllegalEdge(f"no op maps a vector {src} to an image {dst}")
         name = "linear" if into_head else "linear_relu"
         return Op(name, {"d_in": src.shape[0], "d_out": dst.shape[0]})
+
+
+def _into_dense_head(src: TensorType, dst: TensorType) -> Op:
+    """A read-out into a per-pixel head: a 1x1 projection, up-sampled when the head's resolution is
+    higher (every read-out is then the same projection, whatever resolution it starts from)."""
+    if src.shape[1:] == dst.shape[1:]:
+        return Op("conv_bn_relu", {"c_in": src.channels, "c_out": dst.channels, "stride": 1, "kernel": 1})
+    if src.shape[1] <= dst.shape[1] and src.shape[2] <= dst.shape[2]:
+        return Op("upsample_conv", {"c_in": src.channels, "c_out": dst.channels,
+                                    "height": dst.shape[1], "width": dst.shape[2]})
+    raise IllegalEdge(f"no read-out takes {src} to the dense head's {dst} (heads do not down-sample)")
 
 
 def _stride(src: TensorType, dst: TensorType) -> int:

@@ -36,6 +36,9 @@ OP_CASES = [
     (Op("linear", {"d_in": 5, "d_out": 2}), (5,)),
     (Op("pool_linear", {"c_in": 3, "d_out": 4}), (3, 5, 7)),
     (Op("head_mlp", {"d_in": 6, "d_out": 2}), (6,)),
+    (Op("upsample_conv", {"c_in": 3, "c_out": 5, "height": 9, "width": 7}), (3, 3, 2)),
+    (Op("dense_head", {"c_in": 4, "c_out": 3}), (4, 5, 7)),
+    (Op("scale", {"init": 0.25}), (3, 4, 4)),
 ]
 
 
@@ -164,7 +167,7 @@ def test_gate_slots_match_the_ir_and_imported_gates_round_trip(ir, seed):
 # -- unit tests on small IRs ----------------------------------------------------------------------
 def test_generated_code_is_readable_and_names_follow_the_ir():
     ir = compile_spec(make_spec(image=True, nodes=4, stages=2))
-    module = lower_supernet(ir)
+    module = lower_supernet(ir, fuse_edges=False)  # fused edges call `edge_h1_h2.bn` and friends
     code = module.code
     for name in ("self.edge_h1_h2(", "self.edge_stem_h3(", "self.head_t0(", "self.head_t1(",
                  "self.gates()", "stem = self.edge_input_stem(x)"):
@@ -277,7 +280,7 @@ def task_owned_chains() -> IR:
 
 def test_task_owned_nodes_are_read_in_their_owners_state():
     ir = task_owned_chains()
-    module = lower_supernet(ir, dtype=torch.float64).eval()
+    module = lower_supernet(ir, dtype=torch.float64, fuse_edges=False).eval()
     code = module.code
     assert "edge_stem_a1 = self.edge_stem_a1(stem)" in code
     assert not re.search(r"\ba1_a\b", code), "an owned node holds one state, named after the node"

@@ -175,3 +175,15 @@ def test_ablation_switches_run(tmp_path, tiny_spec, ablation, check):
         history = json.loads((tmp_path / "run" / "history.json").read_text())
         assert all(row["train/squeeze"] == 0.0 for row in history)
     assert set(metrics["test"]) == {"digit", "parity"}
+
+
+@pytest.mark.parametrize("build", ["build-cross-stitch", "build-single-task", "build-hard-sharing"])
+def test_baseline_search_spaces_run_through_the_same_stages(tmp_path, tiny_spec, build):
+    overrides = [f"pipeline.before_search=[{build}, legalize-types, attach-gates]",
+                 "pipeline.after_search=[discretize, share-states]",
+                 "train.warmup.epochs=1", "train.search.epochs=1"]
+    metrics = run_quietly(tiny_spec, tmp_path / "run", overrides=overrides)
+    compact = read_ir(tmp_path / "run" / "compact.json")
+    searched = read_ir(tmp_path / "run" / "architecture.json")
+    assert len(compact.edges) == len(searched.edges)  # nothing to search: every edge stays
+    assert metrics["compact"]["parameters"] == metrics["supernet"]["parameters"]

@@ -1,0 +1,35 @@
+"""`dagir bench` on a tiny spec: every method trains, the table and plot are written, Δ_MTL is right."""
+from __future__ import annotations
+
+import csv
+import json
+
+from test_cli import dagir
+from test_run import TINY
+
+from dagir.tasks import delta_mtl
+
+
+def test_bench_compares_searched_network_with_baselines(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "bench"
+    code, stdout, stderr = dagir("bench", str(spec), "-o", str(out), "--seeds", "2", "--no-progress")
+    assert code == 0, stderr
+    for name in ("table.md", "table.csv", "results.json", "comparison.png"):
+        assert (out / name).is_file()
+    rows = list(csv.reader((out / "table.csv").open()))
+    assert [r[0] for r in rows[1:]] == ["searched", "single_task", "hard_sharing", "cross_stitch"]
+    results = json.loads((out / "results.json").read_text())
+    runs, table = results["runs"], results["table"]
+    assert table["seeds"] == [3, 4]
+    single = runs["single_task"]
+    for method, by_seed in runs.items():
+        expected = [delta_mtl({t: r["test"][t]["accuracy"] for t in ("digit", "parity")},
+                              {t: single[seed]["test"][t]["accuracy"] for t in ("digit", "parity")},
+                              {"digit": "classification", "parity": "classification"})
+                    for seed, r in by_seed.items()]
+        assert abs(table["rows"][method]["delta_mtl"]["mean"] - sum(expected) / 2) < 1e-9
+    assert table["rows"]["single_task"]["delta_mtl"]["mean"] == 0.0
+    assert table["rows"]["hard_sharing"]["parameters"]["mean"] < table["rows"]["single_task"]["parameters"]["mean"]
+    assert "± " in (out / "table.md").read_text()
