@@ -98,15 +98,6 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
         checkpoint.unlink()
 
 
-def with_gates_open(ir: IR) -> IR:
-    """The IR with every gate fully open (σ(logit) = 1 to float precision)."""
-    out = ir.copy()
-    for key, edge in out.edges.items():
-        if edge.gated:
-            out.edges[key] = replace(edge, tasks={t: replace(s, gate_logit=40.0) for t, s in edge.tasks.items()})
-    return out
-
-
 class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
@@ -135,15 +126,11 @@ class Run:
         supernet = lower_supernet(ir, dtype=self.dtype).to(self.device)
         write_text(self.out / "supernet.py", supernet.code)
         stage = state["stage"] if state else "warmup"
-        if stage == "warmup":
-            warm = self._shared_network(ir, supernet)
-            if state:
-                warm.load_state_dict(state["model"])
-            self._warmup(warm, data, state)
-            self._copy_weights(warm, supernet)
         if stage in ("warmup", "search"):
-            if stage == "search":
+            if state:
                 supernet.load_state_dict(state["model"])
+            if stage == "warmup":
+                self._warmup(supernet, data, state)
             self._search(supernet, data, state if stage == "search" else None)
             state = None
         else:
@@ -247,28 +234,13 @@ class Run:
         loop.run(position, totals)
         self.stage_seconds[name] = time.perf_counter() - started
 
-    def _shared_network(self, ir: IR, supernet):
-        """The supernet with every gate 1, where all tasks share every hidden state: computed once.
-
-        With all gates at 1 every task computes the same state at each hidden node, so warm-up
-        trains the compact lowering of the all-kept IR (same submodule names, same shapes) and copies
-        its weights back into the supernet afterwards.
-        """
-        from dagir.backends.torch_compact import lower_compact
-        passes = parse_pipeline(["discretize", "flow-reduce{enabled=false}", "share-states"], needs_build=False)
-        all_kept = PassManager(passes).run(with_gates_open(ir))
-        return lower_compact(all_kept, supernet, dtype=self.dtype).to(self.device)
-
-    @staticmethod
-    def _copy_weights(source, target) -> None:
-        missing, unexpected = target.load_state_dict(source.state_dict(), strict=False)
-        if unexpected or any(not key.startswith("gates.") for key in missing):
-            raise RuntimeError(f"warm-up network and supernet differ: missing {missing}, unexpected {unexpected}")
-
     def _warmup(self, network, data, state) -> None:
+        """Every gate 1: all tasks share every state, which the supernet then computes once."""
+        from dagir.backends.torch_supernet import head_parameters, weight_parameters
         stage = self.spec.train.warmup
+        network.gates.mode = "ones"
         network.train()
-        optimizer = make_optimizer(list(network.parameters()), stage)
+        optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
 
         def step(batch, epoch, index):
             inputs, targets = batch
