@@ -184,15 +184,3 @@ def build_aggregation(aggregation: str, inputs: int, node_type: TensorType) -> n
         return AGGREGATION_MODULES[aggregation](inputs, node_type)
     except KeyError:
         raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)") from None
-
-
-def aggregation_parameter_count(aggregation: str, inputs: int, node_type: TensorType) -> int:
-    """Parameters of a node's aggregation, without building it (weights and batch-norm affine)."""
-    width = node_type.channels
-    if aggregation == "sum":
-        return 0
-    if aggregation == "nddr":
-        return inputs * width * width + 2 * width
-    if aggregation == "gate":
-        return inputs * width * inputs + inputs
-    raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")

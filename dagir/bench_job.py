@@ -28,7 +28,7 @@ from .pipeline import seed_ir
 from .run_job import Run, prepare_run_folder, write_text
 from .spec import Spec, check_data_root
 from .tasks import delta_mtl, primary_metric
-from .training.loop import EpochTotals, StageLoop, evaluate, make_optimizer, multitask_loss
+from .training.loop import EpochTotals, StageLoop, evaluate, make_optimizer, supervised_step
 
 BASELINES = {"single_task": "build-single-task", "hard_sharing": "build-hard-sharing",
              "cross_stitch": "build-cross-stitch"}
@@ -59,13 +59,7 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
     epochs = train.warmup.epochs + train.search.epochs + train.finetune.epochs
     optimizer = make_optimizer(list(module.parameters()), train.warmup)
 
-    def step(batch, epoch, index):
-        inputs, targets = batch
-        loss, _ = multitask_loss(module(inputs), targets, spec.tasks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach()), 0.0
+    step = supervised_step(module, optimizer, spec.tasks)
 
     def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
         echo(f"{baseline} epoch {epoch + 1}/{epochs}: loss {totals.loss / max(totals.steps, 1):.4f}")

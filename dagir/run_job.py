@@ -36,7 +36,7 @@ from .pipeline import AFTER_SEARCH, before_search_pipeline, seed_ir
 from .spec import Spec, check_data_root
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.loop import (EpochTotals, Position, StageLoop, evaluate, flatten_metrics, make_optimizer,
-                            multitask_loss)
+                            multitask_loss, supervised_step)
 from .training.plots import plot_curves, plot_gate_heatmaps
 from .training.schedules import squeeze_ramp, temperature
 from .training.squeeze import squeeze_loss
@@ -241,15 +241,7 @@ class Run:
         network.gates.mode = "ones"
         network.train()
         optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
-
-        def step(batch, epoch, index):
-            inputs, targets = batch
-            loss, _ = multitask_loss(self._forward(network, inputs), targets, self.spec.tasks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach()), 0.0
-
+        step = supervised_step(lambda inputs: self._forward(network, inputs), optimizer, self.spec.tasks)
         loop, started = self._loop("warmup", stage, data.train, step, network, [optimizer], data)
         self._resume_loop(loop, state, [optimizer], "warmup", started)
 
@@ -335,20 +327,25 @@ class Run:
         return weights
 
     def _finetune(self, compact, supernet, data, state) -> None:
+        """Train Θ of the kept edges and the heads, with batch-norm statistics frozen.
+
+        In the compact network one edge op may serve several task states whose distributions differ;
+        running statistics averaged over them would not match any of them at test time, so the
+        statistics from warm-up stay, and train and test compute the same function.
+        """
         stage = self.spec.train.finetune
-        compact.train()
         optimizer = make_optimizer(list(compact.parameters()), stage)
         if state is not None:
             compact.load_state_dict(state["model"])
 
-        def step(batch, epoch, index):
-            inputs, targets = batch
-            loss, _ = multitask_loss(self._forward(compact, inputs), targets, self.spec.tasks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach()), 0.0
+        def forward(inputs):
+            compact.train()
+            for module in compact.modules():
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+            return self._forward(compact, inputs)
 
+        step = supervised_step(forward, optimizer, self.spec.tasks)
         loop, started = self._loop("finetune", stage, data.train, step, compact, [optimizer], data,
                                    save_extra=lambda: {"supernet": supernet.state_dict()})
         self._resume_loop(loop, state, [optimizer], "finetune", started)

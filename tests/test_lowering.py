@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagir.backends.reference import evaluate_reference
-from dagir.backends.torch_ops import aggregation_parameter_count, build_aggregation, build_op
+from dagir.backends.torch_ops import build_aggregation, build_op
+from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                            import_gates_from_module, lower_supernet, weight_parameters)
 from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, Task, TensorType
@@ -61,7 +62,7 @@ def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation,
     module = build_aggregation(aggregation, 3, node_type).eval()
     slots = [torch.randn(2, *shape), None, torch.randn(2, *shape)]
     assert module(slots).shape == (2, *shape)
-    assert count_parameters(module) == aggregation_parameter_count(aggregation, 3, node_type)
+    assert count_parameters(module) == aggregation_parameter_count(aggregation, node_type, 3)
 
 
 def test_gate_aggregation_gives_an_empty_slot_no_weight():

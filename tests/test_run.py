@@ -9,6 +9,7 @@ import torch
 from test_cli import dagir
 
 import dagir.run_job as run_job
+import dagir.training.loop as training_loop
 from dagir.errors import UserError
 from dagir.ir_io import read_ir
 from dagir.run_job import Run
@@ -79,6 +80,12 @@ class Interrupt(Exception):
     pass
 
 
+def patch_loss(monkeypatch, function) -> None:
+    """Replace the task loss every stage computes (search in run_job, the others in the loop)."""
+    monkeypatch.setattr(run_job, "multitask_loss", function)
+    monkeypatch.setattr(training_loop, "multitask_loss", function)
+
+
 def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
     whole = run_quietly(tiny_spec, tmp_path / "whole")
     real_loss = run_job.multitask_loss
@@ -93,10 +100,10 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
             return real_loss(*args, **kwargs)
 
         out = tmp_path / f"resumed-{stop_at}"
-        monkeypatch.setattr(run_job, "multitask_loss", flaky_loss)
+        patch_loss(monkeypatch, flaky_loss)
         with pytest.raises(Interrupt):
             run_quietly(tiny_spec, out)
-        monkeypatch.setattr(run_job, "multitask_loss", real_loss)
+        patch_loss(monkeypatch, real_loss)
         resumed = run_quietly(tiny_spec, out, resume=True)
         assert resumed["test"] == whole["test"]
         assert read_ir(out / "architecture.json").to_dict() == read_ir(tmp_path / "whole" / "architecture.json").to_dict()
@@ -114,7 +121,7 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_pa
         loss, parts = real_loss(*args, **kwargs)
         return (loss * float("nan"), parts) if calls["n"] >= 11 else (loss, parts)
 
-    monkeypatch.setattr(run_job, "multitask_loss", exploding)
+    patch_loss(monkeypatch, exploding)
     out = tmp_path / "run"
     with pytest.raises(UserError, match="training diverged in search epoch 1 step 3"):
         run_quietly(tiny_spec, out)

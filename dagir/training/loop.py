@@ -7,9 +7,8 @@ same batches from step k + 1 on and reaches the same result as a run that never 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from ..datasets.splits import Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
-from ..tasks import MetricMeter, primary_metric, task_loss
+from ..tasks import MetricMeter, task_loss
 
 Batch = tuple[Tensor, dict[str, Tensor]]
 
@@ -78,6 +77,19 @@ class EpochTotals:
 
 StepFunction = Callable[[Batch, int, int], tuple[float, float]]
 """(batch, epoch, step) -> (loss, squeeze loss) after one optimisation step."""
+
+
+def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer: torch.optim.Optimizer,
+                    tasks: Sequence[TaskSpec]) -> StepFunction:
+    """One plain optimisation step on the weighted task losses (warm-up, fine-tune, baselines)."""
+    def step(batch: Batch, epoch: int, index: int) -> tuple[float, float]:
+        inputs, targets = batch
+        loss, _ = multitask_loss(forward(inputs), targets, tasks)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach()), 0.0
+    return step
 
 
 @dataclass
@@ -157,29 +169,3 @@ def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: Ta
 
 def flatten_metrics(metrics: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{task}/{name}": value for task, values in metrics.items() for name, value in values.items()}
-
-
-def primary_scores(metrics: Mapping[str, Mapping[str, float]], tasks: Sequence[TaskSpec]) -> dict[str, float]:
-    return {t.name: metrics[t.name][primary_metric(t.kind, t.metric)[0]] for t in tasks}
-
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.start = time.perf_counter()
-
-    def seconds(self) -> float:
-        return time.perf_counter() - self.start
-
-
-def iterate_forever(batches: Sequence[Batch]) -> Iterator[Batch]:
-    while True:
-        yield from batches
-
-
-def to_device(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
-    inputs, targets = batch
-    return inputs.to(device=device, dtype=dtype), targets
-
-
-def describe_position(stage: str, position: Position) -> dict[str, Any]:
-    return {"stage": stage, "epoch": position.epoch, "step": position.step}
