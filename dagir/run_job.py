@@ -356,7 +356,7 @@ class Run:
         from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                                    weight_parameters)
 
-        from .compact_cost import compact_macs
+        from .compact_cost import compact_macs, compact_parameters
         from .ir_stats import count_macs
 
         test = evaluate(compact, data.test, self.spec.tasks, data, device=self.device, dtype=self.dtype)
@@ -364,7 +364,9 @@ class Run:
         discretize = compact_ir.meta.get("discretize", {})
         metrics = {
             "name": self.spec.name, "test": test,
-            "compact": {"parameters": count_parameters(compact), "macs": compact_macs(compact_ir),
+            "compact": {"parameters": count_parameters(compact),
+                        "parameters_per_task": compact_parameters(compact_ir)["per_task"],
+                        "macs": compact_macs(compact_ir),
                         "edges": len(compact_ir.edges), "edges_per_task": edges_per_task(compact_ir)},
             "supernet": {"parameters": count_parameters(weight_parameters(supernet) + head_parameters(supernet)),
                          "gates": count_parameters(gate_parameters(supernet)),

@@ -67,6 +67,7 @@ def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
     assert set(metrics["test"]) == {"digit", "parity"}
     assert 0.0 <= metrics["test"]["digit"]["accuracy"] <= 1.0
     assert metrics["compact"]["parameters"] <= metrics["supernet"]["parameters"]
+    assert max(metrics["compact"]["parameters_per_task"].values()) <= metrics["compact"]["parameters"]
     assert metrics["compact"]["macs"]["total"] <= metrics["compact"]["macs"]["separate_total"]
     assert set(metrics["stage_seconds"]) == {"warmup", "search", "finetune"}
     assert read_ir(out / "compact.json").reduced
