@@ -41,7 +41,7 @@ from dagir.errors import UserError
 from dagir.ir import IR, Edge, Node
 
 from .torch_ops import build_op
-from .torch_supernet import aggregation_module_name, node_op_module_name
+from .torch_supernet import aggregation_module_name, apply_node_op
 
 WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
 
@@ -234,12 +234,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
                 root.add_module(module_name, _aggregation_module(node, len(slots[node.name]), gate_slots))
             inputs = [terms.get(edge.name) for edge in slots[node.name]]
             value = graph.create_node("call_module", module_name, (inputs,), name=aggregate_name)
-        if node.op is not None:
-            module_name = node_op_module_name(node)
-            if not hasattr(root, module_name):
-                root.add_module(module_name, build_op(node.op))
-            value = graph.create_node("call_module", module_name, (value,), name=name)
-        values[state.key] = value
+        values[state.key] = apply_node_op(graph, root, node, value, name)
 
     index = {(state.node.name, task): state.key for state in states for task in state.tasks}
     graph.output({task: values[index[(ir.head_of(task).name, task)]] for task in ir.task_names})

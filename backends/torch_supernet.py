@@ -66,6 +66,16 @@ def node_op_module_name(node: Node) -> str:
     return f"head_{node.task}" if node.kind == "head" else f"op_{node.name}"
 
 
+def apply_node_op(graph: fx.Graph, root: nn.Module, node: Node, value: fx.Node, name: str) -> fx.Node:
+    """`value` through the node's own op (a head, a cross-stitch layer), adding its module once."""
+    if node.op is None:
+        return value
+    module_name = node_op_module_name(node)
+    if not hasattr(root, module_name):
+        root.add_module(module_name, build_op(node.op))
+    return graph.create_node("call_module", module_name, (value,), name=name)
+
+
 def aggregation_module_name(node: Node) -> str:
     return f"node_{node.name}"
 
@@ -582,12 +592,7 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
             by_edge = dict(terms)
             slots_in = [by_edge.get(edge.name) for edge in incoming[node.name]]
             value = graph.create_node("call_module", module_name, (slots_in,), name=aggregate_name)
-        if node.op is not None:
-            module_name = node_op_module_name(node)
-            if not hasattr(root, module_name):
-                root.add_module(module_name, build_op(node.op))
-            value = graph.create_node("call_module", module_name, (value,), name=state.name)
-        values[index] = value
+        values[index] = apply_node_op(graph, root, node, value, state.name)
 
     outputs = {task: values[plan.state_of[(ir.head_of(task).name, task)]] for task in ir.task_names}
     graph.output(outputs)

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from timing import best_times
+
 from dagir.backends.torch_compact import lower_compact
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import compile_spec
@@ -67,20 +69,6 @@ def train_step(module: Callable[[Tensor], dict[str, Tensor]], parameters: list[n
             parameter.grad = None
         loss.backward()
     return step
-
-
-def best_times(steps: dict[str, Callable[[], None]], repeats: int, inner: int) -> dict[str, float]:
-    for step in steps.values():
-        step()
-        step()
-    best = {name: float("inf") for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            best[name] = min(best[name], (time.perf_counter() - start) / inner)
-    return best
 
 
 def main() -> None:

@@ -21,12 +21,13 @@ The last line is a JSON object with the times, the speed-ups and step(N=32)/step
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from timing import best_times
 
 from dagir.backends.reference import reached_nodes
 from dagir.backends.torch_supernet import (aggregation_module_name, gate_parameters, head_parameters,
@@ -99,20 +100,6 @@ def warmup_step(module: nn.Module, x: Tensor) -> Callable[[], None]:
         loss.backward()
         optimizer.step()
     return step
-
-
-def best_times(steps: dict[str, Callable[[], None]], repeats: int, inner: int) -> dict[str, float]:
-    for step in steps.values():
-        step()
-        step()
-    best = {name: float("inf") for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():  # interleaved, so load from other processes hits all alike
-            start = time.perf_counter()
-            for _ in range(inner):
-                step()
-            best[name] = min(best[name], (time.perf_counter() - start) / inner)
-    return best
 
 
 def scaling_spec(nodes: int) -> Spec:

@@ -22,3 +22,15 @@ def make_spec(tasks: int = 2, nodes: int = 6, stages: int = 2, max_span: int | N
 
 def small_ir(**kwargs: Any):
     return compile_spec(make_spec(**kwargs))
+
+
+def with_random_logits(ir, seed: int, low: float = -3.0, high: float = 3.0):
+    """A copy of `ir` with a uniform random gate logit for every task on every gated edge."""
+    import random
+
+    rng, out = random.Random(seed), ir.copy()
+    for key, edge in list(out.edges.items()):
+        if edge.gated:
+            for task in edge.tasks:
+                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(low, high))
+    return out

@@ -3,7 +3,6 @@ state and each (edge, source state) computed once, standalone export, and the co
 from __future__ import annotations
 
 import importlib.util
-import random
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from dagir.ir import IR
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import compile_spec
 
-from helpers import make_spec
+from helpers import make_spec, with_random_logits
 
 LARGE = 50.0
 
@@ -30,15 +29,6 @@ def post_search(ir: IR, flow_budget: float = 0.1) -> IR:
     passes = parse_pipeline(["discretize", f"flow-reduce{{flow_budget={flow_budget}}}", "share-states"],
                             spec=None, needs_build=False)
     return PassManager(passes).run(ir)
-
-
-def with_random_logits(ir: IR, seed: int) -> IR:
-    rng, out = random.Random(seed), ir.copy()
-    for key, edge in list(out.edges.items()):
-        if edge.gated:
-            for task in edge.tasks:
-                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(-3, 3))
-    return out
 
 
 def randomize_batch_norm(module: nn.Module, seed: int) -> None:

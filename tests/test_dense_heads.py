@@ -2,10 +2,10 @@
 resolution, from read-outs at any resolution (`upsample_conv`, `dense_head`)."""
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
+from helpers import with_random_logits
 from torch.nn import functional
 
 from dagir.backends.reference import evaluate_reference
@@ -71,15 +71,6 @@ def dense_spec(stem_stride: int = 1, max_span: int | None = 2, read_out: bool = 
                          "flow_restriction": {"max_span": max_span}, "read_out": read_out})
 
 
-def with_random_gates(ir, seed: int):
-    rng, out = random.Random(seed), ir.copy()
-    for key, edge in list(out.edges.items()):
-        if edge.gated:
-            for task in edge.tasks:
-                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(-3, 3))
-    return out
-
-
 def test_dense_heads_predict_per_pixel_at_the_input_resolution():
     ir = compile_spec(dense_spec())
     verify(ir)
@@ -116,7 +107,7 @@ def test_a_strided_stem_up_samples_every_read_out():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lowered_dense_heads_equal_the_reference_evaluator(seed):
     torch.manual_seed(seed)
-    ir = with_random_gates(compile_spec(dense_spec(stem_stride=1 + seed % 2)), seed)
+    ir = with_random_logits(compile_spec(dense_spec(stem_stride=1 + seed % 2)), seed)
     module = lower_supernet(ir, dtype=torch.float64).eval()
     x = torch.randn(2, 3, 9, 7, dtype=torch.float64)
     module.gates.tau = 0.7
