@@ -12,6 +12,7 @@ OUT/table.md, table.csv, results.json, comparison.png, and one run folder per me
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import statistics
@@ -29,6 +30,7 @@ from .run_job import Run, prepare_run_folder, write_text
 from .spec import Spec, check_data_root
 from .tasks import delta_mtl, primary_metric
 from .training.loop import EpochTotals, StageLoop, evaluate, make_optimizer, supervised_step
+from .training.schedules import set_learning_rates
 
 BASELINES = {"single_task": "build-single-task", "hard_sharing": "build-hard-sharing",
              "cross_stitch": "build-cross-stitch"}
@@ -66,7 +68,8 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
 
     started = time.perf_counter()
     StageLoop(baseline, data.train, spec.data.batch_size, epochs, train.warmup.steps_per_epoch, spec.seed, step,
-              lambda position, totals: None, end_of_epoch, progress=progress).run()
+              lambda position, totals: None, end_of_epoch, progress=progress,
+              before_step=functools.partial(set_learning_rates, [optimizer], schedule=train.warmup.lr_schedule)).run()
     seconds = time.perf_counter() - started
     test = evaluate(module, data.test, spec.tasks, data)
     result = {"test": test, "parameters": count_parameters(module), "macs": count_macs(ir), "seconds": seconds}

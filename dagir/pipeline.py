@@ -45,8 +45,8 @@ def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_eac
                  on_pass: PassCallback | None = None) -> IR:
     """Run the pre-search pipeline on `spec` and return the gated supernet's IR.
 
-    >>> from dagir import load_spec, compile_spec      # doctest: +SKIP
-    >>> ir = compile_spec(load_spec("examples/multimnist.yaml"))
+    >>> from dagir import load_spec, compile_spec
+    >>> ir = compile_spec(load_spec("examples/multimnist.yaml"))  # doctest: +SKIP
     """
     manager = PassManager(passes if passes is not None else before_search_pipeline(spec),
                           verify_each=verify_each, on_pass=on_pass)

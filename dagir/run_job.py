@@ -15,6 +15,7 @@ OUT/
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -38,7 +39,7 @@ from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.loop import (EpochTotals, Position, StageLoop, evaluate, flatten_metrics, make_optimizer,
                             multitask_loss, supervised_step)
 from .training.plots import plot_curves, plot_gate_heatmaps
-from .training.schedules import squeeze_ramp, temperature
+from .training.schedules import set_learning_rates, squeeze_ramp, temperature
 from .training.squeeze import squeeze_loss
 
 STAGES = ("warmup", "search", "finetune")
@@ -197,7 +198,9 @@ class Run:
         return temperature(1.0, start=t.start, end=t.end, schedule=t.schedule)
 
     # -- stages -------------------------------------------------------------------------------
-    def _loop(self, name: str, stage_spec, split: Split, step, model, optimizers, data, *, save_extra=None):
+    def _loop(self, name: str, stage_spec, split: Split, step, model, optimizers, data, *, save_extra=None,
+              scheduled=None):
+        """The stage's loop; `scheduled` (default: all `optimizers`) follow `stage_spec.lr_schedule`."""
         tasks = self.spec.tasks
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
 
@@ -220,7 +223,9 @@ class Run:
 
         loop = StageLoop(name, split, self.spec.data.batch_size, stage_spec.epochs, stage_spec.steps_per_epoch,
                          self.spec.seed, step, checkpoint, end_of_epoch, self.spec.train.checkpoint_every,
-                         self.progress, self.device)
+                         self.progress, self.device,
+                         before_step=functools.partial(set_learning_rates, optimizers if scheduled is None else scheduled,
+                                                       schedule=stage_spec.lr_schedule))
         return loop, started
 
     def _resume_loop(self, loop: StageLoop, state, optimizers, name: str, started: float) -> None:
@@ -297,7 +302,8 @@ class Run:
                 weight_optimizer.step()
             return float(task_total.detach()), float(squeezed.detach())
 
-        loop, started = self._loop("search", stage, data.train, step, supernet, optimizers, data)
+        loop, started = self._loop("search", stage, data.train, step, supernet, optimizers, data,
+                                   scheduled=[weight_optimizer])  # the gates follow τ, not an lr schedule
         self._resume_loop(loop, state, optimizers, "search", started)
         for parameter in weights:
             parameter.requires_grad_(True)

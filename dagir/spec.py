@@ -158,6 +158,7 @@ class StageSpec(Strict):
     steps_per_epoch: int | None = Field(None, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dagir.datasets import REGISTRY, DatasetInfo, dataset_info, load_dataset
-from dagir.datasets.multimnist import DIGIT_SIZE, SUM_SCALE, source_digits
+from dagir.datasets.multimnist import DIGIT_SIZE, SUM_OFFSET, SUM_SCALE, source_digits
 from dagir.datasets.splits import Split, iterate_batches, partition
 from dagir.errors import UserError
 
@@ -43,6 +43,7 @@ def test_multimnist_shapes_and_dtypes(multimnist):
         assert split.source_ids.shape == (len(split), 2)
     assert multimnist.task_kinds == dict(REGISTRY["multimnist"].task_kinds)
     assert multimnist.target_scales == {"sum": SUM_SCALE}
+    assert multimnist.target_offsets == {"sum": SUM_OFFSET}
 
 
 def test_multimnist_splits_share_no_source_image(multimnist):
@@ -58,7 +59,7 @@ def test_multimnist_labels_come_from_the_source_digits(multimnist):
         left_ids, right_ids = split.source_ids[:, 0].numpy(), split.source_ids[:, 1].numpy()
         assert np.array_equal(split.targets["left"].numpy(), labels[left_ids])
         assert np.array_equal(split.targets["right"].numpy(), labels[right_ids])
-        expected_sum = (labels[left_ids] + labels[right_ids]) / SUM_SCALE
+        expected_sum = (labels[left_ids] + labels[right_ids] - SUM_OFFSET) / SUM_SCALE
         assert np.allclose(split.targets["sum"].numpy()[:, 0], expected_sum)
         assert (left_ids != right_ids).all()
 

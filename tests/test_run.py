@@ -30,9 +30,9 @@ network:
 search:
   squeeze: {kind: binary, weight: 1.0, rho: 1.0}
 train:
-  warmup: {epochs: 2, steps_per_epoch: 4, lr: 0.01}
-  search: {epochs: 2, steps_per_epoch: 4, lr: 0.01, gate_lr: 0.2}
-  finetune: {epochs: 1, steps_per_epoch: 4, lr: 0.005}
+  warmup: {epochs: 2, steps_per_epoch: 4, lr: 0.01, lr_schedule: cosine}
+  search: {epochs: 2, steps_per_epoch: 4, lr: 0.01, gate_lr: 0.2, lr_schedule: cosine}
+  finetune: {epochs: 1, steps_per_epoch: 4, lr: 0.005, lr_schedule: cosine}
   checkpoint_every: 3
   device: cpu
 """

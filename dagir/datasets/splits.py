@@ -56,9 +56,10 @@ class Split:
 class TaskData:
     """A loaded data set: its splits and what each task's targets are.
 
-    `target_scales[task]` converts a regression target back to its natural unit: the loader divided
-    the raw target by it, so an error on the scaled target times the scale is the error in natural
-    units (pass it to `task_metrics(..., scale=...)`). Tasks without an entry have scale 1.
+    `target_scales[task]` and `target_offsets[task]` convert a regression target back to its
+    natural unit: the loader stored `(raw - offset) / scale`, so `target * scale + offset` is the raw
+    value and an error on the stored target times the scale is the error in natural units (pass the
+    scale to `task_metrics(..., scale=...)`). Tasks without an entry have scale 1 and offset 0.
     """
 
     name: str
@@ -69,6 +70,7 @@ class TaskData:
     task_kinds: dict[str, str]
     task_classes: dict[str, int | None]
     target_scales: dict[str, float] = field(default_factory=dict)
+    target_offsets: dict[str, float] = field(default_factory=dict)
 
     def splits(self) -> dict[str, Split]:
         return {"train": self.train, "val": self.val, "test": self.test}

@@ -97,7 +97,8 @@ class StageLoop:
     """Runs `epochs` epochs of `step` over the training split, checkpointing as it goes.
 
     `checkpoint(position, totals)` is called every `checkpoint_every` steps and after every epoch;
-    `end_of_epoch(epoch, totals)` after every epoch (evaluation, history).
+    `end_of_epoch(epoch, totals)` after every epoch (evaluation, history); `before_step(progress)`,
+    if given, before every step with the stage's progress in [0, 1) (learning-rate schedules).
     """
 
     name: str
@@ -112,6 +113,7 @@ class StageLoop:
     checkpoint_every: int = 200
     progress: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    before_step: Callable[[float], None] | None = None
 
     def steps_in_epoch(self) -> int:
         full = len(self.split) // self.batch_size if len(self.split) > self.batch_size else 1
@@ -132,6 +134,8 @@ class StageLoop:
             for step in range(first, len(batches)):
                 inputs, targets = batches[step]
                 batch = (inputs.to(self.device), {k: v.to(self.device) for k, v in targets.items()})
+                if self.before_step is not None:
+                    self.before_step((epoch * self.steps_in_epoch() + step) / max(self.total_steps(), 1))
                 loss, squeeze = self.step(batch, epoch, step)
                 if not math.isfinite(loss):
                     bar.close()
