@@ -7,7 +7,10 @@ optimiser. The searched network is a full `dagir run`. Per seed and method the t
 parameters, the multiply-accumulates and the training time are collected; the table reports mean ±
 std over seeds and Δ_MTL against the single-task networks (DESIGN §8).
 
-OUT/table.md, table.csv, results.json, comparison.png, and one run folder per method and seed.
+OUT/table.md, table.csv, results.json, comparison.png, and one run folder per method and seed, each
+with the spec it ran (`spec.resolved.yaml`). With `resume`, a method and seed whose folder holds a
+finished result of the same spec is not trained again, and an interrupted searched run continues
+from its checkpoint: a long bench can be stopped and taken up again, or given more seeds.
 """
 from __future__ import annotations
 
@@ -21,12 +24,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+import yaml
 
 from .datasets import load_dataset
+from .errors import UserError
 from .ir_stats import count_macs
 from .pass_manager import PassManager, parse_pipeline
 from .pipeline import seed_ir
-from .run_job import Run, prepare_run_folder, write_text
+from .run_job import Run, prepare_run_folder, same_run_spec, write_text
 from .spec import Spec, check_data_root
 from .tasks import delta_mtl, primary_metric
 from .training.loop import EpochTotals, StageLoop, evaluate, make_optimizer, supervised_step
@@ -34,6 +39,7 @@ from .training.schedules import set_learning_rates
 
 BASELINES = {"single_task": "build-single-task", "hard_sharing": "build-hard-sharing",
              "cross_stitch": "build-cross-stitch"}
+BASELINE_RESULT_KEYS = ("test", "parameters", "macs", "seconds")
 Echo = Callable[[str], None]
 
 
@@ -53,6 +59,8 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
     data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
     ir = PassManager(parse_pipeline([BASELINES[baseline], "legalize-types"], spec)).run(seed_ir(spec))
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # a folder with metrics.json holds a finished result
+    write_text(out / "spec.resolved.yaml", yaml.safe_dump(spec.resolved_dict(), sort_keys=False))
     write_text(out / "ir.json", ir.to_json())
     module = lower_supernet(ir)
     module.gates.mode = "ones"
@@ -77,23 +85,50 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
     return result
 
 
-def run_searched(spec: Spec, out: Path, *, progress: bool, echo: Echo) -> dict[str, Any]:
-    prepare_run_folder(spec, out, resume=False, overwrite=True)
-    metrics = Run(spec, out, progress=progress, echo=echo).execute()
+def run_searched(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
+    """A full `dagir run` in `out`; with `resume`, an interrupted one there continues from its checkpoint."""
+    resume = resume and (out / "checkpoints" / "latest.pt").is_file()
+    prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
+    return searched_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
+
+
+def searched_result(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bench's row for a searched run, from its metrics.json."""
     return {"test": metrics["test"], "parameters": metrics["compact"]["parameters"],
             "macs": metrics["compact"]["macs"]["total"], "seconds": sum(metrics["stage_seconds"].values())}
 
 
+def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None:
+    """The result in `out` if a run of `method` with exactly this spec finished there, else None."""
+    metrics, resolved = out / "metrics.json", out / "spec.resolved.yaml"
+    if not metrics.is_file():
+        return None
+    if not resolved.is_file() or not same_run_spec(yaml.safe_load(resolved.read_text()), spec):
+        raise UserError(f"{out}: holds a result of a different spec (or none recorded); "
+                        f"resume with the same spec and --set options, or use a new output folder")
+    try:
+        saved = json.loads(metrics.read_text())
+        return searched_result(saved) if method == "searched" else {k: saved[k] for k in BASELINE_RESULT_KEYS}
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise UserError(f"{metrics}: not a finished {method} result ({error}); delete the folder to train it again")
+
+
 def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[int], progress: bool = True,
-              echo: Echo = print) -> dict[str, Any]:
-    """Train every method for every seed, then write the comparison table and plot."""
+              echo: Echo = print, resume: bool = False) -> dict[str, Any]:
+    """Train every method for every seed (with `resume`, only those not finished in OUT), then write
+    the comparison table and plot."""
     results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in methods}
     for seed in seeds:
         seeded = with_seed(spec, seed)
         for method in methods:
-            echo(f"== {method}, seed {seed}")
             folder = out / f"{method}-seed{seed}"
-            results[method][seed] = (run_searched(seeded, folder, progress=progress, echo=echo)
+            finished = finished_result(seeded, method, folder) if resume else None
+            if finished is not None:
+                echo(f"== {method}, seed {seed}: finished in {folder}, not trained again")
+                results[method][seed] = finished
+                continue
+            echo(f"== {method}, seed {seed}")
+            results[method][seed] = (run_searched(seeded, folder, progress=progress, echo=echo, resume=resume)
                                      if method == "searched" else
                                      train_baseline(seeded, method, folder, progress=progress, echo=echo))
     table = summarise(spec, results)

@@ -98,6 +98,8 @@ def bench_command(
     methods: Optional[str] = typer.Option(None, help="Comma-separated: searched,single_task,hard_sharing,"
                                           "cross_stitch (default: bench.methods of the spec)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds, from the spec's seed on."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the finished methods and seeds in OUT; train "
+                                "only the rest (an interrupted searched run continues from its checkpoint)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The searched network against the baselines on the same data: metrics, Δ_MTL, parameters, MACs."""
@@ -111,7 +113,7 @@ def bench_command(
         extra.append(f"bench.seeds={seeds}")
     spec = load_spec(spec_path, extra)
     seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
-    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo)
+    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo, resume=resume)
     _echo((out / "table.md").read_text())
     _echo(f"wrote {out}")
 

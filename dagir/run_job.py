@@ -85,6 +85,17 @@ def effective_gates(ir: IR, tau: float) -> IR:
     return out
 
 
+def same_run_spec(saved: Any, spec: Spec) -> bool:
+    """Whether a resolved spec read from a run folder describes the same run as `spec`.
+
+    The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
+    run trains, so a bench given more seeds can take up the runs it already finished.
+    """
+    def run_part(resolved: Any) -> Any:
+        return {k: v for k, v in resolved.items() if k != "bench"} if isinstance(resolved, dict) else resolved
+    return run_part(saved) == run_part(spec.resolved_dict())
+
+
 def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:
     """Check OUT before a run starts: a resumed run must be this spec's; a new one must not clobber."""
     checkpoint = Path(out) / "checkpoints" / "latest.pt"
@@ -92,11 +103,12 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
         resolved = Path(out) / "spec.resolved.yaml"
         if not resolved.is_file():
             raise UserError(f"{out}: not a dagir run folder (no spec.resolved.yaml); nothing to resume")
-        if yaml.safe_load(resolved.read_text()) != spec.resolved_dict():
+        if not same_run_spec(yaml.safe_load(resolved.read_text()), spec):
             raise UserError(f"{out}: the run there was started from a different spec; resume it with the "
                             f"same spec and --set options")
-    elif overwrite and checkpoint.exists():
-        checkpoint.unlink()
+    elif overwrite:  # a fresh run: no checkpoint to resume from, no finished result left from before
+        checkpoint.unlink(missing_ok=True)
+        (Path(out) / "metrics.json").unlink(missing_ok=True)
 
 
 class Run:

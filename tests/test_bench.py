@@ -33,3 +33,25 @@ def test_bench_compares_searched_network_with_baselines(tmp_path):
     assert table["rows"]["single_task"]["delta_mtl"]["mean"] == 0.0
     assert table["rows"]["hard_sharing"]["parameters"]["mean"] < table["rows"]["single_task"]["parameters"]["mean"]
     assert "± " in (out / "table.md").read_text()
+
+
+def test_bench_resume_trains_only_what_is_not_finished(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "bench"
+    first = ("bench", str(spec), "-o", str(out), "--methods", "searched,hard_sharing", "--no-progress")
+    code, _, stderr = dagir(*first, "--seeds", "1")
+    assert code == 0, stderr
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*-seed3/metrics.json")}
+    assert len(finished) == 2
+    # a seed more: seed 3 is read back, seed 4 trained; the table covers both
+    code, stdout, stderr = dagir(*first, "--seeds", "2", "--resume")
+    assert code == 0, stderr
+    assert stdout.count("not trained again") == 2 and "== searched, seed 4" in stdout
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished
+    assert json.loads((out / "results.json").read_text())["table"]["seeds"] == [3, 4]
+    # another spec in the same folder is refused, and nothing there is touched
+    before = (out / "results.json").read_bytes()
+    code, _, stderr = dagir(*first, "--seeds", "2", "--resume", "--set", "train.finetune.lr=0.5")
+    assert code == 2 and "holds a result of a different spec" in stderr and "Traceback" not in stderr
+    assert (out / "results.json").read_bytes() == before
