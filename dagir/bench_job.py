@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-import yaml
 
 from .datasets import load_dataset
 from .errors import UserError
@@ -60,7 +59,7 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
     ir = PassManager(parse_pipeline([BASELINES[baseline], "legalize-types"], spec)).run(seed_ir(spec))
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").unlink(missing_ok=True)  # a folder with metrics.json holds a finished result
-    write_text(out / "spec.resolved.yaml", yaml.safe_dump(spec.resolved_dict(), sort_keys=False))
+    write_text(out / "spec.resolved.yaml", spec.resolved_yaml())
     write_text(out / "ir.json", ir.to_json())
     module = lower_supernet(ir)
     module.gates.mode = "ones"
@@ -103,7 +102,7 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
     metrics, resolved = out / "metrics.json", out / "spec.resolved.yaml"
     if not metrics.is_file():
         return None
-    if not resolved.is_file() or not same_run_spec(yaml.safe_load(resolved.read_text()), spec):
+    if not resolved.is_file() or not same_run_spec(resolved, spec):
         raise UserError(f"{out}: holds a result of a different spec (or none recorded); "
                         f"resume with the same spec and --set options, or use a new output folder")
     try:

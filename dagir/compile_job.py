@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from .ir import IR
 from .ir_stats import pass_summary
 from .ir_text import format_ir
@@ -41,7 +39,7 @@ class CompileReport:
 
 
 def write_resolved_spec(spec: Spec, folder: Path) -> None:
-    text = yaml.safe_dump(spec.resolved_dict(), sort_keys=False)
+    text = spec.resolved_yaml()
     (folder / "spec.resolved.yaml").write_text(text)
 
 

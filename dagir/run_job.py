@@ -85,15 +85,15 @@ def effective_gates(ir: IR, tau: float) -> IR:
     return out
 
 
-def same_run_spec(saved: Any, spec: Spec) -> bool:
-    """Whether a resolved spec read from a run folder describes the same run as `spec`.
+def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
+    """Whether the resolved spec a run folder recorded describes the same run as `spec`.
 
     The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
     run trains, so a bench given more seeds can take up the runs it already finished.
     """
     def run_part(resolved: Any) -> Any:
         return {k: v for k, v in resolved.items() if k != "bench"} if isinstance(resolved, dict) else resolved
-    return run_part(saved) == run_part(spec.resolved_dict())
+    return run_part(yaml.safe_load(resolved_file.read_text())) == run_part(spec.resolved_dict())
 
 
 def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -103,7 +103,7 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
         resolved = Path(out) / "spec.resolved.yaml"
         if not resolved.is_file():
             raise UserError(f"{out}: not a dagir run folder (no spec.resolved.yaml); nothing to resume")
-        if not same_run_spec(yaml.safe_load(resolved.read_text()), spec):
+        if not same_run_spec(resolved, spec):
             raise UserError(f"{out}: the run there was started from a different spec; resume it with the "
                             f"same spec and --set options")
     elif overwrite:  # a fresh run: no checkpoint to resume from, no finished result left from before
@@ -174,7 +174,7 @@ class Run:
                             "--overwrite to start again")
         try:
             out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "spec.resolved.yaml", yaml.safe_dump(self.spec.resolved_dict(), sort_keys=False))
+            write_text(out / "spec.resolved.yaml", self.spec.resolved_yaml())
         except OSError as err:
             raise UserError(f"{out}: cannot write the output folder ({err.strerror or err})") from None
         return None

@@ -213,6 +213,11 @@ class Spec(Strict):
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def resolved_yaml(self) -> str:
+        """The spec with every default filled in, as written to `spec.resolved.yaml` beside every output."""
+        import yaml
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False)
+
     def error(self, path: tuple[str | int, ...], message: str) -> SpecError:
         """A `SpecError` pointing at `path` in the file this spec was read from (if any)."""
         if self._source is None:
