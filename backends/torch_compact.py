@@ -21,11 +21,17 @@ its slot), so the compact routing layer keeps one logit per input the supernet's
 columns sliced to the kept inputs — and takes the softmax over all of them (`gate_slots` below,
 recorded in the IR's `meta["compact"]` so a reload builds the same shapes).
 
+An op called on several states (an edge reading several states of its source, a node's nddr
+aggregation or op computing several states) keeps one set of weights but a batch norm per state
+(`PerStateNorm`, each copied from the supernet's), so fine-tuning trains batch norm on what each
+state really feeds it, and the statistics used at test time match.
+
 Names follow the IR: `edge_h2_h4`, `node_h3` (aggregation), `head_<task>`; a hidden node's states are
 `h3_s0`, `h3_s1`, ... in the order of its groups in `ir.meta["share_states"]`.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import operator
@@ -87,6 +93,51 @@ class GateAggregation(nn.Module):
         weights = torch.softmax(self.route(pooled), dim=1)
         shape = (-1,) + (1,) * (joined.dim() - 1)
         return sum(weights[:, p].reshape(shape) * filled[i] for i, p in enumerate(self.positions))
+
+
+class PerStateNorm(nn.Module):
+    """An op the compact network calls on several states: one set of weights, but every state keeps
+    its own batch norms (statistics and affine parameters), so fine-tuning can train batch norm
+    without averaging statistics over inputs that differ. `forward(x, state)`: state 0 runs `op`
+    as it is, state i > 0 runs it with the batch norms in `norms[i - 1]` (same order as `names`)."""
+
+    def __init__(self, op: nn.Module, states: int) -> None:
+        super().__init__()
+        self.op = op
+        self.names = [name for name, m in op.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.norms = nn.ModuleList(nn.ModuleList(copy.deepcopy(op.get_submodule(name)) for name in self.names)
+                                   for _ in range(states - 1))
+
+    def forward(self, x, state: int) -> Tensor:
+        if state == 0:
+            return self.op(x)
+        swapped = {f"{name}.{key}": tensor for name, norm in zip(self.names, self.norms[state - 1])
+                   for key, tensor in [*norm.named_parameters(), *norm.named_buffers()]}
+        return torch.func.functional_call(self.op, swapped, (x,))
+
+    def share_norms(self) -> None:
+        """Give every state the op's own batch norms (after its weights were loaded)."""
+        for norms in self.norms:
+            for name, norm in zip(self.names, norms):
+                norm.load_state_dict(self.op.get_submodule(name).state_dict())
+
+
+def _has_norm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def _norm_per_state(root: nn.Module, graph: fx.Graph) -> None:
+    """Wrap every module with batch norm that the graph calls more than once in `PerStateNorm`,
+    passing each call its state's index."""
+    calls: dict[str, list[fx.Node]] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(str(node.target), []).append(node)
+    for target, nodes in calls.items():
+        if len(nodes) > 1 and _has_norm(root.get_submodule(target)):
+            setattr(root, target, PerStateNorm(root.get_submodule(target), len(nodes)))
+            for index, node in enumerate(nodes):
+                node.args = (*node.args, index)
 
 
 # -- the supernet's aggregation slots -------------------------------------------------------------
@@ -238,6 +289,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
 
     index = {(state.node.name, task): state.key for state in states for task in state.tasks}
     graph.output({task: values[index[(ir.head_of(task).name, task)]] for task in ir.task_names})
+    _norm_per_state(root, graph)
     root.to(dtype)
     module = fx.GraphModule(root, graph, class_name="CompactNetwork")
     module.compact_meta = {"gate_slots": gate_slots}
@@ -257,11 +309,14 @@ def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR,
             source = getattr(supernet, name, None)
             if source is None:
                 raise ValueError(f"the supernet has no submodule {name!r}: was it lowered from another IR?")
-            if isinstance(child, (NddrAggregation, GateAggregation)):
+            target = child.op if isinstance(child, PerStateNorm) else child
+            if isinstance(target, (NddrAggregation, GateAggregation)):
                 node = ir.nodes[name[len("node_"):]]
-                _copy_aggregation(child, source, supernet, node, slots[node.name])
+                _copy_aggregation(target, source, supernet, node, slots[node.name])
             else:
-                child.load_state_dict(source.state_dict())
+                target.load_state_dict(source.state_dict())
+            if isinstance(child, PerStateNorm):
+                child.share_norms()
 
 
 def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, node: Node,
@@ -285,6 +340,8 @@ def _module_source(module: nn.Module) -> str:
     if isinstance(module, nn.Sequential):
         children = ", ".join(f"({name!r}, {_module_source(child)})" for name, child in module.named_children())
         return f"nn.Sequential(OrderedDict([{children}]))"
+    if isinstance(module, PerStateNorm):
+        return f"PerStateNorm({_module_source(module.op)}, {len(module.norms) + 1})"
     if isinstance(module, (NddrAggregation, GateAggregation)):
         args = ", ".join(f"{k}={v!r}" for k, v in module.config.items())
         return f"{type(module).__name__}({args})"
@@ -352,8 +409,8 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
     used = {type(child) for child in module.modules()}
     # layer classes of torch_ops beyond plain torch.nn (Scale, UpsampleConv) travel as source too
     local = [cls for cls in used if cls.__module__ == "dagir.backends.torch_ops" and cls.__name__ in _OP_CLASSES]
-    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, *sorted(local, key=str))
-               if cls in used]
+    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, PerStateNorm,
+                                                  *sorted(local, key=str)) if cls in used]
     layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
     forward = module.graph.python_code(root_module="self").src
     forward = re.sub(r";  [\w =]+ = None$", "", forward, flags=re.MULTILINE).strip()  # fx's early frees
@@ -364,7 +421,7 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
               "    outputs = network(x)        # {task: tensor}\n"
               '"""\n')
     return "\n".join([
-        header, "import json", "import struct", "from collections import OrderedDict", "",
+        header, "import copy", "import json", "import struct", "from collections import OrderedDict", "",
         "import torch", "from torch import Tensor, nn", "", "", *helpers, "",
         "class CompactNetwork(nn.Module):",
         '    """The searched network; submodules are named after the IR (edge_h2_h4, node_h3, head_<task>)."""',

@@ -15,12 +15,13 @@ Pure Python on purpose (no torch): reports and tests use it on the IR.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
 from .ir import IR, Edge, Node, TensorType
-from .ops import mac_count, parameter_count
+from .ops import mac_count, norm_parameter_count, parameter_count
 
 StateKey = tuple[str, int]  # (node name, index of the state among the node's states)
 
@@ -162,6 +163,11 @@ def aggregation_parameters(aggregation: str, node_type: TensorType, inputs: int,
     raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
 
 
+def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
+    """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm)."""
+    return 2 * node_type.shape[0] if aggregation == "nddr" else 0
+
+
 def gate_logit_counts(ir: IR) -> dict[str, int]:
     """Routing logits of each `gate` node, where the compact lowering recorded them (a module built
     from a supernet keeps one logit per input the supernet's node had, not only the kept ones)."""
@@ -170,16 +176,27 @@ def gate_logit_counts(ir: IR) -> dict[str, int]:
 
 
 def compact_parameters(ir: IR) -> dict[str, Any]:
-    """Parameters of the compact network (each edge op and aggregation once) and of each task's
-    sub-network alone: `{"total": int, "per_task": {task: int}}`."""
+    """Parameters of the compact network and of each task's sub-network alone:
+    `{"total": int, "per_task": {task: int}}`.
+
+    The compact network has each edge op and aggregation once, plus, for a module called on several
+    states (an edge op reading several states of its source, a node's aggregation or op computing
+    several states), one more set of batch norms per extra state (`torch_compact.PerStateNorm`).
+    A task's sub-network alone computes one state per node, so it has one set.
+    """
     states = compact_states(ir)
     slots = aggregation_edges(ir, states)
     logits = gate_logit_counts(ir)
     edges = {edge.name: edge for state in states for edge, _ in state.inputs}
     nodes = {state.node.name: state.node for state in states}
+    reads = Counter(name for name, _ in {(edge.name, source) for s in states for edge, source in s.inputs})
+    calls = Counter(state.node.name for state in states)
     total = sum(parameter_count(e.op) for e in edges.values()) + sum(
         parameter_count(n.op) + aggregation_parameters(n.aggregation, n.input_type, len(slots.get(name, [])),
                                                        logits.get(name))
+        for name, n in nodes.items())
+    extra_norms = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
+        (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
         for name, n in nodes.items())
     per_task = {}
     for task in ir.task_names:
@@ -187,4 +204,4 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
         per_task[task] = sum(parameter_count(s.node.op)
                              + aggregation_parameters(s.node.aggregation, s.node.input_type, len(s.inputs))
                              + sum(parameter_count(edge.op) for edge, _ in s.inputs) for s in own)
-    return {"total": total, "per_task": per_task}
+    return {"total": total + extra_norms, "per_task": per_task}

@@ -22,12 +22,14 @@ class OpTypeError(ValueError):
 
 @dataclass(frozen=True)
 class OpRule:
-    """Type and cost rules of one op. `macs` counts multiply-accumulates per sample."""
+    """Type and cost rules of one op. `macs` counts multiply-accumulates per sample; `norm_channels`
+    the channels of its batch norms (their affine parameters are part of `params`)."""
 
     infer: Callable[[Mapping, TensorType], TensorType]
     params: Callable[[Mapping], int]
     macs: Callable[[Mapping, TensorType], int]
     doc: str
+    norm_channels: Callable[[Mapping], int] = lambda p: 0
 
 
 def _require_image(t: TensorType, channels: int, op: str) -> None:
@@ -117,12 +119,14 @@ REGISTRY: dict[str, OpRule] = {
         _conv_infer,
         lambda p: int(p["c_in"]) * int(p["c_out"]) * int(p.get("kernel", 3)) ** 2 + 2 * int(p["c_out"]),
         _conv_macs,
-        "k x k convolution (stride s, no bias), batch norm, ReLU; params c_in, c_out, stride, kernel=3"),
+        "k x k convolution (stride s, no bias), batch norm, ReLU; params c_in, c_out, stride, kernel=3",
+        lambda p: int(p["c_out"])),
     "pool_conv_bn_relu": OpRule(
         _pool_conv_infer,
         lambda p: int(p["c_in"]) * int(p["c_out"]) + 2 * int(p["c_out"]),
         _pool_conv_macs,
-        "average pooling by `stride`, 1x1 convolution, batch norm, ReLU; params c_in, c_out, stride"),
+        "average pooling by `stride`, 1x1 convolution, batch norm, ReLU; params c_in, c_out, stride",
+        lambda p: int(p["c_out"])),
     "linear_relu": OpRule(
         _linear_infer("linear_relu"),
         lambda p: int(p["d_in"]) * int(p["d_out"]) + int(p["d_out"]),
@@ -148,13 +152,15 @@ REGISTRY: dict[str, OpRule] = {
         lambda p: int(p["c_in"]) * int(p["c_out"]) + 2 * int(p["c_out"]),
         lambda p, t: int(p["c_in"]) * int(p["c_out"]) * t.shape[1] * t.shape[2],  # the conv runs before up-sampling
         "1x1 convolution, batch norm, ReLU, then bilinear up-sampling (align_corners=False) to "
-        "height x width: a read-out into a dense head; params c_in, c_out, height, width"),
+        "height x width: a read-out into a dense head; params c_in, c_out, height, width",
+        lambda p: int(p["c_out"])),
     "dense_head": OpRule(
         _dense_head_infer,
         _dense_head_params,
         lambda p, t: (9 * int(p["c_in"]) + int(p["c_out"])) * int(p["c_in"]) * t.shape[1] * t.shape[2],
         "3x3 convolution, batch norm, ReLU, then a 1x1 convolution (with bias) to the task's channels "
-        "per pixel: the head of a segmentation, depth or normals task; params c_in, c_out"),
+        "per pixel: the head of a segmentation, depth or normals task; params c_in, c_out",
+        lambda p: int(p["c_in"])),
     "scale": OpRule(
         _identity_infer,
         lambda p: 1,
@@ -184,6 +190,12 @@ def output_type(op: Op, input_type: TensorType) -> TensorType:
 
 def parameter_count(op: Op | None) -> int:
     return 0 if op is None else _rule(op).params(op.params)
+
+
+def norm_parameter_count(op: Op | None) -> int:
+    """The affine parameters of the op's batch norms (2 per channel): what one more set of batch
+    norms for the op costs (the compact network gives every state an op reads its own)."""
+    return 0 if op is None else 2 * _rule(op).norm_channels(op.params)
 
 
 def mac_count(op: Op | None, input_type: TensorType) -> int:

@@ -345,12 +345,10 @@ class Run:
         return weights
 
     def _finetune(self, compact, supernet, data, state) -> None:
-        """Train Θ of the kept edges and the heads, with batch-norm statistics frozen.
-
-        In the compact network one edge op may serve several task states whose distributions differ;
-        running statistics averaged over them would not match any of them at test time, so the
-        statistics from warm-up stay, and train and test compute the same function.
-        """
+        """Train Θ of the kept edges, the heads and batch norm (statistics included) of the compact
+        network. Batch norm re-learns what the discretised network feeds it: the warm-up statistics
+        were gathered with every edge on. A module the compact network calls on several states has
+        a batch norm per state (`PerStateNorm`), so no statistics are averaged over differing inputs."""
         stage = self.spec.train.finetune
         optimizer = make_optimizer(list(compact.parameters()), stage)
         if state is not None:
@@ -358,9 +356,6 @@ class Run:
 
         def forward(inputs):
             compact.train()
-            for module in compact.modules():
-                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                    module.eval()
             return self._forward(compact, inputs)
 
         step = supervised_step(forward, optimizer, self.spec.tasks)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dagir.backends.torch_compact import export_compact, load_compact, lower_compact
+from dagir.backends.torch_compact import PerStateNorm, export_compact, load_compact, lower_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
 from dagir.errors import UserError
@@ -118,6 +118,23 @@ def test_each_state_and_edge_call_is_computed_once(searched, flow_budget):
     assert compact_parameters(reduced)["total"] == count_parameters(compact)
 
 
+@PROPERTY
+@given(searched_spaces(), st.sampled_from([0.0, 0.4]))
+def test_each_state_gathers_its_own_batch_norm_statistics(searched, flow_budget):
+    """Fine-tuning trains batch norm: the statistics one training pass gathers (momentum 1) give, at
+    test time, what training computed, for every state, even where one op serves several states."""
+    reduced = post_search(searched, flow_budget)
+    compact = lower_compact(reduced, hard_supernet(searched, reduced), dtype=torch.float64)
+    for layer in compact.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.momentum = 1.0
+    x = batch_for(searched, size=64)
+    trained = compact.train()(x)
+    tested = compact.eval()(x)
+    for task in reduced.task_names:  # running variance is unbiased, batch variance is not: 1/64 apart
+        torch.testing.assert_close(tested[task], trained[task], rtol=0.05, atol=0.05)
+
+
 def test_shared_states_make_the_compact_network_cheaper():
     searched = compile_spec(make_spec(tasks=3, nodes=4, stages=1))  # every gate at init: all kept
     reduced = post_search(searched, 0.0)
@@ -144,10 +161,12 @@ def test_generated_code_is_readable_and_names_follow_the_ir():
 
 @pytest.mark.parametrize("aggregation", ["sum", "nddr", "gate"])
 def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, aggregation: str):
-    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation)), 7)
+    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation)), 4)
     reduced = post_search(searched)
     supernet = hard_supernet(searched, reduced, seed=1)
     compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
+    assert any(isinstance(child, PerStateNorm) for child in compact.children())
+    randomize_batch_norm(compact, seed=2)  # every state's own batch norms differ, as after fine-tuning
     x = batch_for(searched)
     expected = compact(x)
     export_compact(compact, reduced, tmp_path)
@@ -155,7 +174,7 @@ def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, agg
 
     source = (tmp_path / "compact.py").read_text()
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
-    assert imports <= {"torch", "json", "struct", "collections"}
+    assert imports <= {"torch", "copy", "json", "struct", "collections"}
     spec = importlib.util.spec_from_file_location(f"exported_compact_{aggregation}", tmp_path / "compact.py")
     standalone = importlib.util.module_from_spec(spec)
     sys.modules.pop(spec.name, None)
