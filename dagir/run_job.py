@@ -15,7 +15,6 @@ OUT/
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -211,8 +210,9 @@ class Run:
 
     # -- stages -------------------------------------------------------------------------------
     def _loop(self, name: str, stage_spec, split: Split, step, model, optimizers, data, *, save_extra=None,
-              scheduled=None):
-        """The stage's loop; `scheduled` (default: all `optimizers`) follow `stage_spec.lr_schedule`."""
+              scheduled=None, follow_progress=None):
+        """The stage's loop; `scheduled` (default: all `optimizers`) follow `stage_spec.lr_schedule`,
+        and `follow_progress(progress)`, if given, runs before every step too (the search's τ, λ)."""
         tasks = self.spec.tasks
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
 
@@ -233,11 +233,15 @@ class Run:
                        "stage_seconds": self.stage_seconds}
             save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
 
+        def before_step(progress: float) -> None:
+            set_learning_rates(optimizers if scheduled is None else scheduled, progress,
+                               schedule=stage_spec.lr_schedule)
+            if follow_progress is not None:
+                follow_progress(progress)
+
         loop = StageLoop(name, split, self.spec.data.batch_size, stage_spec.epochs, stage_spec.steps_per_epoch,
                          self.spec.seed, step, checkpoint, end_of_epoch, self.spec.train.checkpoint_every,
-                         self.progress, self.device,
-                         before_step=functools.partial(set_learning_rates, optimizers if scheduled is None else scheduled,
-                                                       schedule=stage_spec.lr_schedule))
+                         self.progress, self.device, before_step=before_step)
         return loop, started
 
     def _resume_loop(self, loop: StageLoop, state, optimizers, name: str, started: float) -> None:
@@ -276,8 +280,13 @@ class Run:
         trained = head_parameters(supernet) + (weights if stage.train_weights else [])
         weight_optimizer = make_optimizer(trained, stage)
         optimizers = [gate_optimizer, weight_optimizer]
-        total_steps = max(1, stage.epochs * self._steps_per_epoch(data.train, stage))
         compactness = {"epoch": -1, "weights": None}
+        squeeze_weight = {"now": 0.0}
+
+        def follow_progress(progress: float) -> None:
+            supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end,
+                                             schedule=schedule.schedule)
+            squeeze_weight["now"] = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
 
         def set_mode() -> None:
             supernet.train()
@@ -288,10 +297,6 @@ class Run:
 
         def step(batch, epoch, index):
             set_mode()
-            progress = (epoch * self._steps_per_epoch(data.train, stage) + index) / total_steps
-            supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end,
-                                             schedule=schedule.schedule)
-            weight = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
             inputs, targets = batch
             if stage.mode == "alternating" and index % 2 == 0:
                 loss, _ = multitask_loss(self._forward(supernet, inputs), targets, spec.tasks)
@@ -303,8 +308,8 @@ class Run:
                 compactness.update(epoch=epoch, weights=self._flow_compactness(supernet))
             outputs = self._forward(supernet, inputs)
             task_total, _ = multitask_loss(outputs, targets, spec.tasks)
-            squeezed = squeeze_loss(supernet.gates(), kind=squeeze.kind, weight=weight, rho=squeeze.rho,
-                                    compactness_weights=compactness["weights"])
+            squeezed = squeeze_loss(supernet.gates(), kind=squeeze.kind, weight=squeeze_weight["now"],
+                                    rho=squeeze.rho, compactness_weights=compactness["weights"])
             loss = task_total + squeezed
             gate_optimizer.zero_grad(set_to_none=True)
             weight_optimizer.zero_grad(set_to_none=True)
@@ -315,7 +320,8 @@ class Run:
             return float(task_total.detach()), float(squeezed.detach())
 
         loop, started = self._loop("search", stage, data.train, step, supernet, optimizers, data,
-                                   scheduled=[weight_optimizer])  # the gates follow τ, not an lr schedule
+                                   scheduled=[weight_optimizer],  # the gates follow τ, not an lr schedule
+                                   follow_progress=follow_progress)
         self._resume_loop(loop, state, optimizers, "search", started)
         for parameter in weights:
             parameter.requires_grad_(True)
@@ -323,11 +329,6 @@ class Run:
     def _forward(self, model, inputs):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return model(inputs.to(self.dtype))
-
-    def _steps_per_epoch(self, split: Split, stage) -> int:
-        batch = self.spec.data.batch_size
-        full = len(split) // batch if len(split) > batch else 1
-        return min(full, stage.steps_per_epoch) if stage.steps_per_epoch else full
 
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""
