@@ -57,8 +57,8 @@ def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo
     torch.manual_seed(spec.seed)
     data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
     ir = PassManager(parse_pipeline([BASELINES[baseline], "legalize-types"], spec)).run(seed_ir(spec))
+    prepare_run_folder(spec, out, resume=False, overwrite=True)  # no finished result left from before
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").unlink(missing_ok=True)  # a folder with metrics.json holds a finished result
     write_text(out / "spec.resolved.yaml", spec.resolved_yaml())
     write_text(out / "ir.json", ir.to_json())
     module = lower_supernet(ir)

@@ -125,6 +125,11 @@ def _state_macs(ir: IR, state: CompactState) -> int:
             + mac_count(node.op, node.input_type))
 
 
+def _edge_calls(states: list[CompactState]) -> dict[tuple[str, StateKey], Edge]:
+    """Every (edge, source state) pair the compact network computes: one edge op call each."""
+    return {(edge.name, source): edge for state in states for edge, source in state.inputs}
+
+
 def _edge_macs(ir: IR, edge: Edge) -> int:
     return mac_count(edge.op, ir.nodes[edge.src].type)
 
@@ -138,8 +143,7 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     what sharing saves. Aggregations are costed by `aggregation_macs`.
     """
     states = compact_states(ir)
-    edge_calls = {(edge.name, source): edge for state in states for edge, source in state.inputs}
-    total = sum(_state_macs(ir, s) for s in states) + sum(_edge_macs(ir, e) for e in edge_calls.values())
+    total = sum(_state_macs(ir, s) for s in states) + sum(_edge_macs(ir, e) for e in _edge_calls(states).values())
     per_task = {task: 0 for task in ir.task_names}
     for state in states:
         cost = _state_macs(ir, state) + sum(_edge_macs(ir, edge) for edge, _ in state.inputs)
@@ -189,7 +193,7 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     logits = gate_logit_counts(ir)
     edges = {edge.name: edge for state in states for edge, _ in state.inputs}
     nodes = {state.node.name: state.node for state in states}
-    reads = Counter(name for name, _ in {(edge.name, source) for s in states for edge, source in s.inputs})
+    reads = Counter(name for name, _ in _edge_calls(states))
     calls = Counter(state.node.name for state in states)
     total = sum(parameter_count(e.op) for e in edges.values()) + sum(
         parameter_count(n.op) + aggregation_parameters(n.aggregation, n.input_type, len(slots.get(name, [])),
