@@ -13,7 +13,6 @@ task's gate `σ(logit)` or its share of the task's flow. Edges dropped for every
 from __future__ import annotations
 
 import html
-import math
 import shutil
 import subprocess
 import warnings
@@ -21,7 +20,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
-from dagir.ir import IR, Edge, Node, edge_name
+from dagir.gates import edge_gate
+from dagir.ir import IR, Decision, Edge, Node, edge_name
 
 EdgeWidths = Literal["auto", "gate", "flow", "none"]
 FlowMap = Mapping[str, Any]  # task -> {(src, dst) or edge name: flow}, or task -> dagir.flow.TaskFlow
@@ -65,7 +65,9 @@ def to_dot(ir: IR, *, edge_widths: EdgeWidths = "auto", flows: FlowMap | None = 
         raise ValueError("edge_widths='flow' needs a flows mapping {task: {(src, dst): flow}}")
     colours = task_colours(ir)
     weigh = _edge_weigher(ir, edge_widths, flows)
-    edge_lines = [line for edge in ir.edges.values() for line in _edge_lines(edge, ir, colours, weigh)]
+    decided = ir.decision_of_edge()
+    edge_lines = [line for key, edge in ir.edges.items()
+                  for line in _edge_lines(edge, ir, colours, weigh, decided.get(key))]
     large = len(edge_lines) > 400
 
     lines = [f"digraph {_quote(ir.name or 'dagir')} {{"]
@@ -198,9 +200,11 @@ def _edge_weigher(ir: IR, edge_widths: str, flows: FlowMap | None) -> Callable[[
     if edge_widths == "none":
         return lambda edge, task: 1.0
     if edge_widths == "gate":
+        decided = ir.decision_of_edge()
+
         def gate(edge: Edge, task: str) -> float:
-            logit = edge.tasks[task].gate_logit
-            return 1.0 if logit is None else _sigmoid(logit)
+            value = edge_gate(decided.get((edge.src, edge.dst)), (edge.src, edge.dst), task)
+            return 1.0 if value is None else value
         return gate
     assert flows is not None
     names = {edge_name(src, dst): (src, dst) for src, dst in ir.edges}
@@ -217,11 +221,11 @@ def _edge_weigher(ir: IR, edge_widths: str, flows: FlowMap | None) -> Callable[[
 
 
 def _edge_lines(edge: Edge, ir: IR, colours: Mapping[str, str],
-                weigh: Callable[[Edge, str], float]) -> Iterable[str]:
+                weigh: Callable[[Edge, str], float], decision: Decision | None) -> Iterable[str]:
     ends = f"{_quote(edge.src)} -> {_quote(edge.dst)}"
     style = EDGE_STYLES.get(edge.kind, "solid")
     active = [t for t in edge.active_tasks() if t in colours] or edge.active_tasks()
-    base = {"style": style, "tooltip": _edge_tooltip(edge)}
+    base = {"style": style, "tooltip": _edge_tooltip(edge, decision)}
     bold = 1.5 if style == "bold" else 0.0  # an explicit penwidth overrides style=bold: widen by hand
     if edge.kind == "cross":
         base["arrowhead"], base["arrowsize"] = "odiamond", "1.0"
@@ -249,10 +253,11 @@ def _span(src: Node, dst: Node) -> int | None:
     return dst.index - src.index
 
 
-def _edge_tooltip(edge: Edge) -> str:
+def _edge_tooltip(edge: Edge, decision: Decision | None) -> str:
     parts = [f"{edge.name}: {edge.kind}", f"op {edge.op}" if edge.op is not None else "op (not legalised)"]
     for task, state in edge.tasks.items():
-        gate = "" if state.gate_logit is None else f" σ={_sigmoid(state.gate_logit):.3f}"
+        value = edge_gate(decision, (edge.src, edge.dst), task)
+        gate = "" if value is None else f" p={value:.3f}"
         keep = "" if state.keep is None else (" kept" if state.keep else " dropped")
         parts.append(f"{task}:{gate}{keep}" if gate or keep else f"{task}")
     return "\n".join(parts)
@@ -260,10 +265,6 @@ def _edge_tooltip(edge: Edge) -> str:
 
 def _penwidth(weight: float, extra: float = 0.0) -> str:
     return f"{extra + MIN_PENWIDTH + (MAX_PENWIDTH - MIN_PENWIDTH) * weight:.2f}"
-
-
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
 
 # -- the legend -----------------------------------------------------------------------------------

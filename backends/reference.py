@@ -1,49 +1,51 @@
 """A reference evaluator: the DESIGN §4 equations computed straight from the IR, in plain Python.
 
 It exists to test the lowering. It walks the IR itself — tasks, edges, `Edge.is_active`, node
-ownership — and computes every gate from the IR's logits (never through `GateTable`), so the only
-thing it shares with the generated module is the op and aggregation modules, looked up by name:
+ownership (`dagir.task_states`) — and computes every gate from the IR's decisions with
+`dagir.gates` (never through `GateTable`), so the only thing it shares with the generated module is
+the op and aggregation modules, looked up by name:
 
     outputs = evaluate_reference(ir, lower_supernet(ir), x, tau=0.5, mode="soft")
+
+`mode="fixed"` takes the option values of every decision from `fixed` ({decision: {owner: values}}),
+as a drawn sample (relaxed-bernoulli, REINFORCE) gives them.
 """
 from __future__ import annotations
 
-import torch
+import math
+from typing import Mapping, Sequence
+
 from torch import Tensor, nn
 
-from dagir.ir import IR, Edge
+from dagir import gates
+from dagir.ir import IR, SHARED, Edge
+from dagir.task_states import reached_nodes, state_owner
 
-from .torch_supernet import MISSING_LOGIT, aggregation_module_name, node_op_module_name
-
-
-def reached_nodes(ir: IR, task: str) -> set[str]:
-    """Nodes holding a state for `task`: the input, and every node an active edge reaches from a
-    node that holds the state the edge reads (a task-owned source is read in its owner's state)."""
-    holds = {(ir.input_node().name, t) for t in ir.task_names}
-    incoming = ir.in_edges()
-    for name in ir.topological_order():
-        node = ir.nodes[name]
-        for owner in ir.task_names if node.task is None else [node.task]:
-            if any(edge.is_active(owner) and (edge.src, ir.nodes[edge.src].task or owner) in holds
-                   for edge in incoming[name]):
-                holds.add((name, owner))
-    return {name for name, owner in holds if owner == task}
+from .torch_supernet import aggregation_module_name, node_op_module_name
 
 
-def gate_value(edge: Edge, task: str, *, tau: float, mode: str, like: Tensor) -> Tensor | float:
-    if not edge.gated or mode == "ones":
+def gate_value(ir: IR, edge: Edge, task: str, *, tau: float, mode: str,
+               fixed: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> float:
+    """`task`'s gate on `edge`, from the decision governing it (1 where none does)."""
+    decision = ir.decision_of_edge().get((edge.src, edge.dst))
+    if decision is None or task not in decision.tasks or mode == "ones":
         return 1.0
-    logit = edge.tasks[task].gate_logit
-    logit = MISSING_LOGIT if logit is None else logit
+    logits = decision.logits_of(task)
     if mode == "hard":
-        return 1.0 if logit >= 0 else 0.0
-    if mode == "soft":
-        return torch.sigmoid(torch.tensor(logit / tau, dtype=like.dtype, device=like.device))
-    raise ValueError(f"unknown gate mode {mode!r}")
+        values = gates.hard_values(decision.kind, logits)
+    elif mode == "soft":
+        values = gates.probabilities(decision.kind, logits, tau)
+    elif mode == "fixed":
+        values = list(fixed[decision.name][SHARED if decision.scope == "shared" else task])
+    else:
+        raise ValueError(f"unknown gate mode {mode!r}")
+    if decision.kind == "bernoulli":
+        return float(values[0])
+    return math.fsum(values[k] for k in decision.options_with((edge.src, edge.dst)))
 
 
-def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.0,
-                       mode: str = "soft") -> dict[str, Tensor]:
+def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.0, mode: str = "soft",
+                       fixed: Mapping[str, Mapping[str, Sequence[float]]] | None = None) -> dict[str, Tensor]:
     """Every task's output for input batch `x`, using the op modules of `modules` (a lowered
     supernet) by name: `edge_<src>_<dst>`, `node_<name>` (aggregation), `head_<task>` / `op_<name>`."""
     incoming = ir.in_edges()
@@ -60,10 +62,10 @@ def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.
             return memo[(name, task)]
         terms: dict[str, Tensor] = {}
         for edge in incoming[name]:
-            source_task = ir.nodes[edge.src].task or task
+            source_task = state_owner(ir, edge.src, task)
             if edge.is_active(task) and edge.src in reached[source_task]:
                 output = modules.get_submodule(edge.name)(state(edge.src, task))
-                terms[edge.name] = gate_value(edge, task, tau=tau, mode=mode, like=output) * output
+                terms[edge.name] = gate_value(ir, edge, task, tau=tau, mode=mode, fixed=fixed) * output
         if node.aggregation == "sum":
             value = sum(terms.values())
         else:

@@ -45,21 +45,16 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor, fx, nn
 
-from dagir.ir import IR, Edge, Node, edge_name
+from dagir.ir import IR, Edge, Node
+from dagir.task_states import state_owner
 
+from .torch_gates import GateTable, import_logits
 from .torch_ops import build_aggregation, build_op
-
-GateMode = Literal["soft", "hard", "ones"]
-GATE_MODES: tuple[str, ...] = ("soft", "hard", "ones")
-GATE_GROUPS: dict[str, str] = {"internal": "A", "read_in": "B", "read_out": "Gamma", "cross": "cross",
-                               "stem": "stem"}
-MISSING_LOGIT = 0.0  # a gated edge without a logit (before attach-gates) starts neutral: σ(0) = 0.5
-
 
 def node_op_module_name(node: Node) -> str:
     """Submodule name of a node's own op: `head_<task>` for heads, `op_<node>` otherwise."""
@@ -78,71 +73,6 @@ def apply_node_op(graph: fx.Graph, root: nn.Module, node: Node, value: fx.Node, 
 
 def aggregation_module_name(node: Node) -> str:
     return f"node_{node.name}"
-
-
-def gate_logit(edge: Edge, task: str) -> float:
-    logit = edge.tasks[task].gate_logit
-    return MISSING_LOGIT if logit is None else float(logit)
-
-
-# -- gates ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GateEntry:
-    """One gate: the logit of `task` on edge `src -> dst`, at `position` within its `group`."""
-
-    src: str
-    dst: str
-    task: str
-    group: str
-    position: int
-
-
-class GateTable(nn.Module):
-    """The upper-level gate logits (A, B, Γ and cross), one `nn.Parameter` vector per edge kind.
-
-    `forward()` returns every gate value as one vector; `slots[(edge name, task)]` is a gate's index
-    in it. Modes: `soft` σ(logit / τ), `hard` 1 where logit >= 0 else 0 (the discretisation at gate
-    0.5), `ones` every gate 1 (warm-up). `mode` and `tau` are plain attributes.
-    """
-
-    def __init__(self, ir: IR, *, dtype: torch.dtype = torch.float32) -> None:
-        super().__init__()
-        self.mode: GateMode = "soft"
-        self.tau = 1.0
-        values: dict[str, list[float]] = {}
-        self.entries: list[GateEntry] = []
-        for edge in ir.edges.values():
-            if not edge.gated:
-                continue
-            group = GATE_GROUPS[edge.kind]
-            for task in edge.active_tasks():
-                column = values.setdefault(group, [])
-                self.entries.append(GateEntry(edge.src, edge.dst, task, group, len(column)))
-                column.append(gate_logit(edge, task))
-        self.logits = nn.ParameterDict()
-        for group in sorted(values, key=list(GATE_GROUPS.values()).index):
-            self.logits[group] = nn.Parameter(torch.tensor(values[group], dtype=dtype))
-        # Offsets follow the dict's own iteration order, the order `forward` concatenates in.
-        offsets, start = {}, 0
-        for group, parameter in self.logits.items():
-            offsets[group], start = start, start + parameter.numel()
-        self.slots: dict[tuple[str, str], int] = {
-            (edge_name(e.src, e.dst), e.task): offsets[e.group] + e.position for e in self.entries}
-
-    def forward(self) -> Tensor:
-        if not self.logits:
-            return torch.zeros(0)
-        logits = torch.cat([self.logits[group] for group in self.logits])
-        if self.mode == "soft":
-            return torch.sigmoid(logits / self.tau)
-        if self.mode == "hard":
-            return (logits >= 0).to(logits.dtype)
-        if self.mode == "ones":
-            return torch.ones_like(logits)
-        raise ValueError(f"unknown gate mode {self.mode!r} (known: {', '.join(GATE_MODES)})")
-
-    def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, tau={self.tau}, gates={len(self.entries)}"
 
 
 # -- planning: which states exist, and what each is made of ---------------------------------------
@@ -192,9 +122,9 @@ def plan_states(ir: IR, slots: dict[tuple[str, str], int], *, gated: bool = True
         for task in ir.task_names if node.task is None else [node.task]:
             terms = []
             for edge in incoming[name]:
-                reads = plan.state_of.get((edge.src, ir.nodes[edge.src].task or task))
+                reads = plan.state_of.get((edge.src, state_owner(ir, edge.src, task)))
                 if edge.is_active(task) and reads is not None:
-                    terms.append(Contribution(edge, reads, slots[(edge.name, task)] if edge.gated and gated else None))
+                    terms.append(Contribution(edge, reads, slots.get((edge.name, task)) if gated else None))
             if not terms:
                 continue  # no active edge reaches this node for the task: it holds no state for it
             key = (name, tuple((c.edge.name, c.source, c.slot) for c in terms))
@@ -615,18 +545,8 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
 
 # -- gates back into the IR, parameter groups -----------------------------------------------------
 def import_gates_from_module(module: nn.Module, ir: IR) -> IR:
-    """A new IR whose edge states carry the module's trained gate logits; `ir` is left unchanged."""
-    table: GateTable = module.gates
-    out = ir.copy()
-    values = {group: parameter.detach().cpu().tolist() for group, parameter in table.logits.items()}
-    for entry in table.entries:
-        edge = out.edges.get((entry.src, entry.dst))
-        if edge is None or entry.task not in edge.tasks:
-            raise ValueError(f"the module's gate for edge {entry.src} -> {entry.dst}, task {entry.task!r}, "
-                             "has no edge state in this IR: was the module lowered from another IR?")
-        out.edges[(entry.src, entry.dst)] = edge.with_task_state(
-            entry.task, gate_logit=float(values[entry.group][entry.position]))
-    return out
+    """A new IR whose decisions carry the module's trained logits; `ir` is left unchanged."""
+    return import_logits(module.gates, ir)
 
 
 def _children_parameters(module: nn.Module, prefixes: tuple[str, ...]) -> list[nn.Parameter]:
@@ -635,7 +555,7 @@ def _children_parameters(module: nn.Module, prefixes: tuple[str, ...]) -> list[n
 
 
 def gate_parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The upper-level parameters A, B, Γ (and cross): what the search stage trains."""
+    """The architecture parameters (A, B, Γ, cross, routes): what the search trains."""
     return list(module.gates.parameters())
 
 

@@ -34,7 +34,7 @@ def searched_like(ir: IR, seed: int) -> IR:
     for key, edge in list(out.edges.items()):
         if edge.gated:
             for task in edge.tasks:
-                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(-2, 4))
+                out.set_bernoulli_logit(key, task, rng.uniform(-2, 4))
     return out
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from timing import best_times
 
-from dagir.backends.reference import reached_nodes
+from dagir.task_states import reached_nodes
 from dagir.backends.torch_supernet import (aggregation_module_name, gate_parameters, head_parameters,
                                            lower_supernet, node_op_module_name, weight_parameters)
 from dagir.ir import IR

@@ -2,8 +2,10 @@
 
 An `IR` is a DAG. Nodes are `input`, `stem`, `hidden` and `head` (one per task); each carries the
 tensor type it produces (shape without the batch dimension). An edge carries a kind, an op that maps
-its source's type to its destination's input type, the tasks it serves, and per task a gate logit
-(while searching) and a keep flag (after discretisation).
+its source's type to its destination's input type, the tasks it serves, and per task a keep flag
+(after discretisation). The searched choices are `Decision`s (DESIGN §9) beside the edges they
+govern: a `bernoulli` decision turns one edge on or off, a `categorical` one picks one of K options,
+each a set of edges on together; their logits are per task, or shared by all tasks.
 
 Nodes, edges and ops are immutable; a pass builds a new IR with `IR.copy()` and `dataclasses.replace`,
 so no pass ever mutates its input. The JSON form (`to_json` / `from_json`) is lossless and is the format
@@ -16,6 +18,7 @@ that task's state only, and any edge reading from it reads that state.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Literal, Mapping
 
@@ -28,7 +31,11 @@ Aggregation = Literal["sum", "nddr", "gate"]
 NODE_KINDS: tuple[str, ...] = ("input", "stem", "hidden", "head")
 EDGE_KINDS: tuple[str, ...] = ("stem", "internal", "read_in", "read_out", "cross")
 AGGREGATIONS: tuple[str, ...] = ("sum", "nddr", "gate")
-FORMAT_VERSION = 1
+DECISION_KINDS: tuple[str, ...] = ("bernoulli", "categorical")
+DECISION_SCOPES: tuple[str, ...] = ("task", "shared")
+SHARED = "*"  # the logits key of a decision shared by all tasks (not a valid task name)
+FORMAT_VERSION = 2
+EdgeKey = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +107,8 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class EdgeTaskState:
-    """Per-task state of an edge: a gate logit while searching, a keep flag after discretisation."""
+    """Per-task state of an edge: a keep flag after discretisation (None: not decided yet)."""
 
-    gate_logit: float | None = None
     keep: bool | None = None
 
 
@@ -110,8 +116,9 @@ class EdgeTaskState:
 class Edge:
     """A directed edge `src -> dst` applying `op` (None until `legalize-types` chooses it).
 
-    `tasks` maps every task the edge serves to its state. `gated` edges get a learned gate per task
-    (A for internal, B for read-in, Γ for read-out edges); ungated edges always pass with weight 1.
+    `tasks` maps every task the edge serves to its state. `gated` marks a candidate the search may
+    drop: `attach-gates` gives it a bernoulli decision (A for internal, B for read-in, Γ for read-out
+    edges). An edge no decision governs always passes with weight 1.
     """
 
     src: str
@@ -143,10 +150,61 @@ def edge_name(src: str, dst: str) -> str:
     return f"edge_{src}_{dst}"
 
 
+DecisionKind = Literal["bernoulli", "categorical"]
+DecisionScope = Literal["task", "shared"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A searched choice over edges (DESIGN §9).
+
+    `options` lists the edge sets a decision chooses among: one option of one edge for a
+    `bernoulli` (on or off), K >= 2 options for a `categorical` (exactly one is on). `tasks` are the
+    tasks it decides for; `logits` holds, per task (`scope="task"`) or once under `SHARED`
+    (`scope="shared"`), one logit for a bernoulli or K for a categorical. After `discretize`,
+    `chosen` records per task what was chosen: 1 (on) or 0 (off) for a bernoulli, the option's
+    index for a categorical. Gate values and probabilities come from `dagir.gates`.
+    """
+
+    name: str
+    kind: DecisionKind
+    options: tuple[tuple[EdgeKey, ...], ...]
+    tasks: tuple[str, ...]
+    logits: Mapping[str, tuple[float, ...]]
+    scope: DecisionScope = "task"
+    chosen: Mapping[str, int] | None = None
+
+    def logits_of(self, task: str) -> tuple[float, ...]:
+        """The logits that decide for `task` (its own, or the shared ones)."""
+        return self.logits[SHARED if self.scope == "shared" else task]
+
+    def edges(self) -> list[EdgeKey]:
+        """Every edge the decision governs, each once, in option order."""
+        return list(dict.fromkeys(key for option in self.options for key in option))
+
+    def options_with(self, key: EdgeKey) -> list[int]:
+        """The indices of the options that turn edge `key` on."""
+        return [k for k, option in enumerate(self.options) if key in option]
+
+    def probabilities(self, task: str, tau: float = 1.0) -> list[float]:
+        """Option probabilities for `task` (a bernoulli: `[p(on)]`)."""
+        from .gates import probabilities
+        return probabilities(self.kind, self.logits_of(task), tau)
+
+    def edge_probability(self, key: EdgeKey, task: str, tau: float = 1.0) -> float:
+        """The probability that edge `key` is on for `task`: σ(l/τ), or the options' summed softmax."""
+        weights = self.probabilities(task, tau)
+        return weights[0] if self.kind == "bernoulli" else math.fsum(weights[k] for k in self.options_with(key))
+
+    def with_logits(self, logits: Mapping[str, Iterable[float]]) -> "Decision":
+        return replace(self, logits={owner: tuple(float(v) for v in values) for owner, values in logits.items()})
+
+
 @dataclass
 class IR:
     """The graph: tasks, nodes by name, edges by `(src, dst)`, and graph-level facts.
 
+    `decisions` are the searched choices by name (`edge_h1_h2` for the bernoulli of one edge).
     `max_span` is the flow restriction in force (None: the full DAG). `types_legal` is set once
     `legalize-types` has given every edge an op; `discretized` and `reduced` by the post-search passes.
     `provenance` lists the passes that produced this IR, in order.
@@ -156,6 +214,7 @@ class IR:
     tasks: list[Task]
     nodes: dict[str, Node] = field(default_factory=dict)
     edges: dict[tuple[str, str], Edge] = field(default_factory=dict)
+    decisions: dict[str, Decision] = field(default_factory=dict)
     max_span: int | None = None
     types_legal: bool = False
     discretized: bool = False
@@ -166,7 +225,8 @@ class IR:
     # -- building -------------------------------------------------------------------------------
     def copy(self) -> "IR":
         """A new IR sharing the immutable nodes and edges: cheap, and safe to edit."""
-        return IR(self.name, list(self.tasks), dict(self.nodes), dict(self.edges), self.max_span,
+        return IR(self.name, list(self.tasks), dict(self.nodes), dict(self.edges), dict(self.decisions),
+                  self.max_span,
                   self.types_legal, self.discretized, self.reduced, list(self.provenance),
                   json.loads(json.dumps(self.meta)))
 
@@ -177,7 +237,34 @@ class IR:
         self.edges[(edge.src, edge.dst)] = edge
 
     def remove_edge(self, src: str, dst: str) -> None:
+        """Delete an edge and every decision's claim on it (a bernoulli over it goes with it)."""
         del self.edges[(src, dst)]
+        for name, decision in list(self.decisions.items()):
+            if (src, dst) not in decision.edges():
+                continue
+            if decision.kind == "bernoulli":
+                del self.decisions[name]
+            else:
+                options = tuple(tuple(key for key in option if key != (src, dst)) for option in decision.options)
+                self.decisions[name] = replace(decision, options=options)
+
+    def add_decision(self, decision: Decision) -> None:
+        self.decisions[decision.name] = decision
+
+    def set_bernoulli_logit(self, key: EdgeKey, task: str, logit: float) -> None:
+        """Set `task`'s logit on edge `key`'s bernoulli decision, first creating the decision (per
+        task, for every task the edge serves, logit 0: σ = 0.5) if the edge has none."""
+        edge = self.edges[key]
+        decision = self.decisions.get(edge.name)
+        if decision is None:
+            tasks = tuple(edge.tasks)
+            decision = Decision(edge.name, "bernoulli", ((key,),), tasks, {t: (0.0,) for t in tasks})
+        owner = SHARED if decision.scope == "shared" else task
+        self.decisions[edge.name] = replace(decision, logits={**decision.logits, owner: (float(logit),)})
+
+    def decision_of_edge(self) -> dict[EdgeKey, Decision]:
+        """The decision governing each governed edge (the verifier checks there is at most one)."""
+        return {key: decision for decision in self.decisions.values() for key in decision.edges()}
 
     # -- queries --------------------------------------------------------------------------------
     @property
@@ -257,6 +344,7 @@ class IR:
             "provenance": list(self.provenance), "meta": self.meta,
             "nodes": [_node_to_dict(n) for n in self.nodes.values()],
             "edges": [_edge_to_dict(e) for e in self.edges.values()],
+            "decisions": [_decision_to_dict(d) for d in self.decisions.values()],
         }
 
     def to_json(self, indent: int | None = 1) -> str:
@@ -276,6 +364,8 @@ class IR:
             ir.add_node(_node_from_dict(raw))
         for raw in data["edges"]:
             ir.add_edge(_edge_from_dict(raw))
+        for raw in data.get("decisions", []):
+            ir.add_decision(_decision_from_dict(raw))
         return ir
 
     @classmethod
@@ -308,13 +398,28 @@ def _node_from_dict(raw: Mapping[str, Any]) -> Node:
 def _edge_to_dict(edge: Edge) -> dict[str, Any]:
     return {"src": edge.src, "dst": edge.dst, "kind": edge.kind, "op": _op_to_dict(edge.op),
             "gated": edge.gated,
-            "tasks": {t: {"gate_logit": s.gate_logit, "keep": s.keep} for t, s in edge.tasks.items()}}
+            "tasks": {t: {"keep": s.keep} for t, s in edge.tasks.items()}}
 
 
 def _edge_from_dict(raw: Mapping[str, Any]) -> Edge:
     return Edge(src=raw["src"], dst=raw["dst"], kind=raw["kind"], op=_op_from_dict(raw["op"]),
                 gated=raw["gated"],
-                tasks={t: EdgeTaskState(s["gate_logit"], s["keep"]) for t, s in raw["tasks"].items()})
+                tasks={t: EdgeTaskState(s["keep"]) for t, s in raw["tasks"].items()})
+
+
+def _decision_to_dict(decision: Decision) -> dict[str, Any]:
+    return {"name": decision.name, "kind": decision.kind, "scope": decision.scope,
+            "tasks": list(decision.tasks),
+            "options": [[list(key) for key in option] for option in decision.options],
+            "logits": {owner: list(values) for owner, values in decision.logits.items()},
+            "chosen": None if decision.chosen is None else dict(decision.chosen)}
+
+
+def _decision_from_dict(raw: Mapping[str, Any]) -> Decision:
+    return Decision(name=raw["name"], kind=raw["kind"], scope=raw["scope"], tasks=tuple(raw["tasks"]),
+                    options=tuple(tuple((src, dst) for src, dst in option) for option in raw["options"]),
+                    logits={owner: tuple(float(v) for v in values) for owner, values in raw["logits"].items()},
+                    chosen=None if raw.get("chosen") is None else {t: int(k) for t, k in raw["chosen"].items()})
 
 
 def all_tasks(tasks: Iterable[str]) -> dict[str, EdgeTaskState]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ import torch
 import yaml
 
 from .compile_job import dump_ir
-from .datasets import dataset_info, load_dataset
+from .datasets import load_dataset
 from .datasets.splits import Split
 from .errors import UserError
 from .ir import IR
@@ -74,13 +73,11 @@ def after_search_pipeline(spec: Spec):
 
 
 def effective_gates(ir: IR, tau: float) -> IR:
-    """The IR with each logit divided by τ, so σ(logit) is the gate the search ended with."""
+    """The IR with each logit divided by τ, so σ(logit) (or the softmax) is the gate the search ended with."""
     out = ir.copy()
-    for key, edge in out.edges.items():
-        if edge.gated:
-            out.edges[key] = replace(edge, tasks={
-                t: replace(s, gate_logit=None if s.gate_logit is None else s.gate_logit / tau)
-                for t, s in edge.tasks.items()})
+    for name, decision in out.decisions.items():
+        out.decisions[name] = decision.with_logits(
+            {owner: [v / tau for v in values] for owner, values in decision.logits.items()})
     return out
 
 

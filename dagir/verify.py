@@ -5,17 +5,24 @@
    maps its input type to its type (edges may lack an op only before `legalize-types`);
 3. `task-paths`: every task has a path input -> stem -> ... -> its head on edges active for it;
 4. `flow-restriction`: every internal edge h_i -> h_j has 1 <= j - i <= max_span;
-5. `reduced`: after reduction, no node lies off every task's kept paths and no edge is kept for no task.
+5. `reduced`: after reduction, no node lies off every task's kept paths and no edge is kept for no task;
+6. `decisions`: every decision governs edges that exist and serve its tasks, no edge has two
+   decisions, a bernoulli has one edge and one logit, a categorical K >= 2 options and K logits,
+   every logit is finite; after `discretize`, every task has its choice and the edges kept for it
+   are exactly the chosen options' (a subset, once a reduction has removed more).
 
 A violation raises `VerificationError` naming the invariant and the offending nodes.
 """
 from __future__ import annotations
 
 from .errors import VerificationError
-from .ir import AGGREGATIONS, EDGE_KINDS, IR, NODE_KINDS
-from .ops import OpTypeError, output_type
+import math
 
-INVARIANTS = ("structure", "types", "task-paths", "flow-restriction", "reduced")
+from .ir import AGGREGATIONS, DECISION_KINDS, DECISION_SCOPES, EDGE_KINDS, IR, NODE_KINDS, SHARED, Decision
+from .ops import OpTypeError, output_type
+from .task_states import nodes_on_paths, reached_nodes
+
+INVARIANTS = ("structure", "types", "task-paths", "flow-restriction", "reduced", "decisions")
 
 
 def verify(ir: IR) -> None:
@@ -24,6 +31,7 @@ def verify(ir: IR) -> None:
     check_types(ir)
     check_task_paths(ir)
     check_flow_restriction(ir)
+    check_decisions(ir)
     if ir.reduced:
         check_reduced(ir)
 
@@ -119,67 +127,11 @@ def check_types(ir: IR) -> None:
                                     offending=[edge.src, edge.dst])
 
 
-def _owned_sources(ir: IR) -> bool:
-    """Whether some task-owned node feeds others (MTL-NAS chains): then a state's reach crosses tasks."""
-    return any(ir.nodes[e.src].task is not None for e in ir.edges.values())
-
-
-def _forward_states(ir: IR, outgoing) -> set[tuple[str, str]]:
-    """Every state (node, task) computed from the input: an unowned node holds one per task reaching
-    it; an owned node holds its owner's, which any edge may read (DESIGN §3, node states)."""
-    start = ir.input_node().name
-    seen = {(start, t) for t in ir.task_names}
-    stack = list(seen)
-    while stack:
-        node, task = stack.pop()
-        owned = ir.nodes[node].task is not None
-        for edge in outgoing[node]:
-            for reader in (edge.active_tasks() if owned else [task] if edge.is_active(task) else []):
-                state = (edge.dst, ir.nodes[edge.dst].task or reader)
-                if state not in seen:
-                    seen.add(state)
-                    stack.append(state)
-    return seen
-
-
-def reachable_for_task(ir: IR, task: str, outgoing=None) -> set[str]:
-    """Nodes whose state, as `task` reads it, is computed from the input on active edges."""
-    outgoing = outgoing if outgoing is not None else ir.out_edges()
-    if _owned_sources(ir):
-        states = _forward_states(ir, outgoing)
-        return {name for name, node in ir.nodes.items() if (name, node.task or task) in states}
-    start = ir.input_node().name
-    seen, stack = {start}, [start]
-    while stack:
-        for edge in outgoing[stack.pop()]:
-            if edge.dst not in seen and edge.is_active(task):
-                seen.add(edge.dst)
-                stack.append(edge.dst)
-    return seen
-
-
-def co_reachable_for_task(ir: IR, task: str, incoming=None) -> set[str]:
-    """Nodes whose state flows into `task`'s head on active edges (an owned node's state is
-    computed with its owner's edges, whichever task reads it)."""
-    incoming = incoming if incoming is not None else ir.in_edges()
-    head = ir.head_of(task).name
-    seen, stack = {(head, task)}, [(head, task)]
-    while stack:
-        node, state_task = stack.pop()
-        for edge in incoming[node]:
-            if edge.is_active(state_task):
-                state = (edge.src, ir.nodes[edge.src].task or state_task)
-                if state not in seen:
-                    seen.add(state)
-                    stack.append(state)
-    return {node for node, _ in seen}
-
-
 def check_task_paths(ir: IR) -> None:
     outgoing = ir.out_edges()
     stems = {n.name for n in ir.nodes_of_kind("stem")}
     for task in ir.task_names:
-        reached = reachable_for_task(ir, task, outgoing)
+        reached = reached_nodes(ir, task, outgoing)
         head = ir.head_of(task).name
         if head not in reached:
             raise VerificationError("task-paths", f"task {task!r} has no path from the input to its "
@@ -209,7 +161,63 @@ def check_reduced(ir: IR) -> None:
     outgoing, incoming = ir.out_edges(), ir.in_edges()
     on_paths: set[str] = set()
     for task in ir.task_names:
-        on_paths |= reachable_for_task(ir, task, outgoing) & co_reachable_for_task(ir, task, incoming)
+        on_paths |= nodes_on_paths(ir, task, outgoing, incoming)
     dead = sorted(set(ir.nodes) - on_paths)
     if dead:
         raise VerificationError("reduced", "nodes lie on no task's kept path", offending=dead)
+
+
+def check_decisions(ir: IR) -> None:
+    governed: dict[tuple[str, str], str] = {}
+    for name, decision in ir.decisions.items():
+        def fail(message: str, offending: list[str] | None = None) -> VerificationError:
+            return VerificationError("decisions", f"decision {name!r}: {message}", offending=offending or [name])
+
+        if decision.name != name:
+            raise fail(f"stored under {name!r} but named {decision.name!r}")
+        if decision.kind not in DECISION_KINDS or decision.scope not in DECISION_SCOPES:
+            raise fail(f"unknown kind {decision.kind!r} or scope {decision.scope!r}")
+        unknown = [t for t in decision.tasks if t not in ir.task_names]
+        if unknown or not decision.tasks:
+            raise fail(f"decides for unknown tasks {unknown}" if unknown else "decides for no task")
+        count = len(decision.options)
+        if decision.kind == "bernoulli" and (count != 1 or len(decision.options[0]) != 1):
+            raise fail("a bernoulli decision governs exactly one edge")
+        if decision.kind == "categorical" and count < 2:
+            raise fail(f"a categorical decision needs at least two options, it has {count}")
+        if not ir.discretized and any(not option for option in decision.options):
+            raise fail("an option turns no edge on")
+        for key in decision.edges():
+            edge = ir.edges.get(key)
+            if edge is None:
+                raise fail(f"governs edge {key[0]} -> {key[1]}, which does not exist", list(key))
+            if key in governed:
+                raise fail(f"edge {key[0]} -> {key[1]} is governed by decision {governed[key]!r} too", list(key))
+            governed[key] = name
+            missing = [t for t in decision.tasks if t not in edge.tasks]
+            if missing:
+                raise fail(f"edge {key[0]} -> {key[1]} does not serve tasks {missing}", list(key))
+        owners = {SHARED} if decision.scope == "shared" else set(decision.tasks)
+        if set(decision.logits) != owners:
+            raise fail(f"has logits for {sorted(decision.logits)}, expected {sorted(owners)}")
+        width = 1 if decision.kind == "bernoulli" else count
+        for owner, logits in decision.logits.items():
+            if len(logits) != width or not all(math.isfinite(v) for v in logits):
+                raise fail(f"needs {width} finite logit(s) for {owner!r}, has {list(logits)}")
+        if ir.discretized:
+            _check_choice(ir, decision, fail)
+
+
+def _check_choice(ir: IR, decision: Decision, fail) -> None:
+    chosen = decision.chosen or {}
+    for task in decision.tasks:
+        if task not in chosen or not 0 <= chosen[task] < max(len(decision.options), 2):
+            raise fail(f"has no valid choice for task {task!r} after discretisation")
+        kept = {key for key in decision.edges() if ir.edges[key].is_active(task)}
+        if decision.kind == "bernoulli":
+            expected = set(decision.options[0]) if chosen[task] == 1 else set()
+        else:
+            expected = set(decision.options[chosen[task]])
+        if not kept <= expected or (not ir.reduced and kept != expected):
+            raise fail(f"task {task!r}: kept edges {sorted(kept)} are not the chosen option's {sorted(expected)}",
+                       sorted({n for key in kept ^ expected for n in key}))

@@ -8,16 +8,17 @@ from pydantic import Field
 from dagir.flow import EdgeKey, Weights, best_path, gate_weights, node_key, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
-from dagir.verify import co_reachable_for_task, reachable_for_task
+from dagir.task_states import nodes_on_paths, reached_nodes, reaching_nodes
 
 
 @register_pass
 class FlowReduce(Pass):
     """Per task, remove kept edges in ascending order of flow while (1 - ε) of the flow remains.
 
-    For task t, on its kept edges weighted by their gates, with Φ the flow of the discretised
-    network: repeatedly take the edge of least current flow φ_e (ties by edge, the edges of t's best
-    path excluded), recompute the flows without it, and remove it if the remaining flow is still
+    For task t, on the kept edges of its view (`dagir.task_states`: a cross edge reading another
+    task's chain carries flow for t like any other edge) weighted by their gates, with Φ the flow of the discretised
+    network: repeatedly take the edge of least current flow φ_e (ties by edge; the edges of t's best
+    path excluded; only the edges feeding t's own states are t's to remove), recompute the flows without it, and remove it if the remaining flow is still
     >= (1 - ε) Φ; stop at the first edge that would break the bound. Flows are recomputed after
     every removal (removing an edge lowers the flow of the others), so the bound holds exactly — the
     check is made on the very flow the result has. Stopping loses nothing: removing an edge costs
@@ -94,7 +95,7 @@ class FlowReduce(Pass):
 
 def _trim_to_paths(ir: IR, task: str) -> None:
     """Drop `task` from its kept edges that lie on none of its input-to-head paths."""
-    reached, reaching = reachable_for_task(ir, task), co_reachable_for_task(ir, task)
+    reached, reaching = reached_nodes(ir, task), reaching_nodes(ir, task)
     for key, edge in list(ir.edges.items()):
         if edge.is_active(task) and not (edge.src in reached and edge.dst in reaching):
             ir.edges[key] = edge.with_task_state(task, keep=False)
@@ -104,7 +105,7 @@ def _delete_dead(ir: IR) -> tuple[list[str], list[str]]:
     """Delete the edges kept for no task, then the nodes on no task's path; return their names."""
     live: set[str] = set()
     for task in ir.task_names:
-        live |= reachable_for_task(ir, task) & co_reachable_for_task(ir, task)
+        live |= nodes_on_paths(ir, task)
     dead_nodes = sorted(set(ir.nodes) - live)
     dead_edges = sorted(key for key, edge in ir.edges.items()
                         if not edge.active_tasks() or edge.src in dead_nodes or edge.dst in dead_nodes)

@@ -6,7 +6,7 @@ from typing import Any
 from dagir.errors import UserError
 from dagir.ir import IR
 from dagir.pass_manager import Pass, register_pass
-from dagir.verify import co_reachable_for_task, reachable_for_task
+from dagir.task_states import nodes_on_paths, state_owner
 
 
 @register_pass
@@ -38,7 +38,7 @@ class ShareStates(Pass):
         out = ir.copy()
         tasks = out.task_names
         incoming = out.in_edges()
-        on_paths = {t: reachable_for_task(out, t) & co_reachable_for_task(out, t, incoming) for t in tasks}
+        on_paths = {t: nodes_on_paths(out, t, incoming=incoming) for t in tasks}
         state_class: dict[tuple[str, str], int] = {}  # (node, task) -> class of the task's state there
         states: dict[str, list[list[str]]] = {}
         for node_name in out.topological_order():
@@ -67,6 +67,6 @@ class ShareStates(Pass):
         key = set()
         for edge in in_edges:
             if edge.is_active(task):
-                reader = ir.nodes[edge.src].task or task  # an owned node serves its owner's state
+                reader = state_owner(ir, edge.src, task)  # an owned node serves its owner's state
                 key.add((edge.src, state_class.get((edge.src, reader), -1)))
         return frozenset(key)

@@ -32,5 +32,5 @@ def with_random_logits(ir, seed: int, low: float = -3.0, high: float = 3.0):
     for key, edge in list(out.edges.items()):
         if edge.gated:
             for task in edge.tasks:
-                out.edges[key] = out.edges[key].with_task_state(task, gate_logit=rng.uniform(low, high))
+                out.set_bernoulli_logit(key, task, rng.uniform(low, high))
     return out

@@ -14,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dagir.flow import best_path, gate_weights, path_product, sigmoid, task_flow, total_flow
-from dagir.ir import IR, Edge, EdgeTaskState, Node, Task, TensorType
+from dagir.flow import best_path, gate_weights, path_product, task_flow, total_flow
+from dagir.gates import sigmoid
+from dagir.ir import IR, Decision, Edge, EdgeTaskState, Node, Task, TensorType, edge_name
 from dagir.pipeline import compile_spec
 from dagir.spec import Spec
 
@@ -46,12 +47,15 @@ def hand_ir(edges: list[tuple[str, str, float | None]], tasks: tuple[str, ...] =
             ir.add_node(Node(name, "hidden", vector, index=int(name[1:]), stage=0))
     for src, dst, gate in edges:
         served = [dst[len("head_"):]] if dst.startswith("head_") else list(tasks)
-        states = {}
+        logits = {}
         for task in served:
             value = (per_task or {}).get((src, dst, task), gate)
-            states[task] = EdgeTaskState(gate_logit=None if value is None else logit(value))
+            if value is not None:
+                logits[task] = (logit(value),)
         kind = "stem" if src == "input" else "read_out" if dst.startswith("head_") else "internal"
-        ir.add_edge(Edge(src, dst, kind, None, states, gated=gate is not None))
+        ir.add_edge(Edge(src, dst, kind, None, {task: EdgeTaskState() for task in served}, gated=gate is not None))
+        if logits:
+            ir.add_decision(Decision(edge_name(src, dst), "bernoulli", (((src, dst),),), tuple(logits), logits))
     return ir
 
 
@@ -86,8 +90,7 @@ def gated_irs(draw, max_nodes: int = 12) -> IR:
 
     for key, edge in ir.edges.items():
         for task in edge.tasks if edge.gated else ():
-            edge = edge.with_task_state(task, gate_logit=draw_logit())
-        ir.edges[key] = edge
+            ir.set_bernoulli_logit(key, task, draw_logit())
     return ir
 
 

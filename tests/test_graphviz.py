@@ -62,8 +62,8 @@ def per_task_chains() -> IR:
             previous = name
         ir.add_node(Node(f"head<{t}>", "head", TensorType((1,)), in_type=TensorType((4,)), task=task))
         ir.add_edge(Edge(previous, f"head<{t}>", "read_out", Op("pool"), {task: EdgeTaskState()}))
-    ir.add_edge(Edge("seg/h0", 'de"pth/h1', "cross", Op("nddr"),
-                     {'de"pth': EdgeTaskState(gate_logit=0.0)}, gated=True))
+    ir.add_edge(Edge("seg/h0", 'de"pth/h1', "cross", Op("nddr"), {'de"pth': EdgeTaskState()}, gated=True))
+    ir.set_bernoulli_logit(("seg/h0", 'de"pth/h1'), 'de"pth', 0.0)
     return ir
 
 
@@ -109,8 +109,9 @@ def test_shared_edges_grey_task_edges_coloured(supernet: IR) -> None:
 
 
 def test_gates_give_parallel_edges_with_widths_by_sigmoid(supernet: IR) -> None:
-    ir = with_states(supernet, {("h1", "h2"): {"a": EdgeTaskState(gate_logit=0.0),
-                                               "b": EdgeTaskState(gate_logit=50.0)}})
+    ir = supernet.copy()
+    ir.set_bernoulli_logit(("h1", "h2"), "a", 0.0)
+    ir.set_bernoulli_logit(("h1", "h2"), "b", 50.0)
     colours = task_colours(ir)
     lines = edge_lines(to_dot(ir), "h1", "h2")
     widths = {attr(line, "color"): float(attr(line, "penwidth")) for line in lines}
@@ -122,8 +123,8 @@ def test_gates_give_parallel_edges_with_widths_by_sigmoid(supernet: IR) -> None:
 def test_dropped_edges_are_faint_or_left_out(supernet: IR) -> None:
     colours = task_colours(supernet)
     ir = with_states(supernet, {
-        ("h1", "h2"): {"a": EdgeTaskState(1.0, keep=False), "b": EdgeTaskState(1.0, keep=True)},
-        ("h2", "h3"): {"a": EdgeTaskState(-3.0, keep=False), "b": EdgeTaskState(-3.0, keep=False)},
+        ("h1", "h2"): {"a": EdgeTaskState(keep=False), "b": EdgeTaskState(keep=True)},
+        ("h2", "h3"): {"a": EdgeTaskState(keep=False), "b": EdgeTaskState(keep=False)},
     })
     dot = to_dot(ir)
     assert [attr(line, "color") for line in edge_lines(dot, "h1", "h2")] == [colours["b"]]

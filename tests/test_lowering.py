@@ -2,10 +2,8 @@
 reference evaluator (DESIGN §4 computed straight from the IR) on random search spaces."""
 from __future__ import annotations
 
-import math
 import random
 import re
-from dataclasses import replace
 
 import pytest
 import torch
@@ -17,11 +15,12 @@ from dagir.backends.torch_ops import build_aggregation, build_op
 from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                            import_gates_from_module, lower_supernet, weight_parameters)
-from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, Task, TensorType
+from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, Task, TensorType, edge_name
 from dagir.ops import REGISTRY, output_type, parameter_count
 from dagir.pipeline import before_search_pipeline, compile_spec
 from dagir.spec import Spec
-from dagir.verify import reachable_for_task
+from dagir.gates import sigmoid
+from dagir.task_states import reached_nodes
 
 OP_CASES = [
     (Op("identity"), (3, 5, 5)),
@@ -91,12 +90,12 @@ def with_random_gates(ir: IR, rng: random.Random, drop: float = 0.0) -> IR:
     out = ir.copy()
     for key, edge in list(out.edges.items()):
         for task in edge.tasks:
-            changes = {"gate_logit": rng.uniform(-3, 3)} if edge.gated else {}
-            out.edges[key] = out.edges[key].with_task_state(task, **changes)
+            if edge.gated:
+                out.set_bernoulli_logit(key, task, rng.uniform(-3, 3))
             if edge.kind != "stem" and rng.random() < drop:
                 kept = out.edges[key]
                 out.edges[key] = kept.with_task_state(task, keep=False)
-                if out.head_of(task).name not in reachable_for_task(out, task):
+                if out.head_of(task).name not in reached_nodes(out, task):
                     out.edges[key] = kept
     return out
 
@@ -151,15 +150,15 @@ def test_gate_slots_match_the_ir_and_imported_gates_round_trip(ir, seed):
     for entry in module.gates.entries:
         edge = ir.edges[(entry.src, entry.dst)]
         slot = module.gates.slots[(edge.name, entry.task)]
-        assert values[slot].item() == pytest.approx(1 / (1 + math.exp(-edge.tasks[entry.task].gate_logit)))
+        assert values[slot].item() == pytest.approx(sigmoid(ir.decisions[edge.name].logits_of(entry.task)[0]))
     with torch.no_grad():
         for parameter in gate_parameters(module):
             parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
     imported = import_gates_from_module(module, ir)
     assert ir.to_json() == before, "the IR given must not change"
     for entry in module.gates.entries:
-        edge = imported.edges[(entry.src, entry.dst)]
-        assert edge.tasks[entry.task].gate_logit == module.gates.logits[entry.group][entry.position].item()
+        decision = imported.decisions[edge_name(entry.src, entry.dst)]
+        assert decision.logits_of(entry.task)[0] == module.gates.logits[entry.group][entry.position].item()
     again = lower_supernet(imported, dtype=torch.float64)
     torch.testing.assert_close(again.gates(), module.gates())
     assert import_gates_from_module(again, imported).to_json() == imported.to_json()
@@ -195,8 +194,7 @@ def test_parameter_groups_partition_the_module():
 
 def test_a_hard_gate_below_zero_cuts_its_edge():
     ir = compile_spec(make_spec(image=True, nodes=3, stages=1, tasks=2))
-    edge = ir.edges[("h1", "h3")]
-    ir.edges[("h1", "h3")] = edge.with_task_state("t0", gate_logit=-1.0)
+    ir.set_bernoulli_logit(("h1", "h3"), "t0", -1.0)
     module = lower_supernet(ir, dtype=torch.float64).eval()
     module.gates.mode = "hard"
     x = batch_for(ir)
@@ -213,9 +211,8 @@ def test_a_hard_gate_below_zero_cuts_its_edge():
 def test_ones_mode_ignores_the_logits():
     ir = with_random_gates(compile_spec(make_spec(image=False, nodes=4, stages=2, tasks=3)), random.Random(0))
     saturated = ir.copy()
-    for key, edge in saturated.edges.items():
-        saturated.edges[key] = replace(edge, tasks={t: replace(s, gate_logit=100.0 if edge.gated else None)
-                                                    for t, s in edge.tasks.items()})
+    for name, decision in saturated.decisions.items():
+        saturated.decisions[name] = decision.with_logits({owner: [100.0] for owner in decision.logits})
     module = lower_supernet(ir, dtype=torch.float64).eval()
     module.gates.mode = "ones"
     x = batch_for(ir)
@@ -235,7 +232,7 @@ def test_gate_mode_is_checked():
 
 def test_gates_by_hand_on_identity_edges():
     """h1 = x0, h2 = σ(a)·h1 + σ(b)·x0, head = h2: computed by hand, not by the reference."""
-    vector, tasks = TensorType((3,)), {"t": EdgeTaskState()}
+    vector = TensorType((3,))
     ir = IR("tiny", [Task("t", "regression", 3)])
     for node in (Node("input", "input", vector), Node("stem", "stem", vector),
                  Node("h1", "hidden", vector, index=1), Node("h2", "hidden", vector, index=2),
@@ -245,8 +242,9 @@ def test_gates_by_hand_on_identity_edges():
     for src, dst, kind, logit in (("input", "stem", "stem", None), ("stem", "h1", "read_in", None),
                                   ("h1", "h2", "internal", 0.5), ("stem", "h2", "read_in", -1.0),
                                   ("h2", "head_t", "read_out", None)):
-        gated = logit is not None
-        ir.add_edge(Edge(src, dst, kind, identity, {"t": EdgeTaskState(gate_logit=logit)}, gated=gated))
+        ir.add_edge(Edge(src, dst, kind, identity, {"t": EdgeTaskState()}, gated=logit is not None))
+        if logit is not None:
+            ir.set_bernoulli_logit((src, dst), "t", logit)
     module = lower_supernet(ir, dtype=torch.float64)
     x = batch_for(ir)
     sigmoid = lambda value: 1 / (1 + torch.exp(torch.tensor(-value, dtype=torch.float64)))
@@ -270,10 +268,12 @@ def task_owned_chains() -> IR:
             ir.add_node(Node(f"{task}{index}", "hidden", image, index=index, task=task, aggregation="nddr"))
         ir.add_node(Node(f"head_{task}", "head", TensorType((outputs,)), in_type=TensorType((3,)),
                          op=Op("head_mlp", {"d_in": 3, "d_out": outputs}), task=task))
-        own = {task: EdgeTaskState(gate_logit=1.0)}
+        own = {task: EdgeTaskState()}
         ir.add_edge(Edge("stem", f"{task}1", "read_in", conv, {task: EdgeTaskState()}))
         ir.add_edge(Edge(f"{task}1", f"{task}2", "internal", conv, own, gated=True))
-        ir.add_edge(Edge(f"{other}1", f"{task}2", "cross", conv, {task: EdgeTaskState(gate_logit=-0.5)}, gated=True))
+        ir.add_edge(Edge(f"{other}1", f"{task}2", "cross", conv, {task: EdgeTaskState()}, gated=True))
+        ir.set_bernoulli_logit((f"{task}1", f"{task}2"), task, 1.0)
+        ir.set_bernoulli_logit((f"{other}1", f"{task}2"), task, -0.5)
         ir.add_edge(Edge(f"{task}2", f"head_{task}", "read_out", Op("pool_linear", {"c_in": 2, "d_out": 3}),
                          {task: EdgeTaskState()}))
     return ir

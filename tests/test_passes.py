@@ -69,9 +69,11 @@ def test_legalize_types_picks_strides_and_families():
 def test_attach_gates_sets_a_logit_per_task_on_gated_edges_only():
     ir = run(BEFORE_SEARCH[:-1] + ["attach-gates{init=1.5, noise=0.1, seed=3}"])
     gated = [e for e in ir.edges.values() if e.gated]
-    logits = [s.gate_logit for e in gated for s in e.tasks.values()]
+    assert sorted(ir.decisions) == sorted(e.name for e in gated)
+    logits = [ir.decisions[e.name].logits_of(t)[0] for e in gated for t in e.tasks]
     assert all(abs(v - 1.5) < 1 for v in logits) and len(set(logits)) > 1
-    assert all(s.gate_logit is None for e in ir.edges.values() if not e.gated for s in e.tasks.values())
+    assert all(ir.decisions[e.name].kind == "bernoulli" and ir.decisions[e.name].options == (((e.src, e.dst),),)
+               for e in gated)
     again = run(BEFORE_SEARCH[:-1] + ["attach-gates{init=1.5, noise=0.1, seed=3}"])
     assert again.to_dict() == ir.to_dict()
 

@@ -13,11 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dagir.errors import UserError
-from dagir.flow import best_path, gate_value, gate_weights, total_flow
+from dagir.flow import best_path, gate_weights, total_flow
+from dagir.gates import sigmoid
 from dagir.ir import IR
 from dagir.pass_manager import PassManager, parse_pass
 from dagir.spec import Spec
-from dagir.verify import check_task_paths, co_reachable_for_task, reachable_for_task, verify
+from dagir.task_states import nodes_on_paths, reached_nodes
+from dagir.verify import check_task_paths, verify
 from test_flow import DIAMOND, PROPERTY, gated_irs, hand_ir
 
 from dagir.passes.discretize import Discretize
@@ -68,7 +70,9 @@ def test_discretize_keeps_a_path_for_every_task(ir, threshold):
         path = set(best_path(ir, task))
         for key, edge in ir.edges.items():
             if edge.is_active(task):
-                expected = gate_value(edge, task) >= threshold or key in path
+                decision = ir.decisions.get(edge.name)
+                gate = 1.0 if decision is None else sigmoid(decision.logits_of(task)[0])
+                expected = gate >= threshold or key in path
                 assert out.edges[key].tasks[task].keep is expected
     assert 0.0 <= out.meta["discretize"]["gap"] <= 0.5
     assert discretized(out, threshold).edges == out.edges  # idempotent
@@ -147,7 +151,7 @@ def test_flow_reduce_guarantees(ir, budget):
         reference = total_flow(before, task, gate_weights(before, task))
         assert total_flow(out, task, gate_weights(out, task)) >= (1.0 - budget) * reference  # exactly
         assert set(best_path(before, task, gate_weights(before, task))) <= kept(out)[task]
-        on_paths = reachable_for_task(out, task) & co_reachable_for_task(out, task)
+        on_paths = nodes_on_paths(out, task)
         assert all(src in on_paths and dst in on_paths for src, dst in kept(out)[task])
 
 
@@ -178,7 +182,7 @@ def test_flow_reduce_disabled_keeps_exactly_the_edges_on_each_tasks_paths(ir, bu
     out = FlowReduce(flow_budget=budget, enabled=False).run(before)
     verify(out)
     for task in ir.task_names:
-        on_paths = reachable_for_task(before, task) & co_reachable_for_task(before, task)
+        on_paths = nodes_on_paths(before, task)
         assert kept(out)[task] == {(s, d) for s, d in kept(before)[task] if s in on_paths and d in on_paths}
         assert total_flow(out, task) == total_flow(before, task, gate_weights(before, task))
     assert reduced(out, budget).edges == reduced(before, budget).edges
@@ -189,7 +193,7 @@ def signature(ir: IR, task: str, node: str, memo: dict[Any, Any]) -> Any:
     """The full expression of `task`'s state at `node`: a tree of kept edges down to the input."""
     owner = ir.nodes[node].task or task
     if (owner, node) not in memo:
-        on_paths = reachable_for_task(ir, owner)
+        on_paths = reached_nodes(ir, owner)
         memo[(owner, node)] = (node, frozenset(
             (edge.src, signature(ir, owner, edge.src, memo) if edge.src in on_paths else None)
             for edge in ir.in_edges()[node] if edge.is_active(owner)))
@@ -225,7 +229,7 @@ def test_share_states_merges_exactly_the_structurally_identical_states(ir, budge
     for node, groups in out.meta["share_states"]["states"].items():
         owned = out.nodes[node].task
         users = [owned] if owned else [t for t in ir.task_names if node in
-                                       reachable_for_task(out, t) & co_reachable_for_task(out, t)]
+                                       nodes_on_paths(out, t)]
         assert sorted(t for g in groups for t in g) == sorted(users)
         signatures = [{signature(out, t, node, memo) for t in group} for group in groups]
         assert all(len(s) == 1 for s in signatures)  # merged: the same state

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..gates import edge_gate  # noqa: E402
 from ..ir import IR  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def plot_gate_heatmaps(ir: IR, path: Path) -> None:
     Rows are destinations (hidden nodes, then the task's head), columns sources (stem, hidden nodes);
     blank cells have no edge. Titles give each task's mean gate.
     """
-    tasks = ir.task_names
+    tasks, decided = ir.task_names, ir.decision_of_edge()
     hidden = [n.name for n in ir.hidden_nodes()]
     sources = [n.name for n in ir.nodes_of_kind("stem")] + hidden
     columns = min(3, len(tasks))
@@ -61,11 +62,10 @@ def plot_gate_heatmaps(ir: IR, path: Path) -> None:
         destinations = hidden + [ir.head_of(task).name]
         grid = [[math.nan] * len(sources) for _ in destinations]
         values = []
-        for edge in ir.edges.values():
-            state = edge.tasks.get(task)
-            if state is None or state.gate_logit is None or edge.src not in sources or edge.dst not in destinations:
+        for key, edge in ir.edges.items():
+            value = edge_gate(decided.get(key), key, task)
+            if value is None or edge.src not in sources or edge.dst not in destinations:
                 continue
-            value = 1.0 / (1.0 + math.exp(-state.gate_logit))
             grid[destinations.index(edge.dst)][sources.index(edge.src)] = value
             values.append(value)
         image = axis.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis")
