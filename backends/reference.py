@@ -55,7 +55,7 @@ def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.
     def state(name: str, task: str) -> Tensor:
         """h_name^task; a task-owned node holds its owner's state whoever reads it."""
         node = ir.nodes[name]
-        task = node.task or task
+        task = state_owner(ir, name, task)
         if node.kind == "input":
             return x
         if (name, task) in memo:

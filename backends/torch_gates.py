@@ -44,7 +44,7 @@ class GateEntry:
 
 
 def _categorical_key(decision: Decision) -> str:
-    return "route_" + decision.name
+    return "choice_" + decision.name
 
 
 class GateTable(nn.Module):
@@ -167,7 +167,8 @@ class GateTable(nn.Module):
     def log_prob(self, values: Tensor) -> Tensor:
         """log p(values) of a hard sample under the current logits (temperature 1), summed over
         every decision: what REINFORCE differentiates."""
-        total = self.logits[self.bernoulli_groups[0]].new_zeros(()) if self.logits else torch.zeros(())
+        first = next(iter(self.logits.values()), None)
+        total = torch.zeros(()) if first is None else first.new_zeros(())
         start = 0
         for group, parameter in self.logits.items():
             part = values[start:start + parameter.numel()].view_as(parameter)

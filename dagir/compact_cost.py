@@ -22,6 +22,7 @@ from typing import Any
 from .errors import UserError
 from .ir import IR, Edge, Node, TensorType
 from .ops import mac_count, norm_parameter_count, parameter_count
+from .task_states import state_owner
 
 StateKey = tuple[str, int]  # (node name, index of the state among the node's states)
 
@@ -81,7 +82,7 @@ def _inputs(ir: IR, in_edges: list[Edge], task: str,
     terms = []
     for edge in in_edges:
         if edge.is_active(task):
-            reader = ir.nodes[edge.src].task or task  # a task-owned source serves its owner's state
+            reader = state_owner(ir, edge.src, task)  # a task-owned source serves its owner's state
             if (edge.src, reader) in state_index:
                 terms.append((edge, (edge.src, state_index[(edge.src, reader)])))
     return tuple(terms)

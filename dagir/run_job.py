@@ -34,11 +34,10 @@ from .pass_manager import PassManager, PassResult, parse_pipeline
 from .pipeline import AFTER_SEARCH, before_search_pipeline, seed_ir
 from .spec import Spec, check_data_root
 from .training.checkpoint import load_checkpoint, save_checkpoint
-from .training.loop import (EpochTotals, Position, StageLoop, evaluate, flatten_metrics, make_optimizer,
-                            multitask_loss, supervised_step)
+from .training.loop import (EpochTotals, Position, StageLoop, epoch_batches, epoch_order_seed, evaluate,
+                            flatten_metrics, make_optimizer, supervised_step)
 from .training.plots import plot_curves, plot_gate_heatmaps
 from .training.schedules import set_learning_rates, squeeze_ramp, temperature
-from .training.squeeze import squeeze_loss
 
 STAGES = ("warmup", "search", "finetune")
 Echo = Callable[[str], None]
@@ -264,64 +263,73 @@ class Run:
         self._resume_loop(loop, state, [optimizer], "warmup", started)
 
     def _search(self, supernet, data, state) -> None:
-        from dagir.backends.torch_supernet import gate_parameters, head_parameters, weight_parameters
+        """Train the decisions with the stage's strategy (`dagir.training.search`)."""
+        from dagir.backends.torch_supernet import head_parameters, weight_parameters
+
+        from .training.search import SearchContext, make_strategy
         spec, stage = self.spec, self.spec.train.search
         squeeze, schedule = spec.search.squeeze, spec.search.gates.temperature
         supernet.gates.mode = "soft"
         weights = weight_parameters(supernet)
+        trains_weights = stage.train_weights or stage.strategy == "reinforce"
         for parameter in weights:
-            parameter.requires_grad_(stage.train_weights)
-        gates = gate_parameters(supernet)
-        # a search space without gates (a baseline) has nothing to search: its heads still train
-        gate_optimizer = torch.optim.Adam(gates if gates else [torch.zeros(0, requires_grad=True)], lr=stage.gate_lr)
-        trained = head_parameters(supernet) + (weights if stage.train_weights else [])
-        weight_optimizer = make_optimizer(trained, stage)
-        optimizers = [gate_optimizer, weight_optimizer]
-        compactness = {"epoch": -1, "weights": None}
-        squeeze_weight = {"now": 0.0}
+            parameter.requires_grad_(trains_weights)
+        train, arch_batch = self._search_splits(data.train)
+        epoch_now = {"epoch": -1, "compactness": None}
+
+        def compactness():
+            if epoch_now["compactness"] is None:  # the flow squeeze's weights, once per epoch
+                epoch_now["compactness"] = self._flow_compactness(supernet)
+            return epoch_now["compactness"]
+
+        context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: self._forward(supernet, inputs),
+                                weights, head_parameters(supernet), spec.seed, arch_batch, compactness)
+        strategy = make_strategy(context)
+        if state is not None:
+            strategy.load_state_dict(state.get("strategy", {}))
 
         def follow_progress(progress: float) -> None:
             supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end,
                                              schedule=schedule.schedule)
-            squeeze_weight["now"] = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
+            context.squeeze_weight = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
 
-        def set_mode() -> None:
+        def step(batch, epoch, index):
             supernet.train()
-            if not stage.train_weights:  # frozen Θ: batch norm keeps its warm-up statistics
+            if not trains_weights:  # frozen Θ: batch norm keeps its warm-up statistics
                 for name, child in supernet.named_children():
                     if name.startswith(("edge_", "node_", "op_")):
                         child.eval()
+            if epoch_now["epoch"] != epoch:
+                epoch_now.update(epoch=epoch, compactness=None)
+            return strategy.step(batch, epoch, index)
 
-        def step(batch, epoch, index):
-            set_mode()
-            inputs, targets = batch
-            if stage.mode == "alternating" and index % 2 == 0:
-                loss, _ = multitask_loss(self._forward(supernet, inputs), targets, spec.tasks)
-                weight_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                weight_optimizer.step()
-                return float(loss.detach()), 0.0
-            if squeeze.kind == "flow" and compactness["epoch"] != epoch:
-                compactness.update(epoch=epoch, weights=self._flow_compactness(supernet))
-            outputs = self._forward(supernet, inputs)
-            task_total, _ = multitask_loss(outputs, targets, spec.tasks)
-            squeezed = squeeze_loss(supernet.gates(), kind=squeeze.kind, weight=squeeze_weight["now"],
-                                    rho=squeeze.rho, compactness_weights=compactness["weights"])
-            loss = task_total + squeezed
-            gate_optimizer.zero_grad(set_to_none=True)
-            weight_optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gate_optimizer.step()
-            if stage.mode == "joint":
-                weight_optimizer.step()
-            return float(task_total.detach()), float(squeezed.detach())
-
-        loop, started = self._loop("search", stage, data.train, step, supernet, optimizers, data,
-                                   scheduled=[weight_optimizer],  # the gates follow τ, not an lr schedule
-                                   follow_progress=follow_progress)
-        self._resume_loop(loop, state, optimizers, "search", started)
+        loop, started = self._loop("search", stage, train, step, supernet, strategy.optimizers, data,
+                                   scheduled=strategy.scheduled, follow_progress=follow_progress,
+                                   save_extra=lambda: {"strategy": strategy.state_dict()})
+        self._resume_loop(loop, state, strategy.optimizers, "search", started)
+        supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
         for parameter in weights:
             parameter.requires_grad_(True)
+
+    def _search_splits(self, train: Split):
+        """The split the weight steps loop over, and the architecture batch of each step: from a
+        held-out part of the training set (`train.search.split`), disjoint from the rest, or None."""
+        stage = self.spec.train.search
+        if stage.split is None:
+            return train, lambda epoch, index: None
+        rest, held = train.hold_out(stage.split, self.spec.seed)
+        batch_size = self.spec.data.batch_size
+        cache: dict[int, list] = {}
+
+        def arch_batch(epoch: int, index: int):
+            if epoch not in cache:  # the held-out batches of an epoch, in an order fixed by (seed, epoch)
+                cache.clear()
+                cache[epoch] = epoch_batches(held, batch_size, epoch_order_seed(self.spec.seed, "search-arch", epoch))
+            batches = cache[epoch]
+            inputs, targets = batches[index % len(batches)]
+            return inputs.to(self.device), {k: v.to(self.device) for k, v in targets.items()}
+
+        return rest, arch_batch
 
     def _forward(self, model, inputs):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):

@@ -121,7 +121,7 @@ class NetworkSpec(Strict):
 class TemperatureSpec(Strict):
     start: float = Field(1.0, gt=0)
     end: float = Field(0.2, gt=0)
-    schedule: Literal["exponential", "linear", "constant"] = "exponential"
+    schedule: Literal["exponential", "linear", "quadratic", "constant"] = "exponential"
 
 
 class GatesSpec(Strict):
@@ -163,9 +163,30 @@ class StageSpec(Strict):
 
 
 class SearchStageSpec(StageSpec):
+    """The search stage. `strategy` (DESIGN §9): `gradient` (`mode` joint or alternating) or
+    `reinforce`. `split`: the fraction of the training set held out for the architecture steps
+    (alternating, reinforce; MTL-NAS: 0.5), None for one split. The relaxations say what the
+    supernet computes in each step (MTL-NAS: relaxed-bernoulli for weights, sigmoid for the
+    architecture); `arch_tau` fixes τ in the architecture step (None: the schedule's)."""
+
     train_weights: bool = False
+    strategy: Literal["gradient", "reinforce"] = "gradient"
     mode: Literal["joint", "alternating"] = "joint"
+    split: float | None = Field(None, gt=0, lt=1)
+    weight_relaxation: Literal["sigmoid", "relaxed-bernoulli"] = "sigmoid"
+    arch_relaxation: Literal["sigmoid", "relaxed-bernoulli"] = "sigmoid"
+    arch_tau: float | None = Field(None, gt=0)
     gate_lr: float = Field(0.05, gt=0)
+    gate_betas: tuple[float, float] = (0.9, 0.999)
+    gate_weight_decay: float = Field(0.0, ge=0)
+    reward_decay: float = Field(0.9, ge=0, lt=1)
+
+    @field_validator("gate_betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"gate_betas must lie in [0, 1) (got {list(betas)})")
+        return betas
 
 
 class TrainSpec(Strict):

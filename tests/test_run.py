@@ -9,6 +9,7 @@ import torch
 from test_cli import dagir
 
 import dagir.run_job as run_job
+import dagir.training.search as search_strategies
 import dagir.training.loop as training_loop
 from dagir.errors import UserError
 from dagir.ir_io import read_ir
@@ -83,13 +84,13 @@ class Interrupt(Exception):
 
 def patch_loss(monkeypatch, function) -> None:
     """Replace the task loss every stage computes (search in run_job, the others in the loop)."""
-    monkeypatch.setattr(run_job, "multitask_loss", function)
+    monkeypatch.setattr(search_strategies, "multitask_loss", function)
     monkeypatch.setattr(training_loop, "multitask_loss", function)
 
 
 def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
     whole = run_quietly(tiny_spec, tmp_path / "whole")
-    real_loss = run_job.multitask_loss
+    real_loss = training_loop.multitask_loss
     # inside warm-up, inside search after a mid-epoch checkpoint, inside fine-tuning after one
     for stop_at in (6, 16, 20):
         calls = {"n": 0}
@@ -114,7 +115,7 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
 
 
 def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_spec, monkeypatch):
-    real_loss = run_job.multitask_loss
+    real_loss = training_loop.multitask_loss
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
@@ -167,21 +168,25 @@ def test_data_set_folder_that_does_not_exist(tmp_path):
     assert code == 2 and "spec.yaml:3:" in stderr and "data.root: folder" in stderr and "does not exist" in stderr
 
 
+def searched_rows(history):
+    return [row for row in history if row["stage"] == "search"]
+
+
 @pytest.mark.parametrize("ablation, check", [
     (["network.read_in=false", "network.read_out=false"],
-     lambda ir: [e.src for e in ir.edges.values() if e.kind == "read_in"] == ["stem"]),
-    (["network.flow_restriction.max_span=null"], lambda ir: ir.max_span is None),
-    (["search.squeeze.kind=none"], lambda ir: True),
-    (["search.reduction.enabled=false"], lambda ir: "flow-reduce{flow_budget=0.05, enabled=false}" in ir.provenance),
+     lambda ir, history: [e.src for e in ir.edges.values() if e.kind == "read_in"] == ["stem"]),
+    (["network.flow_restriction.max_span=null"], lambda ir, history: ir.max_span is None),
+    (["search.squeeze.kind=none"], lambda ir, history: all(r["train/squeeze"] == 0.0 for r in searched_rows(history))),
+    ([], lambda ir, history: all(r["train/squeeze"] > 0.0 for r in searched_rows(history))),  # the squeeze is on
+    (["search.reduction.enabled=false"],
+     lambda ir, history: "flow-reduce{flow_budget=0.05, enabled=false}" in ir.provenance),
 ])
 def test_ablation_switches_run(tmp_path, tiny_spec, ablation, check):
     overrides = ablation + ["train.warmup.epochs=1", "train.search.epochs=1"]
     metrics = run_quietly(tiny_spec, tmp_path / "run", overrides=overrides)
     compact = read_ir(tmp_path / "run" / "compact.json")
-    assert check(compact), compact.provenance
-    if "search.squeeze.kind=none" in ablation:
-        history = json.loads((tmp_path / "run" / "history.json").read_text())
-        assert all(row["train/squeeze"] == 0.0 for row in history)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert check(compact, history), compact.provenance
     assert set(metrics["test"]) == {"digit", "parity"}
 
 

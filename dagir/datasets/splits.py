@@ -46,6 +46,25 @@ class Split:
         """Minibatches `(inputs, {task: target})`, see `iterate_batches`."""
         return iterate_batches(self, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
 
+    def subset(self, rows: torch.Tensor | np.ndarray) -> "Split":
+        """The samples at `rows`, in that order."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return Split(self.inputs[rows.to(self.inputs.device)],
+                     {name: t[rows.to(t.device)] for name, t in self.targets.items()}, self.source_ids[rows])
+
+    def hold_out(self, fraction: float, seed: int) -> tuple["Split", "Split"]:
+        """`(rest, held)`: a seeded `fraction` of the samples held out, disjoint from the rest
+        (MTL-NAS's two search splits: weights train on the rest, the architecture on the held part).
+
+        >>> rest, held = Split(torch.zeros(10, 1), {"t": torch.arange(10)}, torch.arange(10)[:, None]).hold_out(0.3, 0)
+        >>> len(rest), len(held), set(rest.targets["t"].tolist()) & set(held.targets["t"].tolist())
+        (7, 3, set())
+        """
+        parts = partition(len(self), {"held": fraction, "rest": 1.0 - fraction}, seed)
+        if not len(parts["held"]) or not len(parts["rest"]):
+            raise UserError(f"holding out {fraction} of {len(self)} training samples leaves one side empty")
+        return self.subset(parts["rest"]), self.subset(parts["held"])
+
     def to(self, device: torch.device | str) -> "Split":
         """The same split on `device` (move it once, then batch on the device)."""
         return Split(self.inputs.to(device), {name: t.to(device) for name, t in self.targets.items()},

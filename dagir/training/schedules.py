@@ -21,12 +21,15 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def temperature(progress: float, *, start: float, end: float, schedule: str) -> float:
-    """τ annealed from `start` to `end`: exponentially, linearly, or held at `start`."""
+    """τ annealed from `start` to `end`: exponentially, linearly, quadratically (`end + (start -
+    end)(1 - progress)²`, MTL-NAS's τ = (1 - t/T)² for start 1 and end → 0), or held at `start`."""
     progress = min(max(progress, 0.0), 1.0)
     if schedule == "constant":
         return start
     if schedule == "linear":
         return start + (end - start) * progress
+    if schedule == "quadratic":
+        return end + (start - end) * (1.0 - progress) ** 2
     if schedule == "exponential":
         return start * (end / start) ** progress
     raise ValueError(f"unknown temperature schedule {schedule!r}")

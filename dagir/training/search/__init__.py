@@ -1,0 +1,105 @@
+"""Search strategies (DESIGN §9): how the search stage trains the architecture's decisions.
+
+Each strategy is one file and one class with a `step(batch, epoch, index)` for the stage loop:
+- `gradient` (`gradient.py`): relaxed decisions trained by back-propagation, `joint` (decisions
+  and weights on the same batch) or `alternating` (an architecture step, then a weight step; on two
+  disjoint splits of the training set when `train.search.split` holds a fraction out for the
+  architecture, MTL-NAS's way; on alternate batches of one split otherwise);
+- `reinforce` (`reinforce.py`): one sampled option per decision each step, the sampled network's
+  weights trained by back-propagation, the logits by the policy gradient with a moving-average
+  baseline (MTNAS).
+
+A strategy gets a `SearchContext`: the supernet, what to train, the losses, and where its
+architecture batches come from; the run (`dagir.run_job`) owns the data, the loop and the
+checkpoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ...spec import SearchStageSpec, SqueezeSpec, TaskSpec
+from ..loop import Batch, multitask_loss
+from ..squeeze import squeeze_loss
+
+Forward = Callable[[Tensor], Mapping[str, Tensor]]
+
+
+def step_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator for one step's random draws (samples, Gumbel noise), fixed by (seed, epoch,
+    step), so a resumed search draws exactly what an uninterrupted one would."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 100_003 + index) % (2 ** 62))
+
+
+@dataclass
+class SearchContext:
+    """What a strategy works with. `arch_batch(epoch, index)` is the batch of the held-out split
+    for the architecture step of that step, or None when the stage has one split. `squeeze_weight`
+    is λ now (the run ramps it); `compactness()` the flow squeeze's per-slot weights."""
+
+    supernet: nn.Module
+    stage: SearchStageSpec
+    squeeze: SqueezeSpec
+    tasks: Sequence[TaskSpec]
+    forward: Forward
+    weights: list[nn.Parameter]
+    heads: list[nn.Parameter]
+    seed: int
+    arch_batch: Callable[[int, int], Batch | None] = lambda epoch, index: None
+    compactness: Callable[[], Tensor | None] = lambda: None
+    squeeze_weight: float = 0.0
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+
+    def task_loss(self, batch: Batch) -> Tensor:
+        inputs, targets = batch
+        loss, _ = multitask_loss(self.forward(inputs), targets, self.tasks)
+        return loss
+
+    def regulariser(self, values: Tensor) -> Tensor:
+        """The squeeze (binary, entropy, flow) of gate values or probabilities, at λ now."""
+        squeeze = self.squeeze
+        weights = self.compactness() if squeeze.kind == "flow" else None
+        return squeeze_loss(values, kind=squeeze.kind, weight=self.squeeze_weight, rho=squeeze.rho,
+                            compactness_weights=weights)
+
+    def gate_optimizer(self) -> torch.optim.Optimizer:
+        parameters = list(self.supernet.gates.parameters())
+        stage = self.stage
+        return torch.optim.Adam(parameters or [torch.zeros(0, requires_grad=True)], lr=stage.gate_lr,
+                                betas=tuple(stage.gate_betas), weight_decay=stage.gate_weight_decay)
+
+
+class SearchStrategy:
+    """Base of the strategies: `optimizers` (checkpointed, in order), `scheduled` (those following
+    the stage's lr schedule), `step`, and any state of its own to checkpoint."""
+
+    name = ""
+
+    def __init__(self, context: SearchContext) -> None:
+        self.context = context
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.scheduled: list[torch.optim.Optimizer] = []
+
+    def step(self, batch: Batch, epoch: int, index: int) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+def make_strategy(context: SearchContext) -> SearchStrategy:
+    """The strategy the stage names (`train.search.strategy`)."""
+    from .gradient import GradientSearch
+    from .reinforce import ReinforceSearch
+
+    strategies: dict[str, type[SearchStrategy]] = {"gradient": GradientSearch, "reinforce": ReinforceSearch}
+    return strategies[context.stage.strategy](context)
+
+
+STRATEGIES: tuple[str, ...] = ("gradient", "reinforce")

@@ -1,0 +1,78 @@
+"""`gradient`: the decisions relaxed and trained by back-propagation (the paper's search; MTL-NAS).
+
+`joint`: one backward pass of (task losses + squeeze) per batch; the decisions and, when
+`train_weights`, Θ step together. `alternating`: an architecture step (decisions, under
+`arch_relaxation`, with the squeeze) then a weight step (Θ and the heads, under
+`weight_relaxation`, no squeeze). With `train.search.split` the architecture step takes its batch
+from the held-out split, so the two never see the same sample (MTL-NAS); without it, the
+architecture and weight steps take alternate batches of the one training split.
+"""
+from __future__ import annotations
+
+from ..loop import Batch, make_optimizer
+from . import SearchContext, SearchStrategy, step_generator
+
+
+class GradientSearch(SearchStrategy):
+    name = "gradient"
+
+    def __init__(self, context: SearchContext) -> None:
+        super().__init__(context)
+        stage = context.stage
+        self.gates = context.gate_optimizer()
+        self.weights = make_optimizer(context.heads + (context.weights if stage.train_weights else []), stage)
+        self.optimizers = [self.gates, self.weights]
+        self.scheduled = [self.weights]  # the decisions follow τ, not an lr schedule
+
+    def step(self, batch: Batch, epoch: int, index: int) -> tuple[float, float]:
+        stage = self.context.stage
+        self.context.supernet.gates.generator = step_generator(self.context.seed, epoch, index)
+        if stage.mode == "joint":
+            return self._joint(batch)
+        held_out = self.context.arch_batch(epoch, index)
+        if held_out is not None:
+            _, squeezed = self._architecture(held_out)
+            return self._weights(batch), squeezed
+        if index % 2 == 0:
+            return self._weights(batch), 0.0
+        return self._architecture(batch)
+
+    def _joint(self, batch: Batch) -> tuple[float, float]:
+        context, table = self.context, self.context.supernet.gates
+        table.relaxation = context.stage.arch_relaxation
+        task = context.task_loss(batch)
+        squeezed = context.regulariser(table())
+        self._zero()
+        (task + squeezed).backward()
+        self.gates.step()
+        self.weights.step()
+        return float(task.detach()), float(squeezed.detach())
+
+    def _architecture(self, batch: Batch) -> tuple[float, float]:
+        context, table = self.context, self.context.supernet.gates
+        table.relaxation = context.stage.arch_relaxation
+        scheduled_tau = table.tau
+        if context.stage.arch_tau is not None:
+            table.tau = context.stage.arch_tau
+        try:
+            task = context.task_loss(batch)
+            squeezed = context.regulariser(table())
+        finally:
+            table.tau = scheduled_tau
+        self._zero()
+        (task + squeezed).backward()
+        self.gates.step()
+        return float(task.detach()), float(squeezed.detach())
+
+    def _weights(self, batch: Batch) -> float:
+        context, table = self.context, self.context.supernet.gates
+        table.relaxation = context.stage.weight_relaxation
+        loss = context.task_loss(batch)
+        self._zero()
+        loss.backward()
+        self.weights.step()
+        return float(loss.detach())
+
+    def _zero(self) -> None:
+        self.gates.zero_grad(set_to_none=True)
+        self.weights.zero_grad(set_to_none=True)
