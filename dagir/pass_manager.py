@@ -128,6 +128,10 @@ def parse_pipeline(entries: Sequence[str], spec: Any = None, *, needs_build: boo
     if not entries:
         raise PipelineError("the pipeline is empty")
     pipeline = [parse_pass(entry, spec) for entry in entries]
+    builders = [p.name for p in pipeline if p.builds]
+    if len(builders) > 1 or (builders and not pipeline[0].builds):
+        raise PipelineError(f"a pipeline builds once, with its first pass; this one builds with "
+                            f"{', '.join(builders)}")
     if needs_build and not pipeline[0].builds:
         builders = [n for n, c in registered_passes().items() if c.builds]
         raise PipelineError(f"the pipeline builds nothing: its first pass must be a build pass "

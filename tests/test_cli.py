@@ -100,6 +100,11 @@ network:
     (SPEC + "  colour: 3\n", [], "spec.yaml:7:3: network.colour: unknown field"),
     (SPEC + "pipeline: {before_search: [flow-restrict, attach-gates]}\n", [], "the pipeline builds nothing"),
     (SPEC + "pipeline: {before_search: [build-central, frobnicate]}\n", [], "unknown pass 'frobnicate'"),
+    (SPEC + "pipeline: {before_search: [build-central, build-hard-sharing]}\n", [],
+     "spec.yaml:7:12: pipeline.before_search: a pipeline builds once, with its first pass; this one builds "
+     "with build-central, build-hard-sharing"),
+    (SPEC + "train: {search: {split: 1.5}}\n", [], "spec.yaml:7:18: train.search.split: must be < 1.0 (got 1.5)"),
+    (SPEC + "train: {search: {strategy: evolution}}\n", [], "train.search.strategy: must be one of"),
     (SPEC + "  central: {edge_op: conv}\n", [], "duplicate key 'central'"),
     (SPEC, ["--set", "network.central.edge_op=conv"], "'conv' needs image inputs"),
     ("tasks: [\n", [], "malformed YAML"),
