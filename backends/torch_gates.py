@@ -9,6 +9,7 @@ the options that turn it on. The numbers come from `dagir.gates`.
 Modes (`mode`, a plain attribute, with `tau` and `relaxation`):
 - `soft`: every bernoulli under `relaxation` (`sigmoid`, the default, or `relaxed-bernoulli`, or
   `sample`) at temperature τ; every categorical the softmax at τ (a one-hot sample under `sample`);
+  in eval mode (`module.eval()`) noise and samples give way to the probabilities (σ, softmax);
 - `hard`: the discretisation at gate 0.5 (logit >= 0; the argmax option);
 - `ones`: every gate 1 (warm-up);
 - `fixed`: the option values last given to `fix` (a drawn sample, as REINFORCE trains on).
@@ -122,10 +123,12 @@ class GateTable(nn.Module):
                 raise ValueError("gate mode 'fixed' needs option values: call fix() first")
             return self.fixed
         parts = []
+        # noise and samples are for training; evaluating a relaxed supernet takes the probabilities
+        relaxation = self.relaxation if self.training else "sigmoid"
         if self.bernoulli_groups:  # one call over every bernoulli logit (as one vector)
             logits = torch.cat([self.logits[group] for group in self.bernoulli_groups])
             if mode == "soft":
-                parts.append(gate_math.relax_bernoulli(logits, relaxation=self.relaxation, tau=self.tau,
+                parts.append(gate_math.relax_bernoulli(logits, relaxation=relaxation, tau=self.tau,
                                                        generator=self.generator))
             elif mode == "hard":
                 parts.append(gate_math.hard_bernoulli(logits))
@@ -138,9 +141,8 @@ class GateTable(nn.Module):
         for decision in self.decisions:
             logits = self.logits[_categorical_key(decision)]
             if mode == "soft":
-                relaxation = "sample" if self.relaxation == "sample" else "softmax"
-                values = gate_math.relax_categorical(logits, relaxation=relaxation, tau=self.tau,
-                                                     generator=self.generator)
+                values = gate_math.relax_categorical(logits, relaxation="sample" if relaxation == "sample" else "softmax",
+                                                     tau=self.tau, generator=self.generator)
             elif mode == "hard":
                 values = gate_math.hard_categorical(logits)
             else:  # ones: every route open
@@ -152,11 +154,13 @@ class GateTable(nn.Module):
 
     def sample(self) -> Tensor:
         """One hard sample of every decision (with `generator`), as option values."""
-        saved, self.relaxation = self.relaxation, "sample"
+        saved, self.relaxation, training = self.relaxation, "sample", self.training
+        self.train()
         try:
             return self.option_values("soft").detach()
         finally:
             self.relaxation = saved
+            self.train(training)
 
     def fix(self, values: Tensor) -> None:
         """Use `values` (from `sample`, or any option values) in `fixed` mode."""

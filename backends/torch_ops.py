@@ -137,7 +137,8 @@ class NddrAggregation(nn.Module):
     """MTL-NAS's NDDR fusion: concatenate the gated edge outputs along channels (or features), then
     1x1 conv (Linear for vectors), batch norm, ReLU back to the node's width."""
 
-    def __init__(self, inputs: int, node_type: TensorType) -> None:
+    def __init__(self, inputs: int, node_type: TensorType, own: Sequence[bool] | None = None,
+                 fusion: tuple[float, float] | None = None) -> None:
         super().__init__()
         width = node_type.channels
         if node_type.is_image:
@@ -147,6 +148,19 @@ class NddrAggregation(nn.Module):
             self.fuse = nn.Linear(inputs * width, width, bias=False)
             self.bn = nn.BatchNorm1d(width)
         self.relu = nn.ReLU()
+        if fusion is not None:
+            self._initialise(width, [True] * inputs if own is None else list(own), fusion)
+
+    @torch.no_grad()
+    def _initialise(self, width: int, own: list[bool], fusion: tuple[float, float]) -> None:
+        """[w_t·I, (w_s/k)·I, ...]: start from the node's own input, a little of the k others."""
+        self_weight, other_weight = fusion
+        others = max(1, own.count(False))
+        weight = self.fuse.weight.view(width, len(own), width, -1)
+        weight.zero_()
+        for slot, is_own in enumerate(own):
+            scale = self_weight / max(1, own.count(True)) if is_own else other_weight / others
+            weight[:, slot, :, 0] = scale * torch.eye(width)
 
     def forward(self, slots: list[Tensor | None]) -> Tensor:
         return self.relu(self.bn(self.fuse(torch.cat(_fill_missing(slots), dim=1))))
@@ -176,10 +190,15 @@ class GateAggregation(nn.Module):
 AGGREGATION_MODULES: dict[str, type[nn.Module]] = {"nddr": NddrAggregation, "gate": GateAggregation}
 
 
-def build_aggregation(aggregation: str, inputs: int, node_type: TensorType) -> nn.Module | None:
-    """The module combining `inputs` incoming edges into a node of `node_type`; None for `sum`."""
+def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, own: Sequence[bool] | None = None,
+                      fusion: tuple[float, float] | None = None) -> nn.Module | None:
+    """The module combining `inputs` incoming edges into a node of `node_type`; None for `sum`.
+    `own` marks the slots that are the node's own inputs (not cross edges) and `fusion` the
+    NDDR initialisation (`Node.fusion`)."""
     if aggregation == "sum":
         return None
+    if aggregation == "nddr":
+        return NddrAggregation(inputs, node_type, own, fusion)
     try:
         return AGGREGATION_MODULES[aggregation](inputs, node_type)
     except KeyError:

@@ -75,6 +75,12 @@ def aggregation_module_name(node: Node) -> str:
     return f"node_{node.name}"
 
 
+def node_aggregation(node: Node, in_edges: list[Edge]) -> nn.Module | None:
+    """The aggregation module of `node` over its in-edges (in `IR.in_edges()` order)."""
+    return build_aggregation(node.aggregation, len(in_edges), node.input_type,
+                             own=[edge.kind != "cross" for edge in in_edges], fusion=node.fusion)
+
+
 # -- planning: which states exist, and what each is made of ---------------------------------------
 @dataclass(frozen=True)
 class Contribution:
@@ -437,7 +443,7 @@ class _BatchedGraph:
     def aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                   terms: dict[str, tuple[fx.Node, int]], count: int, width: int, name: str) -> fx.Node:
         module_name = self.module(aggregation_module_name(node),
-                                  lambda: build_aggregation(node.aggregation, len(in_edges), node.input_type))
+                                  lambda: node_aggregation(node, in_edges))
         masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
                  for k in range(count)]
         self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
@@ -517,8 +523,7 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
         else:
             module_name = aggregation_module_name(node)
             if not hasattr(root, module_name):
-                root.add_module(module_name, build_aggregation(node.aggregation, len(incoming[node.name]),
-                                                               node.input_type))
+                root.add_module(module_name, node_aggregation(node, incoming[node.name]))
             by_edge = dict(terms)
             slots_in = [by_edge.get(edge.name) for edge in incoming[node.name]]
             value = graph.create_node("call_module", module_name, (slots_in,), name=aggregate_name)

@@ -88,6 +88,9 @@ class Node:
     `in_type` is the type every incoming edge must deliver; `type` is what the node produces
     (equal to `in_type` when `op` is None). `index` orders hidden nodes (h_1..h_N) and `stage`
     groups them by resolution; `task` marks a node owned by one task (a head, or a per-task chain).
+    `fusion` initialises an `nddr` aggregation as (w_t, w_s): its 1x1 fusion starts as w_t times
+    the identity on the node's own inputs and w_s / k times it on each of its k cross edges
+    (MTL-NAS); None keeps torch's random initialisation.
     """
 
     name: str
@@ -99,6 +102,7 @@ class Node:
     stage: int | None = None
     task: str | None = None
     aggregation: Aggregation = "sum"
+    fusion: tuple[float, float] | None = None
 
     @property
     def input_type(self) -> TensorType:
@@ -385,14 +389,16 @@ def _node_to_dict(node: Node) -> dict[str, Any]:
     return {"name": node.name, "kind": node.kind, "type": list(node.type.shape),
             "in_type": None if node.in_type is None else list(node.in_type.shape),
             "op": _op_to_dict(node.op), "index": node.index, "stage": node.stage,
-            "task": node.task, "aggregation": node.aggregation}
+            "task": node.task, "aggregation": node.aggregation,
+            "fusion": None if node.fusion is None else list(node.fusion)}
 
 
 def _node_from_dict(raw: Mapping[str, Any]) -> Node:
     return Node(name=raw["name"], kind=raw["kind"], type=TensorType(tuple(raw["type"])),
                 in_type=None if raw["in_type"] is None else TensorType(tuple(raw["in_type"])),
                 op=_op_from_dict(raw["op"]), index=raw["index"], stage=raw["stage"],
-                task=raw["task"], aggregation=raw["aggregation"])
+                task=raw["task"], aggregation=raw["aggregation"],
+                fusion=None if raw.get("fusion") is None else tuple(raw["fusion"]))
 
 
 def _edge_to_dict(edge: Edge) -> dict[str, Any]:

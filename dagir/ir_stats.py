@@ -1,17 +1,23 @@
 """Counting an IR without lowering it: parameters, gates, multiply-accumulates, edges per task."""
 from __future__ import annotations
 
+from .compact_cost import aggregation_macs
 from .ir import IR
 from .ops import aggregation_parameter_count, mac_count, parameter_count
+
+
+def _in_degree(ir: IR) -> dict[str, int]:
+    in_degree = {name: 0 for name in ir.nodes}
+    for _, dst in ir.edges:
+        in_degree[dst] += 1
+    return in_degree
 
 
 def count_parameters(ir: IR) -> int:
     """Network parameters (Θ and heads, not gates) the IR's ops and aggregations hold."""
     total = sum(parameter_count(e.op) for e in ir.edges.values())
     total += sum(parameter_count(n.op) for n in ir.nodes.values())
-    in_degree = {name: 0 for name in ir.nodes}
-    for _, dst in ir.edges:
-        in_degree[dst] += 1
+    in_degree = _in_degree(ir)
     total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name])
                  for n in ir.nodes.values() if n.kind == "hidden")
     return total
@@ -23,8 +29,13 @@ def count_gates(ir: IR) -> int:
 
 
 def count_macs(ir: IR) -> int:
-    """Multiply-accumulates of one sample through every edge and node op once (the shared supernet)."""
+    """Multiply-accumulates of one sample through every edge op, node op and aggregation once (the
+    shared supernet; an aggregation over all its in-edges, as a supernet with its dropped edges
+    masked to 0 still computes them: MTL-NAS's public code evaluates that way)."""
     total = sum(mac_count(e.op, ir.nodes[e.src].type) for e in ir.edges.values())
+    in_degree = _in_degree(ir)
+    total += sum(aggregation_macs(n.aggregation, n.input_type, in_degree[n.name])
+                 for n in ir.nodes.values() if n.kind == "hidden")
     return total + sum(mac_count(n.op, n.input_type) for n in ir.nodes.values())
 
 

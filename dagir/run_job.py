@@ -201,6 +201,9 @@ class Run:
         return compact_ir
 
     def _final_tau(self) -> float:
+        """The τ the architecture steps ended with: the stage's fixed `arch_tau`, or the schedule's last."""
+        if self.spec.train.search.arch_tau is not None:
+            return self.spec.train.search.arch_tau
         t = self.spec.search.gates.temperature
         return temperature(1.0, start=t.start, end=t.end, schedule=t.schedule)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, TensorType
+from dagir.ir import IR, Edge, EdgeTaskState, Node, Op
 from dagir.pass_manager import register_pass
 
 from .build_single_task import ChainBuild
@@ -36,9 +36,7 @@ class BuildCrossStitch(ChainBuild):
             previous[task] = f"stem_{task}"
             self.add_stem(out, previous[task], [task], owner=task)
         for j in range(1, self.nodes + 1):
-            before, after = self.layer_type(x.type, j - 1), self.layer_type(x.type, j)
-            stride = 1 if j == 1 else 2 ** (self.stage_of(j) - self.stage_of(j - 1))  # halve where a stage begins
-            layer = _layer_op(before, after, stride)
+            before, after, layer = self.layer(x.type, j)
             current = {task: f"{task}_h{j}" for task in tasks}
             for task in tasks:
                 out.add_node(Node(current[task], "hidden", after, in_type=before, op=layer, index=j,
@@ -55,8 +53,3 @@ class BuildCrossStitch(ChainBuild):
         out.max_span = 1
         return out
 
-
-def _layer_op(before: TensorType, after: TensorType, stride: int) -> Op:
-    if not before.is_image:
-        return Op("linear_relu", {"d_in": before.shape[0], "d_out": after.shape[0]})
-    return Op("conv_bn_relu", {"c_in": before.channels, "c_out": after.channels, "stride": stride})

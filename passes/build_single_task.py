@@ -5,7 +5,7 @@ Also home of `ChainBuild`, the options and layer layout the three baseline build
 """
 from __future__ import annotations
 
-from dagir.ir import IR, Edge, EdgeTaskState, Node
+from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, TensorType
 from dagir.pass_manager import register_pass
 
 from .staged_build import StagedBuild, task_head
@@ -32,6 +32,15 @@ class ChainBuild(StagedBuild):
         for before, after in zip(names, names[1:]):
             ir.add_edge(Edge(before, after, "internal", None, states))
         return names
+
+    def layer(self, input_type: TensorType, j: int) -> tuple[TensorType, TensorType, Op]:
+        """Layer j as a node op: the type it reads (layer j-1's), the type it makes, and the op
+        (conv-BN-ReLU, strided where a stage begins; linear + ReLU on vectors)."""
+        before, after = self.layer_type(input_type, j - 1), self.layer_type(input_type, j)
+        if not before.is_image:
+            return before, after, Op("linear_relu", {"d_in": before.shape[0], "d_out": after.shape[0]})
+        stride = 1 if j == 1 else 2 ** (self.stage_of(j) - self.stage_of(j - 1))  # halve where a stage begins
+        return before, after, Op("conv_bn_relu", {"c_in": before.channels, "c_out": after.channels, "stride": stride})
 
     def add_head(self, ir: IR, task: str, last: str) -> None:
         head = task_head(next(t for t in ir.tasks if t.name == task), self.head_hidden, ir.input_node().type)
