@@ -1,44 +1,38 @@
-"""`dagir bench`: the searched network against the classic baselines, on the same data and budget.
+"""`dagir bench`: every method on the same data, budget and seeds, each through the one `run`.
 
-Each baseline is a search space of its own, built by a build pass (`build-single-task`,
-`build-hard-sharing`, `build-cross-stitch`) and lowered like any IR; it trains through the same
-stages without search: as many epochs as warm-up, search and fine-tune together, with the warm-up's
-optimiser. The searched network is a full `dagir run`. Per seed and method the test metrics, the
-parameters, the multiply-accumulates and the training time are collected; the table reports mean ±
-std over seeds and Δ_MTL against the single-task networks (DESIGN §8).
+A method is a spec (DESIGN §10, `dagir.methods`): the paper's search (`searched`, the bench spec
+itself), MTL-NAS, the single-task networks, hard sharing, cross-stitch, or a user's own spec file.
+For each (method, seed) the bench resolves the method's spec and runs it with `dagir.run_job.Run`
+in its own run folder — the same stages, device, precision, checkpoints, resume, metrics and
+exports for all. Per seed and method the test metrics, the compact network's parameters and
+multiply-accumulates and the training time (warm-up + search + fine-tune) are collected; the table
+reports mean ± std over seeds, Δ_MTL against the single-task networks (DESIGN §8), and each
+method's per-seed difference from the searched network.
 
-OUT/table.md, table.csv, results.json, comparison.png, and one run folder per method and seed, each
-with the spec it ran (`spec.resolved.yaml`). With `resume`, a method and seed whose folder holds a
-finished result of the same spec is not trained again, and an interrupted searched run continues
-from its checkpoint: a long bench can be stopped and taken up again, or given more seeds.
+OUT/table.md, table.csv, results.json, comparison.png, and one run folder per method and seed
+(`<method>-seed<seed>`), each with the spec it ran (`spec.resolved.yaml`). With `resume`, a method
+and seed whose folder holds a finished result of the same spec is not trained again, and an
+interrupted run continues from its checkpoint: a long bench can be stopped and taken up again, or
+given more seeds.
 """
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
-from .datasets import load_dataset
 from .errors import UserError
-from .ir_stats import count_macs
-from .pass_manager import PassManager, parse_pipeline
-from .pipeline import seed_ir
-from .run_job import Run, prepare_run_folder, same_run_spec, write_text
-from .spec import Spec, check_data_root
+from .methods import method_name, method_spec
+from .pass_manager import PassManager
+from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
+from .run_folder import prepare_run_folder, same_run_spec, write_text
+from .run_job import Run
+from .spec import Spec
 from .tasks import delta_mtl, primary_metric
-from .training.loop import EpochTotals, StageLoop, evaluate, make_optimizer, supervised_step
-from .training.schedules import set_learning_rates
 
-BASELINES = {"single_task": "build-single-task", "hard_sharing": "build-hard-sharing",
-             "cross_stitch": "build-cross-stitch"}
-BASELINE_RESULT_KEYS = ("test", "parameters", "macs", "seconds")
 Echo = Callable[[str], None]
 
 
@@ -49,50 +43,30 @@ def with_seed(spec: Spec, seed: int) -> Spec:
     return copy
 
 
-def train_baseline(spec: Spec, baseline: str, out: Path, *, progress: bool, echo: Echo) -> dict[str, Any]:
-    """Build, lower, train and test one baseline; returns its results."""
-    from dagir.backends.torch_supernet import count_parameters, lower_supernet
-
-    check_data_root(spec)
-    torch.manual_seed(spec.seed)
-    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
-    ir = PassManager(parse_pipeline([BASELINES[baseline], "legalize-types"], spec)).run(seed_ir(spec))
-    prepare_run_folder(spec, out, resume=False, overwrite=True)  # no finished result left from before
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "spec.resolved.yaml", spec.resolved_yaml())
-    write_text(out / "ir.json", ir.to_json())
-    module = lower_supernet(ir)
-    module.gates.mode = "ones"
-    module.train()
-    train = spec.train
-    epochs = train.warmup.epochs + train.search.epochs + train.finetune.epochs
-    optimizer = make_optimizer(list(module.parameters()), train.warmup)
-
-    step = supervised_step(module, optimizer, spec.tasks)
-
-    def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
-        echo(f"{baseline} epoch {epoch + 1}/{epochs}: loss {totals.loss / max(totals.steps, 1):.4f}")
-
-    started = time.perf_counter()
-    StageLoop(baseline, data.train, spec.data.batch_size, epochs, train.warmup.steps_per_epoch, spec.seed, step,
-              lambda position, totals: None, end_of_epoch, progress=progress,
-              before_step=functools.partial(set_learning_rates, [optimizer], schedule=train.warmup.lr_schedule)).run()
-    seconds = time.perf_counter() - started
-    test = evaluate(module, data.test, spec.tasks, data)
-    result = {"test": test, "parameters": count_parameters(module), "macs": count_macs(ir), "seconds": seconds}
-    write_text(out / "metrics.json", json.dumps(result, indent=1))
-    return result
+def resolve_methods(spec: Spec, methods: Sequence[str]) -> dict[str, Spec]:
+    """Every method's spec, checked before any training: its pipelines parse and build an IR
+    that verifies. Names must be distinct."""
+    resolved: dict[str, Spec] = {}
+    for method in methods:
+        name = method_name(method)
+        if name in resolved:
+            raise spec.error(("bench", "methods"), f"method {name!r} is named twice")
+        method_of = method_spec(spec, method)
+        PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
+        after_search_pipeline(method_of)
+        resolved[name] = method_of
+    return resolved
 
 
-def run_searched(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
-    """A full `dagir run` in `out`; with `resume`, an interrupted one there continues from its checkpoint."""
+def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
+    """One method's `dagir run` in `out`; with `resume`, an interrupted one there continues."""
     resume = resume and (out / "checkpoints" / "latest.pt").is_file()
     prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
-    return searched_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
+    return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
 
 
-def searched_result(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The bench's row for a searched run, from its metrics.json."""
+def run_result(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The bench's row for a run, from its metrics.json."""
     return {"test": metrics["test"], "parameters": metrics["compact"]["parameters"],
             "macs": metrics["compact"]["macs"]["total"], "seconds": sum(metrics["stage_seconds"].values())}
 
@@ -106,9 +80,8 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
         raise UserError(f"{out}: holds a result of a different spec (or none recorded); "
                         f"resume with the same spec and --set options, or use a new output folder")
     try:
-        saved = json.loads(metrics.read_text())
-        return searched_result(saved) if method == "searched" else {k: saved[k] for k in BASELINE_RESULT_KEYS}
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        return run_result(json.loads(metrics.read_text()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"{metrics}: not a finished {method} result ({error}); delete the folder to train it again")
 
 
@@ -116,20 +89,19 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
               echo: Echo = print, resume: bool = False) -> dict[str, Any]:
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
     the comparison table and plot."""
-    results: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in methods}
+    resolved = resolve_methods(spec, methods)
+    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
     for seed in seeds:
-        seeded = with_seed(spec, seed)
-        for method in methods:
-            folder = out / f"{method}-seed{seed}"
-            finished = finished_result(seeded, method, folder) if resume else None
+        for name, method_of in resolved.items():
+            seeded = with_seed(method_of, seed)
+            folder = out / f"{name}-seed{seed}"
+            finished = finished_result(seeded, name, folder) if resume else None
             if finished is not None:
-                echo(f"== {method}, seed {seed}: finished in {folder}, not trained again")
-                results[method][seed] = finished
+                echo(f"== {name}, seed {seed}: finished in {folder}, not trained again")
+                results[name][seed] = finished
                 continue
-            echo(f"== {method}, seed {seed}")
-            results[method][seed] = (run_searched(seeded, folder, progress=progress, echo=echo, resume=resume)
-                                     if method == "searched" else
-                                     train_baseline(seeded, method, folder, progress=progress, echo=echo))
+            echo(f"== {name}, seed {seed}")
+            results[name][seed] = run_method(seeded, folder, progress=progress, echo=echo, resume=resume)
     table = summarise(spec, results)
     write_results(out, spec, table, results)
     return table

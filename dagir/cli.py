@@ -69,7 +69,8 @@ def run_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export."""
-    from .run_job import prepare_run_folder, Run
+    from .run_folder import prepare_run_folder
+    from .run_job import Run
     from .spec import load_spec
 
     spec = load_spec(spec_path, overrides or [])
@@ -95,8 +96,9 @@ def bench_command(
     spec_path: Path = typer.Argument(..., metavar="SPEC", help="The search-space spec (YAML)."),
     out: Path = typer.Option(Path("runs/bench"), "-o", "--out", help="Output folder."),
     overrides: Optional[List[str]] = SetOption,
-    methods: Optional[str] = typer.Option(None, help="Comma-separated: searched,single_task,hard_sharing,"
-                                          "cross_stitch (default: bench.methods of the spec)."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated: searched,mtl_nas,single_task,hard_sharing,"
+                                          "cross_stitch, or method spec files (default: bench.methods of "
+                                          "the spec)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds, from the spec's seed on."),
     resume: bool = typer.Option(False, "--resume", help="Keep the finished methods and seeds in OUT; train "
                                 "only the rest (an interrupted searched run continues from its checkpoint)."),

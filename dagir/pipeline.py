@@ -51,3 +51,17 @@ def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_eac
     manager = PassManager(passes if passes is not None else before_search_pipeline(spec),
                           verify_each=verify_each, on_pass=on_pass)
     return manager.run(seed_ir(spec))
+
+
+def after_search_pipeline(spec: Spec) -> list[Pass]:
+    """The spec's own after-search pipeline if it writes one, else the default (flow-reduce as
+    `search.reduction.enabled` says)."""
+    reduction = spec.search.reduction
+    if spec.pipeline.after_search is not None:
+        try:
+            return parse_pipeline(spec.pipeline.after_search, spec, needs_build=False)
+        except PipelineError as err:
+            raise spec.error(("pipeline", "after_search"), str(err)) from None
+    names = [name if name != "flow-reduce" else f"flow-reduce{{enabled={str(reduction.enabled).lower()}}}"
+             for name in AFTER_SEARCH]
+    return parse_pipeline(names, spec, needs_build=False)

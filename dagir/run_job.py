@@ -16,13 +16,11 @@ OUT/
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
 from .compile_job import dump_ir
 from .datasets import load_dataset
@@ -30,8 +28,9 @@ from .datasets.splits import Split
 from .errors import UserError
 from .ir import IR
 from .ir_stats import edges_per_task
-from .pass_manager import PassManager, PassResult, parse_pipeline
-from .pipeline import AFTER_SEARCH, before_search_pipeline, seed_ir
+from .pass_manager import PassManager, PassResult
+from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
+from .run_folder import write_text
 from .spec import Spec, check_data_root
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.loop import (EpochTotals, Position, StageLoop, epoch_batches, epoch_order_seed, evaluate,
@@ -43,32 +42,12 @@ STAGES = ("warmup", "search", "finetune")
 Echo = Callable[[str], None]
 
 
-def write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 def pick_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for, but no CUDA device is available")
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(choice)
-
-
-def after_search_pipeline(spec: Spec):
-    reduction = spec.search.reduction
-    if spec.pipeline.after_search is not None:
-        try:
-            return parse_pipeline(spec.pipeline.after_search, spec, needs_build=False)
-        except UserError as err:
-            raise spec.error(("pipeline", "after_search"), str(err)) from None
-    names = [name if name != "flow-reduce" else f"flow-reduce{{enabled={str(reduction.enabled).lower()}}}"
-             for name in AFTER_SEARCH]
-    return parse_pipeline(names, spec, needs_build=False)
 
 
 def effective_gates(ir: IR, tau: float) -> IR:
@@ -78,32 +57,6 @@ def effective_gates(ir: IR, tau: float) -> IR:
         out.decisions[name] = decision.with_logits(
             {owner: [v / tau for v in values] for owner, values in decision.logits.items()})
     return out
-
-
-def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
-    """Whether the resolved spec a run folder recorded describes the same run as `spec`.
-
-    The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
-    run trains, so a bench given more seeds can take up the runs it already finished.
-    """
-    def run_part(resolved: Any) -> Any:
-        return {k: v for k, v in resolved.items() if k != "bench"} if isinstance(resolved, dict) else resolved
-    return run_part(yaml.safe_load(resolved_file.read_text())) == run_part(spec.resolved_dict())
-
-
-def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check OUT before a run starts: a resumed run must be this spec's; a new one must not clobber."""
-    checkpoint = Path(out) / "checkpoints" / "latest.pt"
-    if resume:
-        resolved = Path(out) / "spec.resolved.yaml"
-        if not resolved.is_file():
-            raise UserError(f"{out}: not a dagir run folder (no spec.resolved.yaml); nothing to resume")
-        if not same_run_spec(resolved, spec):
-            raise UserError(f"{out}: the run there was started from a different spec; resume it with the "
-                            f"same spec and --set options")
-    elif overwrite:  # a fresh run: no checkpoint to resume from, no finished result left from before
-        checkpoint.unlink(missing_ok=True)
-        (Path(out) / "metrics.json").unlink(missing_ok=True)
 
 
 class Run:

@@ -204,8 +204,10 @@ class PipelineSpec(Strict):
 
 
 class BenchSpec(Strict):
-    methods: list[Literal["searched", "single_task", "hard_sharing", "cross_stitch"]] = Field(
-        default_factory=lambda: ["searched", "single_task", "hard_sharing", "cross_stitch"], min_length=1)
+    """What `dagir bench` compares: built-in methods (`dagir.methods.BUILT_IN`) or method spec files."""
+
+    methods: list[str] = Field(
+        default_factory=lambda: ["searched", "mtl_nas", "single_task", "hard_sharing", "cross_stitch"], min_length=1)
     seeds: int = Field(1, ge=1)
 
 
@@ -309,8 +311,9 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{error['msg'].rstrip('.').lower()}{shown}"
 
 
-def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
-    """Checks across sections: the input type against the stages, the data set and tasks."""
+def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True) -> None:
+    """Checks across sections: the input type against the stages, the data set and tasks, both
+    pipelines, and (with `methods`) that every bench method is built in or a spec file."""
     from .datasets import dataset_info  # the registry knows each data set's input type
 
     info = dataset_info(spec.data.dataset)
@@ -348,6 +351,16 @@ def check_spec_semantics(spec: Spec, source: SpecSource) -> None:
         raise source.error(("network", "central", "edge_op"), f"'conv' needs image inputs; the input is {list(shape)}")
     if spec.network.central.edge_op == "mlp" and len(shape) == 3:
         raise source.error(("network", "central", "edge_op"), f"'mlp' needs vector inputs; the input is {list(shape)}")
+    from .methods import method_file
+    from .pipeline import after_search_pipeline, before_search_pipeline
+
+    before_search_pipeline(spec)  # both pipelines parse before any work starts
+    after_search_pipeline(spec)
+    for index, method in enumerate(spec.bench.methods if methods else []):
+        try:
+            method_file(method, spec)
+        except SpecError as err:
+            raise source.error(("bench", "methods", index), err.message) from None
 
 
 def check_data_root(spec: Spec) -> None:

@@ -19,7 +19,7 @@ def test_bench_compares_searched_network_with_baselines(tmp_path):
     for name in ("table.md", "table.csv", "results.json", "comparison.png"):
         assert (out / name).is_file()
     rows = list(csv.reader((out / "table.csv").open()))
-    assert [r[0] for r in rows[1:]] == ["searched", "single_task", "hard_sharing", "cross_stitch"]
+    assert [r[0] for r in rows[1:]] == ["searched", "mtl_nas", "single_task", "hard_sharing", "cross_stitch"]
     results = json.loads((out / "results.json").read_text())
     runs, table = results["runs"], results["table"]
     assert table["seeds"] == [3, 4]
@@ -55,3 +55,38 @@ def test_bench_resume_trains_only_what_is_not_finished(tmp_path):
     code, _, stderr = dagir(*first, "--seeds", "2", "--resume", "--set", "train.finetune.lr=0.5")
     assert code == 2 and "holds a result of a different spec" in stderr and "Traceback" not in stderr
     assert (out / "results.json").read_bytes() == before
+
+
+def test_a_method_of_ones_own_is_a_spec_file(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "wide_trunk.yaml").write_text(
+        "budget: one-stage\nnetwork: {central: {channels: [24, 24]}}\n"
+        "pipeline: {before_search: [build-hard-sharing, legalize-types, attach-gates], "
+        "after_search: [discretize, share-states]}\n")
+    out = tmp_path / "bench"
+    code, stdout, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "hard_sharing,wide_trunk.yaml",
+                                 "--no-progress")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["hard_sharing", "wide_trunk"]
+    wide, narrow = (results["runs"][name]["3"]["parameters"] for name in ("wide_trunk", "hard_sharing"))
+    assert wide > narrow
+    resolved = (out / "wide_trunk-seed3" / "spec.resolved.yaml").read_text()
+    assert "build-hard-sharing" in resolved and "- 24" in resolved
+    # every method spends the bench spec's epochs: warm-up + search + fine-tune in one stage
+    history = json.loads((out / "wide_trunk-seed3" / "history.json").read_text())
+    assert [row["stage"] for row in history] == ["warmup"] * 5
+
+
+def test_bad_methods_exit_2_before_any_training(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "cheat.yaml").write_text("data: {batch_size: 8}\n")
+    out = tmp_path / "bench"
+    for methods, message in (("searched,magic", "unknown method 'magic'"),
+                             ("cheat.yaml", "cheat.yaml:1:1: data: a method may not set 'data'"),
+                             ("hard_sharing,hard_sharing", "method 'hard_sharing' is named twice")):
+        code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", methods, "--no-progress")
+        assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+        assert not out.exists()

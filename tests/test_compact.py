@@ -123,15 +123,18 @@ def test_each_state_and_edge_call_is_computed_once(searched, flow_budget):
 def test_each_state_gathers_its_own_batch_norm_statistics(searched, flow_budget):
     """Fine-tuning trains batch norm: the statistics one training pass gathers (momentum 1) give, at
     test time, what training computed, for every state, even where one op serves several states."""
+    torch.manual_seed(0)  # the ops' initial weights: the same example always gives the same network
     reduced = post_search(searched, flow_budget)
     compact = lower_compact(reduced, hard_supernet(searched, reduced), dtype=torch.float64)
     for layer in compact.modules():
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
             layer.momentum = 1.0
-    x = batch_for(searched, size=64)
+    x = batch_for(searched, size=512)
     trained = compact.train()(x)
     tested = compact.eval()(x)
-    for task in reduced.task_names:  # running variance is unbiased, batch variance is not: 1/64 apart
+    # running variance is unbiased, batch variance is not: 1/512 apart per batch norm, compounding
+    # through a deep chain (at 64 samples a ReLU near 0 could flip, off by 0.2 in 3 outputs of 192)
+    for task in reduced.task_names:
         torch.testing.assert_close(tested[task], trained[task], rtol=0.05, atol=0.05)
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from test_cli import dagir
 
-import dagir.run_job as run_job
 import dagir.training.search as search_strategies
 import dagir.training.loop as training_loop
 from dagir.errors import UserError
 from dagir.ir_io import read_ir
+from dagir.run_folder import prepare_run_folder
 from dagir.run_job import Run
 from dagir.spec import load_spec
 
@@ -48,7 +48,7 @@ def tiny_spec(tmp_path: Path) -> Path:
 
 def run_quietly(spec_path: Path, out: Path, *, resume: bool = False, overrides=()) -> dict:
     spec = load_spec(spec_path, list(overrides))
-    run_job.prepare_run_folder(spec, out, resume=resume, overwrite=False)
+    prepare_run_folder(spec, out, resume=resume, overwrite=False)
     return Run(spec, out, resume=resume, progress=False, echo=lambda text: None).execute()
 
 

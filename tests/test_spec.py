@@ -65,7 +65,11 @@ def test_examples_load(name):
     ("name: [unclosed\n", "spec.yaml:2:1: malformed YAML"),
     ("tasks: !!python/object:os.system {}\n", "YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed"),
     ("- 1\n- 2\n", "a spec is a mapping of sections"),
-    (GOOD + "pipeline: {before_search: [flow-restrict]}\n", None),  # accepted here; fails at compile
+    (GOOD + "pipeline: {before_search: [flow-restrict]}\n",
+     "spec.yaml:8:12: pipeline.before_search: the pipeline builds nothing"),  # at load, not after training
+    (GOOD + "pipeline: {after_search: [discretise]}\n", "spec.yaml:8:12: pipeline.after_search: unknown pass 'discretise'"),
+    (GOOD + "bench: {methods: [searched, magic]}\n",
+     "spec.yaml:8:29: bench.methods.1: unknown method 'magic': neither built in"),
 ])
 def test_bad_input_is_located(tmp_path, text, expected):
     path = write(tmp_path, text)

@@ -1,0 +1,102 @@
+"""Methods are specs (DESIGN §10): what `dagir bench` compares, each a spec run by the one `run`.
+
+A method is a partial spec laid over the bench's spec: the same data, tasks and seed, its own
+build pass, decisions, strategy and stages. `searched` is the bench spec itself (the paper's
+method). The built-in ones are the YAML files beside this module — `mtl_nas`, `single_task`,
+`hard_sharing`, `cross_stitch` — and a user's own method is a file of the same form, named by its
+path in `--methods` or `bench.methods` (its name in the table is the file's stem):
+
+    # my_method.yaml: hard sharing with a wider trunk
+    budget: one-stage
+    network: {central: {channels: [32, 64, 96]}}
+    pipeline: {before_search: [build-hard-sharing, legalize-types, attach-gates],
+               after_search: [discretize, share-states]}
+
+`budget` says how the bench spec's epochs (warm-up + search + fine-tune, passes over the training
+set) are spent, so every method gets the same number: `same` (as the merged spec says), `one-stage`
+(all of them in the first stage, for methods without decisions), `search-takes-finetune` (the
+fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`.
+
+>>> sorted(BUILT_IN)
+['cross_stitch', 'hard_sharing', 'mtl_nas', 'searched', 'single_task']
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import SpecError
+from ..spec import Spec, SpecSource, check_spec_semantics, validate_spec
+from ..spec_loader import read_spec_file
+
+HERE = Path(__file__).parent
+BUILT_IN: tuple[str, ...] = ("searched", "mtl_nas", "single_task", "hard_sharing", "cross_stitch")
+BUDGETS: tuple[str, ...] = ("same", "one-stage", "search-takes-finetune")
+FIXED_SECTIONS: tuple[str, ...] = ("data", "tasks", "seed", "bench")
+
+
+def method_file(method: str, spec: Spec) -> Path | None:
+    """The file of `method`: a built-in's, or a user's path (as given, or beside the bench spec);
+    None for `searched`. Raises a `SpecError` naming the method when there is none."""
+    if method == "searched":
+        return None
+    if method in BUILT_IN:
+        return HERE / f"{method}.yaml"
+    candidates = [Path(method)]
+    if spec._source is not None and spec._source.file:
+        candidates.append(Path(spec._source.file).parent / method)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise spec.error(("bench", "methods"), f"unknown method {method!r}: neither built in "
+                                           f"({', '.join(BUILT_IN)}) nor a spec file")
+
+
+def method_name(method: str) -> str:
+    """The name a method goes by in tables and folders: a built-in's name, a file's stem."""
+    return method if method in BUILT_IN else Path(method).stem
+
+
+def method_spec(spec: Spec, method: str) -> Spec:
+    """The spec `method` runs on `spec`'s data, tasks and seed, with its epoch budget applied."""
+    path = method_file(method, spec)
+    if path is None:
+        return spec
+    overlay, locations, file = read_spec_file(path)
+    source = SpecSource(file, locations)
+    if not isinstance(overlay, dict):
+        raise SpecError("a method is a mapping of spec sections (pipeline, search, train, ...)", file=file, line=1)
+    overlay = dict(overlay)
+    budget = overlay.pop("budget", "same")
+    if budget not in BUDGETS:
+        raise source.error(("budget",), f"must be one of {', '.join(BUDGETS)} (got {budget!r})")
+    for section in FIXED_SECTIONS:
+        if section in overlay:
+            raise source.error((section,), f"a method may not set '{section}': every method of a bench "
+                                           "runs on the bench spec's data, tasks and seeds")
+    merged = _merge(spec.resolved_dict(), overlay)
+    _spend(merged, spec, budget)
+    resolved = validate_spec(merged, source)
+    resolved._source = source
+    check_spec_semantics(resolved, source, methods=False)
+    return resolved
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` laid over `base`: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _spend(merged: dict[str, Any], spec: Spec, budget: str) -> None:
+    """Give the method the bench spec's epochs, spent as `budget` says."""
+    train = spec.train
+    if budget == "one-stage":
+        merged["train"]["warmup"]["epochs"] = train.warmup.epochs + train.search.epochs + train.finetune.epochs
+        merged["train"]["search"]["epochs"] = 0
+        merged["train"]["finetune"]["epochs"] = 0
+    elif budget == "search-takes-finetune":
+        merged["train"]["search"]["epochs"] = train.search.epochs + train.finetune.epochs
+        merged["train"]["finetune"]["epochs"] = 0
