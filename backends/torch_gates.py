@@ -59,6 +59,7 @@ class GateTable(nn.Module):
         self.generator: torch.Generator | None = None
         self.fixed: Tensor | None = None
         bernoulli: dict[str, list[float]] = {}
+        bernoulli_owners: dict[str, list[tuple[str, str]]] = {}  # (decision, owner) of each logit
         rows: dict[str, list[str]] = {}  # a categorical's logit rows: its tasks, or SHARED
         self.entries: list[GateEntry] = []
         self.decisions: list[Decision] = []
@@ -70,6 +71,7 @@ class GateTable(nn.Module):
                 column = bernoulli.setdefault(group, [])
                 position = {owner: len(column) + i for i, owner in enumerate(owners)}
                 column.extend(decision.logits[owner][0] for owner in owners)
+                bernoulli_owners.setdefault(group, []).extend((decision.name, owner) for owner in owners)
                 for task in decision.tasks:
                     self.entries.append(GateEntry(key[0], key[1], task, group,
                                                   position[SHARED if decision.scope == "shared" else task]))
@@ -89,6 +91,13 @@ class GateTable(nn.Module):
         for group, parameter in self.logits.items():
             offsets[group], start = start, start + parameter.numel()
         self.values_size = start
+        self.value_names: list[tuple[str, str, int]] = []  # (decision, owner, option) of each option value
+        for group in self.logits:
+            if group in bernoulli_owners:
+                self.value_names.extend((name, owner, 0) for name, owner in bernoulli_owners[group])
+        for decision in self.decisions:
+            self.value_names.extend((decision.name, owner, k) for owner in rows[decision.name]
+                                    for k in range(len(decision.options)))
         pairs: list[tuple[int, int]] = []  # (slot, option value) pairs summed into each slot
         slots: dict[tuple[str, str], int] = {}
         group_order = list(self.logits)
@@ -167,6 +176,15 @@ class GateTable(nn.Module):
         if values.numel() != self.values_size:
             raise ValueError(f"expected {self.values_size} option values, got {values.numel()}")
         self.fixed = values.detach()
+
+    def values_by_decision(self, values: Tensor) -> dict[str, dict[str, list[float]]]:
+        """Option values as {decision: {owner: [value per option]}} (the reference evaluator's `fixed`)."""
+        out: dict[str, dict[str, list[float]]] = {}
+        for (name, owner, option), value in zip(self.value_names, values.tolist()):
+            row = out.setdefault(name, {}).setdefault(owner, [])
+            row.append(value)
+            assert len(row) == option + 1
+        return out
 
     def log_prob(self, values: Tensor) -> Tensor:
         """log p(values) of a hard sample under the current logits (temperature 1), summed over

@@ -309,3 +309,25 @@ def test_supernet_runs_on_cuda():
     expected = module(x)
     outputs = module.to("cuda")(x.to("cuda"))
     torch.testing.assert_close({t: v.cpu() for t, v in outputs.items()}, expected, rtol=1e-4, atol=1e-4)
+
+
+@PROPERTY
+@given(search_spaces(), st.sampled_from(["relaxed-bernoulli", "sample"]), st.sampled_from([0.3, 1.0]),
+       st.integers(0, 2 ** 16))
+def test_supernet_equals_the_reference_for_drawn_relaxations(ir, relaxation, tau, seed):
+    """Relaxations that draw (Gumbel-sigmoid noise, hard samples): with the drawn values fixed, the
+    supernet computes what the reference evaluator computes from the same values."""
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    table = module.gates
+    table.train()  # the gates draw; the rest stays in eval mode
+    table.relaxation, table.tau, table.generator = relaxation, tau, torch.Generator().manual_seed(seed)
+    drawn = table.option_values("soft").detach()
+    assert drawn.numel() == table.values_size
+    if relaxation == "sample":
+        assert set(drawn.tolist()) <= {0.0, 1.0}
+    table.fix(drawn)
+    table.mode = "fixed"
+    x = batch_for(ir)
+    fixed = table.values_by_decision(drawn)
+    assert set(fixed) == set(ir.decisions)
+    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
