@@ -46,55 +46,14 @@ from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compac
 from dagir.errors import UserError
 from dagir.ir import IR, Edge, Node
 
+from .torch_aggregations import GateAggregation, NddrAggregation
 from .torch_ops import build_op
 from .torch_supernet import aggregation_module_name, apply_node_op
 
 WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
 
 
-# -- aggregation modules: torch only, so `export_compact` can copy their source verbatim ----------
-class NddrAggregation(nn.Module):
-    """NDDR fusion: concatenate the inputs (zeros in an empty slot), 1x1 conv (linear layer for
-    vectors), batch norm, ReLU back to the node's width."""
-
-    def __init__(self, inputs: int, width: int, image: bool) -> None:
-        super().__init__()
-        self.config = dict(inputs=inputs, width=width, image=image)
-        if image:
-            self.fuse = nn.Conv2d(inputs * width, width, 1, bias=False)
-            self.bn = nn.BatchNorm2d(width)
-        else:
-            self.fuse = nn.Linear(inputs * width, width, bias=False)
-            self.bn = nn.BatchNorm1d(width)
-        self.relu = nn.ReLU()
-
-    def forward(self, slots: list) -> Tensor:
-        present = next(s for s in slots if s is not None)
-        filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        return self.relu(self.bn(self.fuse(torch.cat(filled, dim=1))))
-
-
-class GateAggregation(nn.Module):
-    """Soft routing: a linear layer on the pooled concatenation of the inputs (zeros in an empty
-    slot) gives `logits` routing logits, softmax over all of them, and input i is weighted by the one
-    at `positions[i]`. Logits without an input belong to inputs that are always zero here."""
-
-    def __init__(self, inputs: int, width: int, logits: int, positions: list) -> None:
-        super().__init__()
-        self.config = dict(inputs=inputs, width=width, logits=logits, positions=list(positions))
-        self.positions = list(positions)
-        self.route = nn.Linear(inputs * width, logits)
-
-    def forward(self, slots: list) -> Tensor:
-        present = next(s for s in slots if s is not None)
-        filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        joined = torch.cat(filled, dim=1)
-        pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
-        weights = torch.softmax(self.route(pooled), dim=1)
-        shape = (-1,) + (1,) * (joined.dim() - 1)
-        return sum(weights[:, p].reshape(shape) * filled[i] for i, p in enumerate(self.positions))
-
-
+# -- per-state batch norm: torch only, so `export_compact` can copy its source verbatim -----------
 class PerStateNorm(nn.Module):
     """An op the compact network calls on several states: one set of weights, but every state keeps
     its own batch norms (statistics and affine parameters), so fine-tuning can train batch norm
@@ -226,7 +185,7 @@ def _aggregation_module(node: Node, inputs: int, gate_slots: dict[str, dict]) ->
         return NddrAggregation(inputs, width, image)
     if node.aggregation == "gate":
         entry = gate_slots[node.name]
-        return GateAggregation(inputs, width, entry["logits"], entry["positions"])
+        return GateAggregation(inputs, width, entry["logits"], entry["positions"], mask_empty=False)
     raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
 
 

@@ -2,9 +2,7 @@
 
 `build_op` turns an IR op into an `nn.Module` whose output shape is `dagir.ops.output_type`;
 `build_aggregation` makes the module a hidden node uses to combine its incoming edges (`nddr`,
-`gate`; `sum` needs none). An aggregation module takes one slot per incoming edge of its node, in
-`IR.in_edges()` order, each slot holding the gated edge output or None where that edge contributes
-nothing to the state being computed (inactive for the task, or its source unreached).
+`gate`, from `torch_aggregations`; `sum` needs none).
 
 >>> build_op(Op("conv_bn_relu", {"c_in": 1, "c_out": 8, "stride": 2}))(torch.zeros(2, 1, 28, 28)).shape
 torch.Size([2, 8, 14, 14])
@@ -19,6 +17,8 @@ from torch import Tensor, nn
 
 from dagir.ir import Op, TensorType
 from dagir.ops import REGISTRY, OpTypeError
+
+from .torch_aggregations import GateAggregation, NddrAggregation
 
 
 def _conv_bn_relu(p: Mapping) -> nn.Module:
@@ -127,69 +127,6 @@ def build_op(op: Op) -> nn.Module:
 
 
 # -- aggregation ----------------------------------------------------------------------------------
-def _fill_missing(slots: Sequence[Tensor | None]) -> list[Tensor]:
-    """Zeros where a slot is empty: an absent edge is one whose gate is 0."""
-    present = next(s for s in slots if s is not None)
-    return [torch.zeros_like(present) if s is None else s for s in slots]
-
-
-class NddrAggregation(nn.Module):
-    """MTL-NAS's NDDR fusion: concatenate the gated edge outputs along channels (or features), then
-    1x1 conv (Linear for vectors), batch norm, ReLU back to the node's width."""
-
-    def __init__(self, inputs: int, node_type: TensorType, own: Sequence[bool] | None = None,
-                 fusion: tuple[float, float] | None = None) -> None:
-        super().__init__()
-        width = node_type.channels
-        if node_type.is_image:
-            self.fuse = nn.Conv2d(inputs * width, width, 1, bias=False)
-            self.bn: nn.Module = nn.BatchNorm2d(width)
-        else:
-            self.fuse = nn.Linear(inputs * width, width, bias=False)
-            self.bn = nn.BatchNorm1d(width)
-        self.relu = nn.ReLU()
-        if fusion is not None:
-            self._initialise(width, [True] * inputs if own is None else list(own), fusion)
-
-    @torch.no_grad()
-    def _initialise(self, width: int, own: list[bool], fusion: tuple[float, float]) -> None:
-        """[w_t·I, (w_s/k)·I, ...]: start from the node's own input, a little of the k others."""
-        self_weight, other_weight = fusion
-        others = max(1, own.count(False))
-        weight = self.fuse.weight.view(width, len(own), width, -1)
-        weight.zero_()
-        for slot, is_own in enumerate(own):
-            scale = self_weight / max(1, own.count(True)) if is_own else other_weight / others
-            weight[:, slot, :, 0] = scale * torch.eye(width)
-
-    def forward(self, slots: list[Tensor | None]) -> Tensor:
-        return self.relu(self.bn(self.fuse(torch.cat(_fill_missing(slots), dim=1))))
-
-
-class GateAggregation(nn.Module):
-    """MTNAS's input-dependent soft sharing: a softmax over the incoming edges of a Linear applied to
-    the globally pooled concatenation, then `Σ_i w_i · (gated edge output)_i`. Empty slots get
-    weight 0 (they are masked out of the softmax)."""
-
-    def __init__(self, inputs: int, node_type: TensorType) -> None:
-        super().__init__()
-        self.inputs = inputs
-        self.route = nn.Linear(inputs * node_type.channels, inputs)
-
-    def forward(self, slots: list[Tensor | None]) -> Tensor:
-        filled = _fill_missing(slots)
-        joined = torch.cat(filled, dim=1)
-        pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
-        present = torch.tensor([s is not None for s in slots], device=joined.device)
-        logits = self.route(pooled).masked_fill(~present, float("-inf"))
-        weights = torch.softmax(logits, dim=1)
-        shape = (-1,) + (1,) * (joined.dim() - 1)
-        return sum(weights[:, i].reshape(shape) * filled[i] for i in range(self.inputs))
-
-
-AGGREGATION_MODULES: dict[str, type[nn.Module]] = {"nddr": NddrAggregation, "gate": GateAggregation}
-
-
 def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, own: Sequence[bool] | None = None,
                       fusion: tuple[float, float] | None = None) -> nn.Module | None:
     """The module combining `inputs` incoming edges into a node of `node_type`; None for `sum`.
@@ -198,8 +135,8 @@ def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, o
     if aggregation == "sum":
         return None
     if aggregation == "nddr":
-        return NddrAggregation(inputs, node_type, own, fusion)
-    try:
-        return AGGREGATION_MODULES[aggregation](inputs, node_type)
-    except KeyError:
-        raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)") from None
+        return NddrAggregation(inputs, node_type.channels, node_type.is_image,
+                               None if own is None else list(own), fusion)
+    if aggregation == "gate":
+        return GateAggregation(inputs, node_type.channels)
+    raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
