@@ -163,3 +163,20 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().endswith("network.central.nodes: must be >= 1 (got -1)")
     assert "Traceback" not in result.stderr
+
+
+def test_viz_rejects_bad_decisions_located(tmp_path):
+    code, _, stderr = dagir("compile", str(ROOT / "examples" / "digits.yaml"), "-o", str(tmp_path / "o"))
+    assert code == 0, stderr
+    good = json.loads((tmp_path / "o" / "passes" / "05-attach-gates.json").read_text())
+    for change, message in (
+            (lambda d: d["decisions"][0]["options"][0].__setitem__(0, ["h1", "nowhere"]),
+             "decision 'edge_h1_h2': governs edge h1 -> nowhere, which does not exist"),
+            (lambda d: d["decisions"][0].update(kind="categorical", logits={"digit": [0.0]}),
+             "a categorical decision needs at least two options, it has 1")):
+        data = json.loads(json.dumps(good))
+        change(data)
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(data))
+        code, _, stderr = dagir("viz", str(bad))
+        assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
