@@ -1,7 +1,9 @@
 """Passes, their registry, pipeline text, and the pass manager that runs them.
 
 A pass is a frozen pydantic model with a kebab-case `name`, typed fields that double as its options
-(`flow-restrict{max_span=3}`), and `run(ir) -> ir`, which never mutates its input. The pass manager
+(`flow-restrict{max_span=3}`), and `run(ir) -> ir`, which never mutates its input. A pass's options
+come from the pipeline text, over defaults given per pass name (`dagir.pipeline.spec_options`
+says what a spec sets). The pass manager
 runs a pipeline, verifies the IR after every pass, times each pass and reports each result to a
 callback (the CLI writes the dumps from there).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -25,11 +27,6 @@ class Pass(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: ClassVar[str] = ""
     builds: ClassVar[bool] = False  # a build pass makes the graph from the seed IR
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        """Option values taken from the spec when the pipeline text does not give them."""
-        return {}
 
     def run(self, ir: IR) -> IR:
         raise NotImplementedError
@@ -68,8 +65,12 @@ class PipelineError(UserError):
     """A pipeline written by the user is malformed: unknown pass, bad option, builds nothing."""
 
 
-def parse_pass(text: str, spec: Any = None) -> Pass:
-    """Parse `name{key=value, ...}` into a pass; options absent from the text come from the spec.
+Options = Mapping[str, Mapping[str, Any]]
+"""Option values per pass name, for those the pipeline text does not give."""
+
+
+def parse_pass(text: str, options: Options | None = None) -> Pass:
+    """Parse `name{key=value, ...}` into a pass; options absent from the text come from `options`.
 
     >>> str(parse_pass("flow-restrict{max_span=3}"))
     'flow-restrict{max_span=3}'
@@ -80,7 +81,7 @@ def parse_pass(text: str, spec: Any = None) -> Pass:
     name = name.strip()
     if name not in passes:
         raise PipelineError(f"unknown pass {name!r} (known: {', '.join(passes)})")
-    options: dict[str, Any] = {}
+    given: dict[str, Any] = {}
     if brace:
         if not rest.endswith("}"):
             raise PipelineError(f"pass {text!r}: options must end with '}}'")
@@ -89,11 +90,11 @@ def parse_pass(text: str, spec: Any = None) -> Pass:
             if not eq or not key.strip():
                 raise PipelineError(f"pass {name!r}: option {item!r} is not key=value")
             try:
-                options[key.strip()] = _read_value(raw)
+                given[key.strip()] = _read_value(raw)
             except yaml.YAMLError:
                 raise PipelineError(f"pass {name!r}: cannot read value of {key.strip()!r}: {raw!r}") from None
     cls = passes[name]
-    values = {**(cls.spec_defaults(spec) if spec is not None else {}), **options}
+    values = {**(options or {}).get(name, {}), **given}
     try:
         return cls(**values)
     except ValidationError as err:
@@ -124,10 +125,12 @@ def _split_options(body: str) -> list[str]:
     return [i.strip() for i in items if i.strip()]
 
 
-def parse_pipeline(entries: Sequence[str], spec: Any = None, *, needs_build: bool = True) -> list[Pass]:
+def parse_pipeline(entries: Sequence[str], options: Options | None = None, *,
+                   needs_build: bool = True) -> list[Pass]:
+    """The passes of a pipeline written as text, one entry per pass (see `parse_pass`)."""
     if not entries:
         raise PipelineError("the pipeline is empty")
-    pipeline = [parse_pass(entry, spec) for entry in entries]
+    pipeline = [parse_pass(entry, options) for entry in entries]
     builders = [p.name for p in pipeline if p.builds]
     if len(builders) > 1 or (builders and not pipeline[0].builds):
         raise PipelineError(f"a pipeline builds once, with its first pass; this one builds with "

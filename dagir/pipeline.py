@@ -11,13 +11,19 @@ After search, with the trained gates imported, the supernet becomes one compact 
     discretize       keep an edge for a task iff its gate >= threshold (a path per task is kept)
     flow-reduce      drop the edges that carry the least flow while (1 - ε) of it remains
     share-states     compute once every state two tasks have in common
+
+Other search spaces replace the build pass (`build-cross-task` for MTL-NAS, and the baselines'
+`build-single-task`, `build-hard-sharing`, `build-cross-stitch`; DESIGN §10, `dagir.methods`) and
+reuse the rest. Every pass's options come from the pipeline text, over what the spec says of them
+(`spec_options`, the one place that maps spec fields to pass options).
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 from .ir import IR, Node, Task, TensorType
-from .pass_manager import Pass, PassCallback, PassManager, PipelineError, parse_pipeline
+from typing import Any, Sequence
+
+from .pass_manager import Pass, PassCallback, PassManager, PipelineError, parse_pipeline, registered_passes
 from .spec import Spec, input_shape
 
 BEFORE_SEARCH = ["build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates"]
@@ -31,12 +37,42 @@ def seed_ir(spec: Spec) -> IR:
     return ir
 
 
+def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
+    """Each pass's options as the spec sets them; the pipeline text overrides any of them.
+
+    Every build pass lays out the spec's `network` (stages, widths, stem, heads), so every search
+    space built from one spec, the method's and the baselines', has the same layers.
+    """
+    network, search = spec.network, spec.search
+    central, reduction = network.central, search.reduction
+    layout = {"nodes": central.nodes, "stages": central.stages, "channels": central.stage_channels(),
+              "stem_channels": network.stem.channels, "stem_stride": network.stem.stride,
+              "head_hidden": network.heads.hidden}
+    options: dict[str, dict[str, Any]] = {name: dict(layout) for name, cls in registered_passes().items()
+                                          if cls.builds}
+    options["build-central"].update(aggregation=central.aggregation, max_span=network.flow_restriction.max_span)
+    options.update({
+        "flow-restrict": {"max_span": network.flow_restriction.max_span},
+        "insert-read-io": {"read_in": network.read_in, "read_out": network.read_out},
+        "legalize-types": {"resample": central.resample},
+        "attach-gates": {"init": search.gates.init, "noise": search.gates.init_noise, "seed": spec.seed},
+        "discretize": {"threshold": reduction.threshold},
+        "flow-reduce": {"flow_budget": reduction.flow_budget, "enabled": reduction.enabled},
+    })
+    return options
+
+
+def spec_pipeline(entries: Sequence[str], spec: Spec, *, needs_build: bool = True) -> list[Pass]:
+    """The passes of `entries` (pipeline text), their options defaulting from `spec`."""
+    return parse_pipeline(entries, spec_options(spec), needs_build=needs_build)
+
+
 def before_search_pipeline(spec: Spec) -> list[Pass]:
     """The spec's own pipeline if it writes one, else the default; options default from the spec."""
     if spec.pipeline.before_search is None:
-        return parse_pipeline(BEFORE_SEARCH, spec)
+        return spec_pipeline(BEFORE_SEARCH, spec)
     try:
-        return parse_pipeline(spec.pipeline.before_search, spec)
+        return spec_pipeline(spec.pipeline.before_search, spec)
     except PipelineError as err:
         raise spec.error(("pipeline", "before_search"), str(err)) from None
 
@@ -54,14 +90,10 @@ def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_eac
 
 
 def after_search_pipeline(spec: Spec) -> list[Pass]:
-    """The spec's own after-search pipeline if it writes one, else the default (flow-reduce as
-    `search.reduction.enabled` says)."""
-    reduction = spec.search.reduction
+    """The spec's own after-search pipeline if it writes one, else the default."""
     if spec.pipeline.after_search is not None:
         try:
-            return parse_pipeline(spec.pipeline.after_search, spec, needs_build=False)
+            return spec_pipeline(spec.pipeline.after_search, spec, needs_build=False)
         except PipelineError as err:
             raise spec.error(("pipeline", "after_search"), str(err)) from None
-    names = [name if name != "flow-reduce" else f"flow-reduce{{enabled={str(reduction.enabled).lower()}}}"
-             for name in AFTER_SEARCH]
-    return parse_pipeline(names, spec, needs_build=False)
+    return spec_pipeline(AFTER_SEARCH, spec, needs_build=False)

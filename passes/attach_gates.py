@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,11 +26,6 @@ class AttachGates(Pass):
     noise: float = Field(0.0, ge=0)
     seed: int = 0
     scope: Literal["task", "shared"] = "task"
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        gates = spec.search.gates
-        return {"init": gates.init, "noise": gates.init_noise, "seed": spec.seed}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

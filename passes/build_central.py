@@ -1,7 +1,7 @@
 """`build-central`: the stem, the hidden nodes h_1..h_N in stages, the candidate edges and the heads."""
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -26,11 +26,6 @@ class BuildCentral(StagedBuild):
     name = "build-central"
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
     max_span: int | None = Field(None, ge=1)
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        return {**super().spec_defaults(spec), "aggregation": spec.network.central.aggregation,
-                "max_span": spec.network.flow_restriction.max_span}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

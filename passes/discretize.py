@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from pydantic import Field
 
@@ -34,10 +33,6 @@ class Discretize(Pass):
 
     name = "discretize"
     threshold: float = Field(0.5, gt=0, lt=1)
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        return {"threshold": spec.search.reduction.threshold}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

@@ -44,11 +44,6 @@ class FlowReduce(Pass):
     flow_budget: float = Field(0.05, ge=0, lt=1)
     enabled: bool = True
 
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        reduction = spec.search.reduction
-        return {"flow_budget": reduction.flow_budget, "enabled": reduction.enabled}
-
     def run(self, ir: IR) -> IR:
         out = ir.copy()
         recorded = ir.meta.get("flow_reduce", {}).get("reference_flow", {}) if ir.reduced else {}

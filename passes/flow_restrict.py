@@ -1,7 +1,6 @@
 """`flow-restrict`: cut the long skip connections (DESIGN §4, flow restriction)."""
 from __future__ import annotations
 
-from typing import Any
 
 from pydantic import Field
 
@@ -20,10 +19,6 @@ class FlowRestrict(Pass):
 
     name = "flow-restrict"
     max_span: int | None = Field(3, ge=1)
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        return {"max_span": spec.network.flow_restriction.max_span}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from dagir.ir import IR, Edge, EdgeTaskState
 from dagir.pass_manager import Pass, register_pass
@@ -21,10 +20,6 @@ class InsertReadIO(Pass):
     name = "insert-read-io"
     read_in: bool = True
     read_out: bool = True
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        return {"read_in": spec.network.read_in, "read_out": spec.network.read_out}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

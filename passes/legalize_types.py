@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Literal
 from math import ceil
 
 from dagir.ir import IR, Op, TensorType
@@ -28,10 +28,6 @@ class LegalizeTypes(Pass):
 
     name = "legalize-types"
     resample: Literal["strided", "pool"] = "strided"
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        return {"resample": spec.network.central.resample}
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()

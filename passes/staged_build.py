@@ -8,7 +8,6 @@ method's and the baselines') has the same layout.
 from __future__ import annotations
 
 from math import ceil
-from typing import Any
 
 from pydantic import Field, model_validator
 
@@ -28,13 +27,6 @@ class StagedBuild(Pass):
     stem_channels: int = Field(16, ge=1)
     stem_stride: int = Field(1, ge=1)
     head_hidden: int = Field(64, ge=1)
-
-    @classmethod
-    def spec_defaults(cls, spec: Any) -> dict[str, Any]:
-        central = spec.network.central
-        return {"nodes": central.nodes, "stages": central.stages, "channels": central.stage_channels(),
-                "stem_channels": spec.network.stem.channels, "stem_stride": spec.network.stem.stride,
-                "head_hidden": spec.network.heads.hidden}
 
     @model_validator(mode="after")
     def _stages_fit(self) -> "StagedBuild":

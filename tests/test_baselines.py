@@ -13,8 +13,8 @@ from dagir.backends.torch_supernet import count_parameters, head_parameters, low
 from dagir.ir import IR, Op, TensorType
 from dagir.ir_stats import count_gates
 from dagir.ir_stats import count_parameters as ir_parameters
-from dagir.pass_manager import PassManager, parse_pass, parse_pipeline
-from dagir.pipeline import before_search_pipeline, compile_spec
+from dagir.pass_manager import PassManager, parse_pass
+from dagir.pipeline import before_search_pipeline, compile_spec, spec_options, spec_pipeline
 from dagir.spec import Spec, load_spec
 from dagir.verify import verify
 
@@ -102,7 +102,7 @@ def test_cross_stitch_mixes_every_chain_before_every_layer(tasks):
 
 def test_cross_stitch_weights_are_an_option():
     spec = baseline_spec("build-cross-stitch", tasks=3)
-    passes = parse_pipeline(["build-cross-stitch{self_weight=0.6}", "legalize-types"], spec)
+    passes = spec_pipeline(["build-cross-stitch{self_weight=0.6}", "legalize-types"], spec)
     ir = compile_spec(spec, passes=passes)
     inits = {e.kind: e.op.params["init"] for e in ir.edges.values() if e.op.name == "scale"}
     assert inits == {"read_in": 0.6, "internal": 0.6, "cross": pytest.approx(0.2)}
@@ -111,7 +111,7 @@ def test_cross_stitch_weights_are_an_option():
 def test_baseline_options_default_from_the_spec_network():
     spec = baseline_spec("build-single-task", nodes=5, stages=2)
     for name in BASELINES:
-        options = parse_pass(name, spec).model_dump()
+        options = parse_pass(name, spec_options(spec)).model_dump()
         assert (options["nodes"], options["stages"], options["channels"]) == (5, 2, [3, 4])
         assert (options["stem_channels"], options["head_hidden"]) == (3, 4)
 
@@ -198,6 +198,6 @@ def test_example_baselines_compile(example, name):
     module = lower_supernet(ir).eval()
     outputs = module(torch.randn(2, *ir.input_node().type.shape))
     assert {task: tuple(v.shape) for task, v in outputs.items()} == {"left": (2, 10), "right": (2, 10), "sum": (2, 1)}
-    after = PassManager(parse_pipeline(spec.pipeline.after_search, spec, needs_build=False)).run(ir)
+    after = PassManager(spec_pipeline(spec.pipeline.after_search, spec, needs_build=False)).run(ir)
     assert set(after.edges) == set(ir.edges), "nothing was searched, so the compact network is the baseline"
     assert all(edge.active_tasks() == list(edge.tasks) for edge in after.edges.values())

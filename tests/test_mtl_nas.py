@@ -17,7 +17,7 @@ from dagir.gates import sigmoid
 from dagir.ir import IR
 from dagir.ir_io import read_ir
 from dagir.pass_manager import PassManager, parse_pipeline
-from dagir.pipeline import seed_ir
+from dagir.pipeline import seed_ir, spec_pipeline
 from dagir.spec import Spec
 from test_compact import batch_for, hard_supernet
 from test_run import TINY, run_quietly
@@ -34,7 +34,7 @@ def cross_task_spec(tasks: int, nodes: int, stages: int, image: bool) -> Spec:
 
 def build(spec: Spec, window: int, after: list[str] | None = None) -> IR:
     passes = [f"build-cross-task{{window={window}}}", "legalize-types", "attach-gates{init=0}"] + (after or [])
-    return PassManager(parse_pipeline(passes, spec)).run(seed_ir(spec))
+    return PassManager(spec_pipeline(passes, spec)).run(seed_ir(spec))
 
 
 @st.composite
@@ -120,8 +120,8 @@ def test_discretize_keeps_exactly_the_chosen_cross_edges(case, threshold):
 
 def test_nddr_fusion_starts_as_w_t_and_w_s():
     spec = cross_task_spec(3, 4, 2, image=True)
-    ir = PassManager(parse_pipeline(["build-cross-task{window=2, self_weight=0.9, other_weight=0.1}",
-                                     "legalize-types", "attach-gates"], spec)).run(seed_ir(spec))
+    ir = PassManager(spec_pipeline(["build-cross-task{window=2, self_weight=0.9, other_weight=0.1}",
+                                    "legalize-types", "attach-gates"], spec)).run(seed_ir(spec))
     from dagir.backends.torch_supernet import lower_supernet
     supernet = lower_supernet(ir)
     node = ir.nodes["t0_h3"]  # fuses layer 2: own t0_h2, cross t1_h1, t1_h2, t2_h1, t2_h2 (window 2, one stage)

@@ -5,14 +5,14 @@ import pytest
 from helpers import make_spec, small_ir
 
 from dagir.ir import IR
-from dagir.pass_manager import PipelineError, parse_pass, parse_pipeline, registered_passes
-from dagir.pipeline import BEFORE_SEARCH, compile_spec, seed_ir
+from dagir.pass_manager import PipelineError, parse_pass, registered_passes
+from dagir.pipeline import BEFORE_SEARCH, compile_spec, seed_ir, spec_options, spec_pipeline
 
 
 def run(names, spec=None):
     spec = spec or make_spec()
     ir = seed_ir(spec)
-    for pass_ in parse_pipeline(names, spec):
+    for pass_ in spec_pipeline(names, spec):
         ir = pass_.run(ir)
     return ir
 
@@ -81,7 +81,7 @@ def test_attach_gates_sets_a_logit_per_task_on_gated_edges_only():
 def test_passes_never_mutate_their_input():
     spec = make_spec()
     ir = seed_ir(spec)
-    for pass_ in parse_pipeline(BEFORE_SEARCH, spec):
+    for pass_ in spec_pipeline(BEFORE_SEARCH, spec):
         before = ir.to_json()
         result = pass_.run(ir)
         assert ir.to_json() == before and result is not ir
@@ -102,13 +102,13 @@ def test_round_trip_through_json():
 ])
 def test_bad_pass_text(text, message):
     with pytest.raises(PipelineError) as caught:
-        parse_pass(text, make_spec())
+        parse_pass(text, spec_options(make_spec()))
     assert message in str(caught.value)
 
 
 def test_pipeline_that_builds_nothing_is_rejected():
     with pytest.raises(PipelineError, match="builds nothing"):
-        parse_pipeline(["flow-restrict", "attach-gates"], make_spec())
+        spec_pipeline(["flow-restrict", "attach-gates"], make_spec())
 
 
 def test_every_pass_is_registered_and_prints_its_options():

@@ -17,6 +17,7 @@ from dagir.flow import best_path, gate_weights, total_flow
 from dagir.gates import sigmoid
 from dagir.ir import IR
 from dagir.pass_manager import PassManager, parse_pass
+from dagir.pipeline import spec_options
 from dagir.spec import Spec
 from dagir.task_states import nodes_on_paths, reached_nodes
 from dagir.verify import check_task_paths, verify
@@ -56,7 +57,7 @@ def test_discretize_thresholds_forces_the_best_path_and_reports_the_gap():
 
 def test_discretize_keeps_ungated_edges_and_reads_the_threshold_from_the_spec():
     spec = Spec(tasks=[{"name": "a", "kind": "regression"}], search={"reduction": {"threshold": 0.7}})
-    assert parse_pass("discretize", spec).threshold == 0.7
+    assert parse_pass("discretize", spec_options(spec)).threshold == 0.7
     out = Discretize(threshold=0.99).run(hand_ir(DIAMOND))
     assert ("input", "stem") in kept(out)["a"]
 
@@ -135,7 +136,7 @@ def test_flow_reduce_drops_a_task_from_an_edge_off_its_paths_that_another_task_n
 def test_flow_reduce_options_come_from_the_spec():
     spec = Spec(tasks=[{"name": "a", "kind": "regression"}],
                 search={"reduction": {"flow_budget": 0.2, "enabled": False}})
-    assert str(parse_pass("flow-reduce", spec)) == "flow-reduce{flow_budget=0.2, enabled=false}"
+    assert str(parse_pass("flow-reduce", spec_options(spec))) == "flow-reduce{flow_budget=0.2, enabled=false}"
 
 
 @PROPERTY

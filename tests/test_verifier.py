@@ -8,8 +8,8 @@ from helpers import make_spec, small_ir
 
 from dagir.errors import VerificationError
 from dagir.ir import Edge, EdgeTaskState, Node, Op, TensorType
-from dagir.pass_manager import Pass, PassManager, parse_pipeline
-from dagir.pipeline import seed_ir
+from dagir.pass_manager import Pass, PassManager
+from dagir.pipeline import seed_ir, spec_pipeline
 from dagir.verify import verify
 
 
@@ -102,7 +102,7 @@ class BreakTypes(Pass):
 
 def test_pass_manager_names_the_pass_that_broke_the_ir():
     spec = make_spec()
-    passes = parse_pipeline(["build-central", "flow-restrict", "legalize-types"], spec) + [BreakTypes()]
+    passes = spec_pipeline(["build-central", "flow-restrict", "legalize-types"], spec) + [BreakTypes()]
     with pytest.raises(VerificationError) as caught:
         PassManager(passes).run(seed_ir(spec))
     assert caught.value.pass_name == "break-types-for-test"
