@@ -13,6 +13,7 @@ from dagir.ir import IR, Decision, Edge, EdgeTaskState, Node, Op, Task, TensorTy
 from dagir.run_job import Run
 from dagir.spec import Spec, TaskSpec, load_spec
 from dagir.training.search import SearchContext, make_strategy
+from dagir.training.stages import search_splits
 from dagir.verify import verify
 from test_run import TINY, run_quietly
 
@@ -89,7 +90,7 @@ def test_two_split_alternating_never_shows_a_sample_to_both_steps(tmp_path, tiny
     count = 200
     train = Split(torch.arange(count, dtype=torch.float32)[:, None], {"digit": torch.zeros(count, dtype=torch.long)},
                   torch.arange(count)[:, None])
-    rest, arch_batch = Run(spec, tmp_path / "o", progress=False)._search_splits(train)
+    rest, arch_batch = search_splits(Run(spec, tmp_path / "o", progress=False).runner, train)
     weight_rows = set(rest.inputs[:, 0].long().tolist())
     arch_rows = {int(v) for epoch in range(3) for index in range(10) for v in arch_batch(epoch, index)[0][:, 0]}
     assert weight_rows and arch_rows and not weight_rows & arch_rows

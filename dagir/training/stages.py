@@ -1,0 +1,193 @@
+"""The three stages of a run (DESIGN §4), each a small function over one `StageRunner`:
+
+    warmup    train Θ and the heads, every gate 1 (the supernet computes each shared state once)
+    search    train the decisions with the stage's strategy (`dagir.training.search`)
+    finetune  train the compact network: Θ of the kept edges, the heads, batch norm per state
+
+The runner owns what every stage shares: the device and precision, the epoch loop with its
+checkpoints and resume (`StageLoop`), the validation after every epoch and the history.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..datasets.splits import Split, TaskData
+from ..spec import Spec, StageSpec
+from .checkpoint import save_checkpoint
+from .loop import (EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed, evaluate,
+                   flatten_metrics, make_optimizer, supervised_step)
+from .schedules import set_learning_rates, squeeze_ramp, temperature
+
+Echo = Callable[[str], None]
+WEIGHT_PREFIXES = ("edge_", "node_", "op_")  # Θ's submodules; the heads are `head_*`
+
+
+class StageRunner:
+    """Runs a stage's loop in a run folder: device, precision, checkpoints, resume, history."""
+
+    def __init__(self, spec: Spec, device: torch.device, checkpoint_path, *, progress: bool, echo: Echo,
+                 history: list[dict[str, Any]] | None = None, stage_seconds: dict[str, float] | None = None) -> None:
+        self.spec, self.device, self.checkpoint_path, self.progress, self.echo = (
+            spec, device, checkpoint_path, progress, echo)
+        # bfloat16 runs float32 weights under autocast
+        self.dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
+        self.autocast = spec.train.precision == "bfloat16"
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return model(inputs.to(self.dtype))
+
+    def evaluate(self, model: nn.Module, split: Split, data: TaskData) -> dict[str, dict[str, float]]:
+        return evaluate(model, split, self.spec.tasks, data, device=self.device, dtype=self.dtype)
+
+    def run(self, name: str, stage: StageSpec, split: Split, step: StepFunction, model: nn.Module,
+            optimizers: Sequence[torch.optim.Optimizer], data: TaskData, state: dict[str, Any] | None, *,
+            scheduled: Sequence[torch.optim.Optimizer] | None = None,
+            follow_progress: Callable[[float], None] | None = None,
+            save_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Run (or, from `state`, resume) stage `name`. `scheduled` (default: all `optimizers`)
+        follow `stage.lr_schedule`; `follow_progress(progress)`, if given, runs before every step
+        too (the search's τ and λ); `save_extra()` adds to every checkpoint."""
+        started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
+
+        def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
+            metrics = self.evaluate(model, data.val, data)
+            row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
+                   "train/loss": totals.loss / max(totals.steps, 1),
+                   "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val")}
+            self.history.append(row)
+            shown = "  ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val/"))
+            self.echo(f"{name} epoch {epoch + 1}/{stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
+
+        def checkpoint(position: Position, totals: EpochTotals) -> None:
+            self.stage_seconds[name] = time.perf_counter() - started
+            payload = {"stage": name, "epoch": position.epoch, "step": position.step,
+                       "totals": totals.as_dict(), "model": model.state_dict(),
+                       "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
+                       "stage_seconds": self.stage_seconds}
+            save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
+
+        def before_step(progress: float) -> None:
+            set_learning_rates(optimizers if scheduled is None else scheduled, progress, schedule=stage.lr_schedule)
+            if follow_progress is not None:
+                follow_progress(progress)
+
+        spec = self.spec
+        loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
+                         checkpoint, end_of_epoch, spec.train.checkpoint_every, self.progress, self.device,
+                         before_step=before_step)
+        position, totals = None, None
+        if state is not None:
+            for optimizer, saved in zip(optimizers, state["optimizers"]):
+                optimizer.load_state_dict(saved)
+            position = Position(state["epoch"], state["step"])
+            raw = state.get("totals") or {}
+            totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
+        loop.run(position, totals)
+        self.stage_seconds[name] = time.perf_counter() - started
+
+
+def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[str, Any] | None) -> None:
+    """Every gate 1: all tasks share every state, which the supernet then computes once."""
+    from dagir.backends.torch_supernet import head_parameters, weight_parameters
+    stage = runner.spec.train.warmup
+    network.gates.mode = "ones"
+    network.train()
+    optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
+    step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks)
+    runner.run("warmup", stage, data.train, step, network, [optimizer], data, state)
+
+
+def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict[str, Any] | None,
+           flow_compactness: Callable[[], torch.Tensor]) -> None:
+    """Train the decisions with the stage's strategy; Θ too where the strategy trains it.
+    `flow_compactness()` gives the flow squeeze's per-slot weights (computed once per epoch)."""
+    from dagir.backends.torch_supernet import head_parameters, weight_parameters
+
+    from .search import SearchContext, make_strategy
+    spec, stage = runner.spec, runner.spec.train.search
+    squeeze, schedule = spec.search.squeeze, spec.search.gates.temperature
+    supernet.gates.mode = "soft"
+    weights = weight_parameters(supernet)
+    trains_weights = stage.train_weights or stage.strategy == "reinforce"
+    for parameter in weights:
+        parameter.requires_grad_(trains_weights)
+    train, arch_batch = search_splits(runner, data.train)
+    epoch_now: dict[str, Any] = {"epoch": -1, "compactness": None}
+
+    def compactness() -> torch.Tensor:
+        if epoch_now["compactness"] is None:
+            epoch_now["compactness"] = flow_compactness()
+        return epoch_now["compactness"]
+
+    context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(supernet, inputs),
+                            weights, head_parameters(supernet), spec.seed, arch_batch, compactness)
+    strategy = make_strategy(context)
+    if state is not None:
+        strategy.load_state_dict(state.get("strategy", {}))
+
+    def follow_progress(progress: float) -> None:
+        supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end, schedule=schedule.schedule)
+        context.squeeze_weight = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
+
+    def step(batch, epoch: int, index: int) -> tuple[float, float]:
+        supernet.train()
+        if not trains_weights:  # frozen Θ: batch norm keeps its warm-up statistics
+            for name, child in supernet.named_children():
+                if name.startswith(WEIGHT_PREFIXES):
+                    child.eval()
+        if epoch_now["epoch"] != epoch:
+            epoch_now.update(epoch=epoch, compactness=None)
+        return strategy.step(batch, epoch, index)
+
+    runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
+               scheduled=strategy.scheduled, follow_progress=follow_progress,
+               save_extra=lambda: {"strategy": strategy.state_dict()})
+    supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
+    for parameter in weights:
+        parameter.requires_grad_(True)
+
+
+def search_splits(runner: StageRunner, train: Split):
+    """The split the weight steps loop over, and the architecture batch of each step: from a
+    held-out part of the training set (`train.search.split`), disjoint from the rest, or None."""
+    spec = runner.spec
+    if spec.train.search.split is None:
+        return train, lambda epoch, index: None
+    rest, held = train.hold_out(spec.train.search.split, spec.seed)
+    cache: dict[int, list] = {}
+
+    def arch_batch(epoch: int, index: int):
+        if epoch not in cache:  # the held-out batches of an epoch, in an order fixed by (seed, epoch)
+            cache.clear()
+            cache[epoch] = epoch_batches(held, spec.data.batch_size, epoch_order_seed(spec.seed, "search-arch", epoch))
+        inputs, targets = cache[epoch][index % len(cache[epoch])]
+        return inputs.to(runner.device), {k: v.to(runner.device) for k, v in targets.items()}
+
+    return rest, arch_batch
+
+
+def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data: TaskData,
+             state: dict[str, Any] | None) -> None:
+    """Train Θ of the kept edges, the heads and batch norm (statistics included) of the compact
+    network. Batch norm re-learns what the discretised network feeds it: the warm-up statistics
+    were gathered with every edge on. A module the compact network calls on several states has a
+    batch norm per state (`PerStateNorm`), so no statistics are averaged over differing inputs."""
+    stage = runner.spec.train.finetune
+    optimizer = make_optimizer(list(compact.parameters()), stage)
+    if state is not None:
+        compact.load_state_dict(state["model"])
+
+    def forward(inputs):
+        compact.train()
+        return runner.forward(compact, inputs)
+
+    step = supervised_step(forward, optimizer, runner.spec.tasks)
+    runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
+               save_extra=lambda: {"supernet": supernet.state_dict()})
