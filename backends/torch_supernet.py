@@ -182,6 +182,8 @@ def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32, batched: bool 
     module = _graph_module(Supernet, root, gated.graph, "Supernet")
     object.__setattr__(module, "warmup_module", _graph_module(fx.GraphModule, root, warmup.graph, "SupernetWarmup"))
     module.aggregation_slots = gated.aggregation_slots
+    module.rewrites = {"fuse-edges": {graph_name: [[edge.name for edge in members] for members in built.fusion]
+                                      for graph_name, built in (("search", gated), ("warmup", warmup))}}
     return module
 
 
@@ -224,6 +226,19 @@ def _needed_states(ir: IR, plan: Plan) -> set[int]:
 
 
 
+def fuse_edges_rewrite(edges: dict[str, Edge], reads: dict[str, tuple[int, ...]]) -> list[list[Edge]]:
+    """The `fuse-edges` rewrite: the groups of edges that run as one wider layer, each group the
+    edges with the same source, reading the same stacked states, with the same fusable op
+    (`_fusion_key`). `lower_supernet` records the groups of each graph in `module.rewrites`, which
+    `dagir run` dumps to `supernet.rewrites.json`."""
+    groups: dict[tuple, list[Edge]] = {}
+    for name, edge in edges.items():
+        key = _fusion_key(edge)
+        if key is not None:
+            groups.setdefault((edge.src, reads[name], key), []).append(edge)
+    return [members for members in groups.values() if len(members) > 1]
+
+
 def _fusion_key(edge: Edge) -> tuple | None:
     p = edge.op.params
     if edge.op.name == "conv_bn_relu":
@@ -255,16 +270,8 @@ class _BatchedGraph:
                 reads = set(self.reads.get(term.edge.name, ())) | {self.position[term.source]}
                 self.reads[term.edge.name] = tuple(sorted(reads))
                 edges[term.edge.name] = term.edge
-        self.fused: dict[str, list[Edge]] = {}
-        if fuse_edges:
-            groups: dict[tuple, list[Edge]] = {}
-            for name, edge in edges.items():
-                key = _fusion_key(edge)
-                if key is not None:
-                    groups.setdefault((edge.src, self.reads[name], key), []).append(edge)
-            for members in groups.values():
-                if len(members) > 1:
-                    self.fused.update({edge.name: members for edge in members})
+        self.fusion = fuse_edges_rewrite(edges, self.reads) if fuse_edges else []
+        self.fused: dict[str, list[Edge]] = {edge.name: members for members in self.fusion for edge in members}
         self.values: dict[str, fx.Node] = {}
         self.inputs: dict[tuple[str, tuple[int, ...]], fx.Node] = {}
         self.outputs: dict[str, fx.Node] = {}

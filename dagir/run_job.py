@@ -9,7 +9,7 @@
 OUT/
   spec.resolved.yaml, run.json (where the run is), history.json, metrics.json
   passes/before-search/NN-name.json|.dot|.svg, passes/after-search/...
-  supernet.py, architecture.json (the searched IR with its gates), compact.json (the compact IR)
+  supernet.py, supernet.rewrites.json (the lowering's named rewrites: edge fusion), architecture.json (the searched IR with its gates), compact.json (the compact IR)
   compact.py + compact.safetensors (the exported network), gates.png, curves.png
   checkpoints/latest.pt (after each stage and every `checkpoint_every` steps)
 """
@@ -80,6 +80,7 @@ class Run:
         runner = self.runner
         supernet = lower_supernet(ir, dtype=runner.dtype).to(self.device)
         write_text(self.out / "supernet.py", supernet.code)
+        write_text(self.out / "supernet.rewrites.json", json.dumps(getattr(supernet, "rewrites", {}), indent=1))
         stage = state["stage"] if state else "warmup"
         if stage in ("warmup", "search"):
             if state:

@@ -152,3 +152,14 @@ def test_train_mode_with_one_task_matches_the_per_task_lowering():
     torch.testing.assert_close(outputs["fused"], outputs["per_task"])
     torch.testing.assert_close(modules["batched"].state_dict(), modules["per_task"].state_dict())
     torch.testing.assert_close(modules["fused"].state_dict(), modules["per_task"].state_dict())
+
+
+def test_edge_fusion_is_a_named_rewrite_recorded_per_graph():
+    ir = compile_spec(make_spec(image=True, nodes=4, stages=1, tasks=2, max_span=3))
+    fused, unfused = lower_supernet(ir, fuse_edges=True), lower_supernet(ir, fuse_edges=False)
+    groups = fused.rewrites["fuse-edges"]["search"]
+    assert ["edge_h1_h2", "edge_h1_h3", "edge_h1_h4"] in groups
+    assert all(len(group) > 1 for graph in fused.rewrites["fuse-edges"].values() for group in graph)
+    assert unfused.rewrites == {"fuse-edges": {"search": [], "warmup": []}}
+    for group in groups:  # each group runs as one wide layer in the generated code
+        assert "fused_" + "_".join(name[len("edge_"):] for name in group) in fused.code

@@ -57,8 +57,10 @@ def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
     code, stdout, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--no-progress")
     assert code == 0, stderr
     for name in ("spec.resolved.yaml", "architecture.json", "compact.json", "compact.py", "compact.safetensors",
-                 "gates.png", "curves.png", "metrics.json", "history.json", "supernet.py", "checkpoints/latest.pt"):
+                 "gates.png", "curves.png", "metrics.json", "history.json", "supernet.py", "supernet.rewrites.json",
+                 "checkpoints/latest.pt"):
         assert (out / name).is_file(), name
+    assert set(json.loads((out / "supernet.rewrites.json").read_text())["fuse-edges"]) == {"search", "warmup"}
     assert sorted(p.name for p in (out / "passes" / "before-search").glob("*.json")) == [
         "01-build-central.json", "02-flow-restrict.json", "03-insert-read-io.json", "04-legalize-types.json",
         "05-attach-gates.json"]
