@@ -9,8 +9,8 @@ forward pass returns every task's output:
     ir = PassManager(parse_pipeline(["discretize", "flow-reduce", "share-states"], needs_build=False)).run(ir)
     compact = lower_compact(ir, supernet)      # weights copied from the searched supernet
     outputs = compact(x)                       # {"depth": tensor, "segment": tensor}
-    export_compact(compact, ir, Path("out"))   # compact.py (standalone), compact.safetensors, compact.json
-    compact, ir = load_compact(Path("out"))
+
+Exporting and loading it is `torch_export`'s job.
 
 Given the supernet, the compact module computes exactly what the supernet computes with hard gates
 equal to the keep masks (1 where kept, 0 elsewhere, including the edges the reduction deleted). A
@@ -32,26 +32,18 @@ Names follow the IR: `edge_h2_h4`, `node_h3` (aggregation), `head_<task>`; a hid
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 import operator
-import re
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
 from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states
-from dagir.errors import UserError
 from dagir.ir import IR, Edge, Node
 
 from .torch_aggregations import GateAggregation, NddrAggregation
 from .torch_ops import build_op
 from .torch_supernet import aggregation_module_name, apply_node_op
-
-WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
-
 
 # -- per-state batch norm: torch only, so `export_compact` can copy its source verbatim -----------
 class PerStateNorm(nn.Module):
@@ -195,7 +187,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
 
     With `supernet` (lowered from the IR this one was reduced from), its weights and buffers are
     copied so the result equals the supernet with hard gates set to the keep masks. The gate
-    aggregations' routing layout is kept in `module.compact_meta` (written by `export_compact`).
+    aggregations' routing layout is kept in `module.compact_meta` (written by `torch_export.export_compact`).
     """
     states = compact_states(ir)
     names = _state_names(states)
@@ -291,140 +283,3 @@ def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, 
         rows = torch.tensor(sorted(present), dtype=torch.long)
         child.route.weight.copy_(source.route.weight[rows][:, columns])
         child.route.bias.copy_(source.route.bias[rows])
-
-
-# -- export and load ------------------------------------------------------------------------------
-def _module_source(module: nn.Module) -> str:
-    """A constructor expression for one of the layers the compact module uses (plain torch.nn)."""
-    if isinstance(module, nn.Sequential):
-        children = ", ".join(f"({name!r}, {_module_source(child)})" for name, child in module.named_children())
-        return f"nn.Sequential(OrderedDict([{children}]))"
-    if isinstance(module, PerStateNorm):
-        return f"PerStateNorm({_module_source(module.op)}, {len(module.norms) + 1})"
-    if isinstance(module, (NddrAggregation, GateAggregation)):
-        args = ", ".join(f"{k}={v!r}" for k, v in module.config.items())
-        return f"{type(module).__name__}({args})"
-    if type(module).__name__ == "Scale":  # torch_ops.Scale: its value is a weight, loaded afterwards
-        return "Scale(1.0)"
-    if type(module).__name__ == "UpsampleConv":
-        return f"UpsampleConv({module.conv.in_channels}, {module.conv.out_channels}, {tuple(module.size)!r})"
-    if isinstance(module, nn.Conv2d):
-        return (f"nn.Conv2d({module.in_channels}, {module.out_channels}, {module.kernel_size}, "
-                f"stride={module.stride}, padding={module.padding}, bias={module.bias is not None})")
-    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps}, momentum={module.momentum}, "
-                f"affine={module.affine}, track_running_stats={module.track_running_stats})")
-    if isinstance(module, nn.Linear):
-        return f"nn.Linear({module.in_features}, {module.out_features}, bias={module.bias is not None})"
-    if isinstance(module, nn.AvgPool2d):
-        return (f"nn.AvgPool2d({module.kernel_size!r}, stride={module.stride!r}, padding={module.padding!r}, "
-                f"ceil_mode={module.ceil_mode}, count_include_pad={module.count_include_pad})")
-    if isinstance(module, nn.AdaptiveAvgPool2d):
-        return f"nn.AdaptiveAvgPool2d({module.output_size!r})"
-    if isinstance(module, nn.Flatten):
-        return f"nn.Flatten({module.start_dim}, {module.end_dim})"
-    if type(module) in (nn.ReLU, nn.Identity):
-        return f"nn.{type(module).__name__}()"
-    raise TypeError(f"cannot export a {type(module).__name__} to standalone code")
-
-
-_OP_CLASSES = ("Scale", "UpsampleConv")
-
-_LOAD_SOURCE = '''
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-           "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path):
-    """The tensors of a .safetensors file (the format is a JSON header and raw little-endian data)."""
-    with open(path, "rb") as handle:
-        data = handle.read()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    body = bytearray(data[8 + length:])
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        dtype = _DTYPES[info["dtype"]]
-        flat = torch.frombuffer(body, dtype=torch.uint8, count=end - start, offset=start) if end > start \\
-            else torch.empty(0, dtype=torch.uint8)
-        tensors[name] = flat.view(dtype).reshape(info["shape"]).clone()
-    return tensors
-
-
-def load(path):
-    """A CompactNetwork in eval mode with the weights of `path` (compact.safetensors), in their dtype."""
-    network = CompactNetwork()
-    network.load_state_dict(read_safetensors(path), strict=True, assign=True)
-    return network.eval()
-'''
-
-
-def compact_source(module: fx.GraphModule, ir: IR) -> str:
-    """The standalone Python source of `module`: torch only, `CompactNetwork` and `load`."""
-    used = {type(child) for child in module.modules()}
-    # layer classes of torch_ops beyond plain torch.nn (Scale, UpsampleConv) travel as source too
-    local = [cls for cls in used if cls.__module__ == "dagir.backends.torch_ops" and cls.__name__ in _OP_CLASSES]
-    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, PerStateNorm,
-                                                  *sorted(local, key=str)) if cls in used]
-    layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
-    forward = module.graph.python_code(root_module="self").src
-    forward = re.sub(r";  [\w =]+ = None$", "", forward, flags=re.MULTILINE).strip()  # fx's early frees
-    tasks = ", ".join(ir.task_names)
-    header = (f'"""Compact network {ir.name!r}, compiled by dagir: one forward pass serves the tasks {tasks}.\n\n'
-              "States shared by several tasks are computed once. Standalone: needs only torch.\n\n"
-              f"    network = load({WEIGHTS_FILE!r})\n"
-              "    outputs = network(x)        # {task: tensor}\n"
-              '"""\n')
-    return "\n".join([
-        header, "import copy", "import json", "import struct", "from collections import OrderedDict", "",
-        "import torch", "from torch import Tensor, nn", "", "", *helpers, "",
-        "class CompactNetwork(nn.Module):",
-        '    """The searched network; submodules are named after the IR (edge_h2_h4, node_h3, head_<task>)."""',
-        "", "    def __init__(self):", "        super().__init__()", layers, "",
-        "    " + forward.replace("\n", "\n    "), "", _LOAD_SOURCE])
-
-
-def export_compact(module: fx.GraphModule, ir: IR, out_dir: Path) -> None:
-    """Write `compact.py` (standalone source), `compact.safetensors` (weights) and `compact.json`
-    (the IR, with the module's routing layout in `meta["compact"]`) to `out_dir`."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
-    save_file(state, str(out_dir / WEIGHTS_FILE))
-    (out_dir / CODE_FILE).write_text(compact_source(module, ir), encoding="utf-8")
-    recorded = ir.copy()
-    recorded.meta["compact"] = json.loads(json.dumps(getattr(module, "compact_meta", {})))
-    (out_dir / IR_FILE).write_text(recorded.to_json(), encoding="utf-8")
-
-
-def load_compact(out_dir: Path, *, dtype: torch.dtype = torch.float32) -> tuple[fx.GraphModule, IR]:
-    """Rebuild the compact module from `out_dir/compact.json` and load `compact.safetensors` strictly.
-    Nothing from the folder is executed or unpickled; bad or missing files raise `UserError`."""
-    from safetensors.torch import load_file
-
-    from dagir.ir_io import read_ir
-
-    out_dir = Path(out_dir)
-    ir = read_ir(out_dir / IR_FILE)
-    try:
-        module = lower_compact(ir, dtype=dtype)
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{out_dir / IR_FILE}: cannot build the compact network ({err})") from None
-    weights = out_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise UserError(f"{weights}: no such file")
-    try:
-        state = load_file(str(weights))
-    except Exception as err:  # safetensors reports a corrupt file with its own exception types
-        raise UserError(f"{weights}: not a readable safetensors file ({err})") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise UserError(f"{weights}: weights do not match {out_dir / IR_FILE} ({err})") from None
-    return module, ir

@@ -16,7 +16,7 @@ from .errors import UserError
 def evaluate_run_folder(out: Path) -> dict[str, Any]:
     import torch
 
-    from dagir.backends.torch_compact import load_compact
+    from dagir.backends.torch_export import load_compact
 
     from .datasets import load_dataset
     from .spec import load_spec

@@ -173,7 +173,7 @@ class Run:
 
     # -- results ------------------------------------------------------------------------------
     def _finish(self, compact, compact_ir: IR, searched: IR, supernet, data) -> dict[str, Any]:
-        from dagir.backends.torch_compact import export_compact
+        from dagir.backends.torch_export import export_compact
         from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                                    weight_parameters)
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dagir.backends.torch_compact import PerStateNorm, export_compact, load_compact, lower_compact
+from dagir.backends.torch_compact import PerStateNorm, lower_compact
+from dagir.backends.torch_export import export_compact, load_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
 from dagir.errors import UserError
@@ -27,7 +28,7 @@ LARGE = 50.0
 
 def post_search(ir: IR, flow_budget: float = 0.1) -> IR:
     passes = parse_pipeline(["discretize", f"flow-reduce{{flow_budget={flow_budget}}}", "share-states"],
-                            spec=None, needs_build=False)
+                            needs_build=False)
     return PassManager(passes).run(ir)
 
 
