@@ -15,12 +15,13 @@ from dagir.backends.torch_ops import build_aggregation, build_op
 from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                            import_gates_from_module, lower_supernet, weight_parameters)
-from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, Task, TensorType, edge_name
+from dagir.ir import IR, SHARED, Decision, Edge, EdgeTaskState, Node, Op, Task, TensorType, edge_name
 from dagir.ops import REGISTRY, output_type, parameter_count
 from dagir.pipeline import before_search_pipeline, compile_spec
 from dagir.spec import Spec
 from dagir.gates import sigmoid
 from dagir.task_states import reached_nodes
+from dagir.verify import verify
 
 OP_CASES = [
     (Op("identity"), (3, 5, 5)),
@@ -331,3 +332,46 @@ def test_supernet_equals_the_reference_for_drawn_relaxations(ir, relaxation, tau
     fixed = table.values_by_decision(drawn)
     assert set(fixed) == set(ir.decisions)
     torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+
+
+def with_categorical_read_outs(ir: IR, rng: random.Random) -> IR:
+    """`ir` with each head's gated read-outs decided by one categorical decision (per task, or
+    shared when the head's task is the only one it serves) over random options: single edges,
+    pairs (an edge in two options sums their weights)."""
+    out = ir.copy()
+    for task in out.task_names:
+        head = out.head_of(task).name
+        keys = [key for key, edge in out.edges.items() if key[1] == head and edge.name in out.decisions]
+        if len(keys) < 2:
+            continue
+        for key in keys:
+            del out.decisions[out.edges[key].name]
+        options = [(key,) for key in keys] + [tuple(rng.sample(keys, 2)) for _ in range(2)]
+        scope = rng.choice(["task", "shared"])
+        logits = {SHARED if scope == "shared" else task: tuple(rng.uniform(-3, 3) for _ in options)}
+        out.add_decision(Decision(f"route_{task}", "categorical", tuple(options), (task,), logits, scope=scope))
+    return out
+
+
+@PROPERTY
+@given(search_spaces(), st.sampled_from([0.5, 1.0]), st.integers(0, 2 ** 16))
+def test_categorical_decisions_lower_like_the_reference(ir, tau, seed):
+    rng = random.Random(seed)
+    ir = with_categorical_read_outs(ir, rng)
+    verify(ir)
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    module.gates.tau = tau
+    x = batch_for(ir)
+    for mode in ("soft", "hard"):
+        module.gates.mode = mode
+        torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, tau=tau, mode=mode))
+    module.gates.generator = torch.Generator().manual_seed(seed)
+    drawn = module.gates.sample()
+    module.gates.fix(drawn)
+    module.gates.mode = "fixed"
+    fixed = module.gates.values_by_decision(drawn)
+    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+    for name, decision in ir.decisions.items():
+        if decision.kind == "categorical":
+            assert all(sum(values) == 1.0 for values in fixed[name].values())  # one option drawn
+    assert import_gates_from_module(module, ir).to_json() == ir.to_json()  # float64 logits round-trip exactly
