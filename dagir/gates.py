@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import Tensor
 
-RELAXATIONS: tuple[str, ...] = ("sigmoid", "relaxed-bernoulli", "softmax", "sample")
 BERNOULLI_RELAXATIONS: tuple[str, ...] = ("sigmoid", "relaxed-bernoulli", "softmax", "sample")
 CATEGORICAL_RELAXATIONS: tuple[str, ...] = ("softmax", "sample")
 if TYPE_CHECKING:
@@ -76,11 +75,6 @@ def probabilities(kind: str, logits: Sequence[float], tau: float = 1.0) -> list[
     probability that its edge is on), the softmax of `l/τ` for a categorical."""
     scaled = [value / tau for value in logits]
     return [sigmoid(scaled[0])] if kind == "bernoulli" else softmax(scaled)
-
-
-def keep_bernoulli(logit: float, threshold: float = 0.5) -> bool:
-    """Discretise a bernoulli: on iff σ(logit) >= threshold."""
-    return sigmoid(logit) >= threshold
 
 
 def hard_values(kind: str, logits: Sequence[float]) -> list[float]:
@@ -162,8 +156,3 @@ def bernoulli_log_prob(logits: Tensor, values: Tensor) -> Tensor:
 def categorical_log_prob(logits: Tensor, one_hot: Tensor) -> Tensor:
     """log p(option) of one-hot samples `[..., K]` under softmax(logits)."""
     return (one_hot * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
-
-
-def bernoulli_entropy(probabilities: Tensor) -> Tensor:
-    """-p log p - (1 - p) log(1 - p), elementwise, 0 at p = 0 and p = 1 (no log of 0)."""
-    return -(torch.xlogy(probabilities, probabilities) + torch.xlogy(1 - probabilities, 1 - probabilities))
