@@ -108,20 +108,27 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
 
 
 def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Mean and std over seeds of each task's primary metric, Δ_MTL, parameters, MACs and time."""
+    """Mean and std over seeds of each task's primary metric, Δ_MTL, parameters, MACs and time, and
+    each method's Δ_MTL minus the searched network's on the same seed (the paired difference:
+    seed noise common to both cancels)."""
     kinds = {t.name: t.kind for t in spec.tasks}
     metric_of = {t.name: primary_metric(t.kind, t.metric)[0] for t in spec.tasks}
+    single = results.get("single_task", {})
+    per_seed_delta = {method: {seed: delta_mtl({t: r["test"][t][metric_of[t]] for t in kinds},
+                                               {t: single[seed]["test"][t][metric_of[t]] for t in kinds}, kinds)
+                               for seed, r in by_seed.items() if seed in single}
+                      for method, by_seed in results.items()}
     rows = {}
     for method, by_seed in results.items():
         row: dict[str, Any] = {}
         for task in kinds:
             values = [r["test"][task][metric_of[task]] for r in by_seed.values()]
             row[task] = _mean_std(values)
-        if "single_task" in results:
-            deltas = [delta_mtl({t: r["test"][t][metric_of[t]] for t in kinds},
-                                {t: results["single_task"][seed]["test"][t][metric_of[t]] for t in kinds}, kinds)
-                      for seed, r in by_seed.items() if seed in results["single_task"]]
-            row["delta_mtl"] = _mean_std(deltas)
+        if single:
+            row["delta_mtl"] = _mean_std(list(per_seed_delta[method].values()))
+            searched = per_seed_delta.get("searched", {})
+            row["delta_vs_searched"] = _mean_std([delta - searched[seed] for seed, delta in per_seed_delta[method].items()
+                                                  if seed in searched])
         for key in ("parameters", "macs", "seconds"):
             row[key] = _mean_std([float(r[key]) for r in by_seed.values()])
         rows[method] = row
@@ -144,12 +151,14 @@ def _cell(stat: dict[str, float], digits: int = 4) -> str:
 def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -> None:
     metric_of, rows = table["metrics"], table["rows"]
     tasks = list(metric_of)
-    header = ["method"] + [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL %", "parameters", "MACs", "train s"]
+    header = ["method"] + [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL %", "Δ_MTL − searched (paired)",
+                                                                     "parameters", "MACs", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     records = []
     for method, row in rows.items():
         delta = _cell(row["delta_mtl"], 2) if "delta_mtl" in row else "n/a"
-        cells = ([method] + [_cell(row[t]) for t in tasks] + [delta, f"{row['parameters']['mean']:,.0f}",
+        paired = _cell(row["delta_vs_searched"], 2) if row.get("delta_vs_searched", {}).get("n") else "n/a"
+        cells = ([method] + [_cell(row[t]) for t in tasks] + [delta, paired, f"{row['parameters']['mean']:,.0f}",
                  f"{row['macs']['mean']:,.0f}", f"{row['seconds']['mean']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
         records.append(cells)

@@ -24,12 +24,15 @@ def test_bench_compares_searched_network_with_baselines(tmp_path):
     runs, table = results["runs"], results["table"]
     assert table["seeds"] == [3, 4]
     single = runs["single_task"]
-    for method, by_seed in runs.items():
-        expected = [delta_mtl({t: r["test"][t]["accuracy"] for t in ("digit", "parity")},
-                              {t: single[seed]["test"][t]["accuracy"] for t in ("digit", "parity")},
-                              {"digit": "classification", "parity": "classification"})
-                    for seed, r in by_seed.items()]
-        assert abs(table["rows"][method]["delta_mtl"]["mean"] - sum(expected) / 2) < 1e-9
+    expected = {method: [delta_mtl({t: r["test"][t]["accuracy"] for t in ("digit", "parity")},
+                                   {t: single[seed]["test"][t]["accuracy"] for t in ("digit", "parity")},
+                                   {"digit": "classification", "parity": "classification"})
+                         for seed, r in by_seed.items()] for method, by_seed in runs.items()}
+    for method in runs:
+        assert abs(table["rows"][method]["delta_mtl"]["mean"] - sum(expected[method]) / 2) < 1e-9
+        paired = [mine - theirs for mine, theirs in zip(expected[method], expected["searched"])]
+        assert abs(table["rows"][method]["delta_vs_searched"]["mean"] - sum(paired) / 2) < 1e-9
+    assert table["rows"]["searched"]["delta_vs_searched"]["mean"] == 0.0
     assert table["rows"]["single_task"]["delta_mtl"]["mean"] == 0.0
     assert table["rows"]["hard_sharing"]["parameters"]["mean"] < table["rows"]["single_task"]["parameters"]["mean"]
     assert "± " in (out / "table.md").read_text()
