@@ -19,7 +19,8 @@ TaskKind = Literal["classification", "multilabel", "regression", "segmentation",
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # no infinite or NaN number anywhere in a spec: a learning rate of .inf is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 # -- data and tasks -------------------------------------------------------------------------------
@@ -213,7 +214,7 @@ class BenchSpec(Strict):
 
 class Spec(Strict):
     name: str = "dagir"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2 ** 63)  # what torch's and numpy's generators take
     data: DataSpec = Field(default_factory=DataSpec)
     tasks: list[TaskSpec] = Field(min_length=1)
     network: NetworkSpec = Field(default_factory=NetworkSpec)

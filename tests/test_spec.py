@@ -65,6 +65,10 @@ def test_examples_load(name):
     ("name: [unclosed\n", "spec.yaml:2:1: malformed YAML"),
     ("tasks: !!python/object:os.system {}\n", "YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed"),
     ("- 1\n- 2\n", "a spec is a mapping of sections"),
+    (GOOD + "train: {warmup: {lr: .inf}}\n", "spec.yaml:8:18: train.warmup.lr: input should be a finite number"),
+    (GOOD.replace("kind: regression", "kind: regression, weight: .inf"), "tasks.1.weight: input should be a finite number"),
+    (GOOD + "search: {gates: {init: .nan}}\n", "spec.yaml:8:18: search.gates.init: input should be a finite number"),
+    ("seed: 1000000000000000000000000000000\n" + GOOD, "spec.yaml:1:1: seed: must be < 9223372036854775808"),
     (GOOD + "pipeline: {before_search: [flow-restrict]}\n",
      "spec.yaml:8:12: pipeline.before_search: the pipeline builds nothing"),  # at load, not after training
     (GOOD + "pipeline: {after_search: [discretise]}\n", "spec.yaml:8:12: pipeline.after_search: unknown pass 'discretise'"),
