@@ -114,8 +114,10 @@ def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict
     kinds = {t.name: t.kind for t in spec.tasks}
     metric_of = {t.name: primary_metric(t.kind, t.metric)[0] for t in spec.tasks}
     single = results.get("single_task", {})
+    chosen = {t.name: t.metric for t in spec.tasks}  # a task's own metric decides its direction too
     per_seed_delta = {method: {seed: delta_mtl({t: r["test"][t][metric_of[t]] for t in kinds},
-                                               {t: single[seed]["test"][t][metric_of[t]] for t in kinds}, kinds)
+                                               {t: single[seed]["test"][t][metric_of[t]] for t in kinds}, kinds,
+                                               chosen)
                                for seed, r in by_seed.items() if seed in single}
                       for method, by_seed in results.items()}
     rows = {}

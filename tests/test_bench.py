@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from test_cli import dagir
 from test_run import TINY
 
@@ -93,3 +94,16 @@ def test_bad_methods_exit_2_before_any_training(tmp_path):
         code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", methods, "--no-progress")
         assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
         assert not out.exists()
+
+
+def test_delta_mtl_follows_each_tasks_chosen_metric():
+    """A depth task ranked by δ1 (higher is better) counts a rise as a gain, though the kind's
+    first metric (absolute error) is lower-is-better."""
+    from dagir.bench_job import summarise
+    from dagir.spec import Spec
+
+    spec = Spec(data={"dataset": "nyuv2", "root": "."}, tasks=[{"name": "depth", "kind": "depth", "metric": "delta1"}],
+                network={"input": {"shape": [3, 8, 8]}})
+    results = {"single_task": {0: {"test": {"depth": {"delta1": 0.5}}, "parameters": 1, "macs": 1, "seconds": 1}},
+               "searched": {0: {"test": {"depth": {"delta1": 0.6}}, "parameters": 1, "macs": 1, "seconds": 1}}}
+    assert summarise(spec, results)["rows"]["searched"]["delta_mtl"]["mean"] == pytest.approx(20.0)

@@ -268,3 +268,15 @@ def test_unlabelled_classification_samples_are_ignored():
     meter = MetricMeter("classification")
     meter.update(output, target)
     assert meter.compute() == {"accuracy": 1.0}
+
+
+def test_a_tasks_chosen_loss_is_the_one_trained_on():
+    import torch
+
+    from dagir.spec import TaskSpec
+    from dagir.training.loop import multitask_loss
+
+    outputs, targets = {"y": torch.tensor([[0.0], [0.0]])}, {"y": torch.tensor([[1.0], [3.0]])}
+    mse, _ = multitask_loss(outputs, targets, [TaskSpec(name="y", kind="regression")])
+    l1, _ = multitask_loss(outputs, targets, [TaskSpec(name="y", kind="regression", loss="l1")])
+    assert float(mse) == pytest.approx(5.0) and float(l1) == pytest.approx(2.0)

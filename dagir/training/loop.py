@@ -41,7 +41,7 @@ def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
     """Σ_t w_t · L_t, and each task's loss for the record."""
     total, parts = None, {}
     for task in tasks:
-        loss = task_loss(task.kind, outputs[task.name], targets[task.name])
+        loss = task_loss(task.kind, outputs[task.name], targets[task.name], task.loss)
         parts[task.name] = float(loss.detach())
         total = task.weight * loss if total is None else total + task.weight * loss
     assert total is not None
