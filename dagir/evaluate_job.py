@@ -29,7 +29,9 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
     spec = load_spec(out / "spec.resolved.yaml")
     try:
         saved = json.loads((out / "metrics.json").read_text())["test"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+            raise TypeError("test metrics are not a mapping of tasks to metrics")
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise UserError(f"{out / 'metrics.json'}: not a dagir metrics file") from None
     dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
     module, _ = load_compact(out, dtype=dtype)

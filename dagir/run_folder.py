@@ -13,11 +13,16 @@ from .spec import Spec
 
 
 def write_text(path: Path, text: str) -> None:
-    """Replace `path` atomically, so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace `path` atomically, so an interrupted run never leaves half a file; a failed write is
+    a `UserError` that leaves the previous file as it was."""
     temporary = path.with_name(path.name + ".partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except OSError as err:
+        temporary.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
 def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
@@ -32,7 +37,10 @@ def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
 
 
 def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check OUT before a run starts: a resumed run must be this spec's; a new one must not clobber."""
+    """Check OUT before a run starts: a folder (or nothing yet); a resumed run must be this spec's;
+    a new one must not clobber."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give -o a folder for the run")
     checkpoint = Path(out) / "checkpoints" / "latest.pt"
     if resume:
         resolved = Path(out) / "spec.resolved.yaml"

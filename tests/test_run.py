@@ -202,3 +202,36 @@ def test_baseline_search_spaces_run_through_the_same_stages(tmp_path, tiny_spec,
     searched = read_ir(tmp_path / "run" / "architecture.json")
     assert len(compact.edges) == len(searched.edges)  # nothing to search: every edge stays
     assert metrics["compact"]["parameters"] == metrics["supernet"]["parameters"]
+
+
+def test_faults_exit_2_and_keep_what_was_written(tmp_path, tiny_spec, monkeypatch):
+    import errno
+
+    import dagir.training.checkpoint as checkpoint
+
+    real_save, calls = torch.save, {"n": 0}
+
+    def full_disk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match="cannot write the checkpoint .No space left on device.; the previous "
+                                        "checkpoint is kept"):
+        run_quietly(tiny_spec, out)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    kept = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert (kept["stage"], kept["epoch"], kept["step"]) == ("warmup", 1, 0)  # the second save, intact
+    assert not (out / "checkpoints" / "latest.pt.partial").exists()
+    assert run_quietly(tiny_spec, out, resume=True)["test"]  # and the run goes on from it
+    # -o naming a file, and a malformed metrics.json: exit 2, no traceback
+    (tmp_path / "a-file").write_text("x")
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(tmp_path / "a-file"), "--overwrite")
+    assert code == 2 and "exists and is not a folder" in stderr and "Traceback" not in stderr
+    assert (tmp_path / "a-file").read_text() == "x"
+    (out / "metrics.json").write_text('{"test": [1, 2]}')
+    code, _, stderr = dagir("eval", str(out))
+    assert code == 2 and "not a dagir metrics file" in stderr and "Traceback" not in stderr

@@ -19,11 +19,18 @@ FORMAT = "dagir-checkpoint-1"
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write `payload` (plus a format tag) to `path` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `payload` (plus a format tag) to `path` atomically; a failed write (a full disk, a
+    read-only folder) is a `UserError` that leaves the previous checkpoint as it was."""
     temporary = path.with_name(path.name + ".partial")
-    torch.save({"format": FORMAT, **payload}, temporary)
-    os.replace(temporary, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"format": FORMAT, **payload}, temporary)
+        os.replace(temporary, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        temporary.unlink(missing_ok=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+        kept = "the previous checkpoint is kept" if path.is_file() else "no checkpoint was written before"
+        raise UserError(f"{path}: cannot write the checkpoint ({reason}); {kept}") from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
