@@ -28,7 +28,7 @@ from .errors import UserError
 from .methods import method_name, method_spec
 from .pass_manager import PassManager
 from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
-from .run_folder import prepare_run_folder, same_run_spec, write_text
+from .run_folder import locked_folder, prepare_run_folder, same_run_spec, write_text
 from .run_job import Run
 from .spec import Spec
 from .tasks import delta_mtl, primary_metric
@@ -61,8 +61,9 @@ def resolve_methods(spec: Spec, methods: Sequence[str]) -> dict[str, Spec]:
 def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
     """One method's `dagir run` in `out`; with `resume`, an interrupted one there continues."""
     resume = resume and (out / "checkpoints" / "latest.pt").is_file()
-    prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
-    return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
+    with locked_folder(out, "bench run"):
+        prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
+        return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
 
 
 def run_result(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +91,12 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
     the comparison table and plot."""
     resolved = resolve_methods(spec, methods)
+    with locked_folder(out, "bench"):
+        return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume)
+
+
+def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[int], *, progress: bool, echo: Echo,
+             resume: bool) -> dict[str, Any]:
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
     for seed in seeds:
         for name, method_of in resolved.items():

@@ -31,12 +31,18 @@ def compile_command(
     print_between_passes: bool = typer.Option(False, help="Print the IR after every pass."),
     time_passes: bool = typer.Option(False, help="Print the time each pass took."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the verifier between passes."),
+    overwrite: bool = typer.Option(False, help="Compile into a folder that holds a dagir run (its passes/, "
+                                   "spec.resolved.yaml and supernet.py are replaced)."),
 ) -> None:
     """Run the pre-search pipeline: IR, drawing and summary after every pass, and the supernet code."""
     from .compile_job import CompileOptions, compile_to_folder
+    from .run_folder import holds_a_run
     from .spec import load_spec
 
     spec = load_spec(spec_path, overrides or [])
+    if holds_a_run(out) and not overwrite:
+        raise UserError(f"{out}: holds a dagir run, whose passes/ and spec.resolved.yaml a compile would "
+                        "replace; compile into another folder, or pass --overwrite")
     options = CompileOptions(print_between_passes=print_between_passes, time_passes=time_passes,
                              verify=verify)
     report = compile_to_folder(spec, out, options, echo=_echo)
@@ -69,13 +75,14 @@ def run_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export."""
-    from .run_folder import prepare_run_folder
+    from .run_folder import locked_folder, prepare_run_folder
     from .run_job import Run
     from .spec import load_spec
 
     spec = load_spec(spec_path, overrides or [])
-    prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
-    metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo).execute()
+    with locked_folder(out, "run"):  # before anything in OUT is touched
+        prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
+        metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo).execute()
     _print_metrics(metrics)
     _echo(f"wrote {out}")
 

@@ -1,10 +1,15 @@
-"""A run folder, as `dagir run` and `dagir bench` both use it: atomic writes, and the checks made
-before a run starts in OUT (is it this spec's run; would a new run clobber one)."""
+"""A run folder, as `dagir run` and `dagir bench` both use it: atomic writes, a lock so one command
+at a time works in it, and the checks made before a run starts in OUT (is it this spec's run; would
+a new run clobber one)."""
 from __future__ import annotations
 
+import fcntl
 import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -52,3 +57,43 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
     elif overwrite:  # a fresh run: no checkpoint to resume from, no finished result left from before
         checkpoint.unlink(missing_ok=True)
         (Path(out) / "metrics.json").unlink(missing_ok=True)
+
+
+LOCK_FILE = ".dagir.lock"
+
+
+@contextmanager
+def locked_folder(out: Path, command: str) -> Iterator[None]:
+    """Hold OUT for one command: a second `dagir run` (or bench, or compile) into the same folder
+    refuses at once, naming the first. The lock is an advisory `flock` on `OUT/.dagir.lock`, which
+    the operating system releases when its process ends, however it ends: a killed run leaves no
+    stale lock behind (the file stays, saying who held it last)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; give -o a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        handle = open(out / LOCK_FILE, "a+")
+    except OSError as err:
+        raise UserError(f"{out}: cannot write the output folder ({err.strerror or err})") from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another dagir command"
+            raise UserError(f"{out}: in use by {holder}; wait for it to finish, or use another folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"dagir {command} (pid {os.getpid()} on {socket.gethostname()}, "
+                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def holds_a_run(out: Path) -> bool:
+    """Whether OUT holds a `dagir run` (started or finished)."""
+    return (Path(out) / "checkpoints" / "latest.pt").is_file() or (Path(out) / "metrics.json").is_file()

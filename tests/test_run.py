@@ -235,3 +235,52 @@ def test_faults_exit_2_and_keep_what_was_written(tmp_path, tiny_spec, monkeypatc
     (out / "metrics.json").write_text('{"test": [1, 2]}')
     code, _, stderr = dagir("eval", str(out))
     assert code == 2 and "not a dagir metrics file" in stderr and "Traceback" not in stderr
+
+
+def test_a_second_command_into_a_running_folder_refuses_at_once(tmp_path, tiny_spec):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "dagir.cli", "run", str(tiny_spec), "-o", str(out), "--no-progress"]
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lock = out / ".dagir.lock"
+        for _ in range(200):
+            if lock.is_file() and "pid" in lock.read_text():
+                break
+            time.sleep(0.05)
+        started = time.perf_counter()
+        code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--overwrite", "--no-progress")
+        assert code == 2 and "in use by dagir run (pid " in stderr and "Traceback" not in stderr, stderr
+        assert time.perf_counter() - started < 10
+        code, _, stderr = dagir("bench", str(tiny_spec), "-o", str(out), "--methods", "hard_sharing")
+        assert code == 2 and "in use by dagir run" in stderr
+    finally:
+        _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err  # the first run was not disturbed
+    assert json.loads((out / "metrics.json").read_text())["test"]
+    # the lock died with its process: the folder is free again, and compile will not clobber the run
+    code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(out))
+    assert code == 2 and "holds a dagir run" in stderr and "--overwrite" in stderr
+    assert dagir("eval", str(out))[0] == 0
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path, tiny_spec):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "dagir.cli", "run", str(tiny_spec), "-o", str(out), "--no-progress"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if (out / ".dagir.lock").is_file() and "pid" in (out / ".dagir.lock").read_text():
+            break
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--overwrite", "--no-progress")
+    assert code == 0, stderr
