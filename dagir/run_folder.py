@@ -33,12 +33,24 @@ def write_text(path: Path, text: str) -> None:
 def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
     """Whether the resolved spec a run folder recorded describes the same run as `spec`.
 
-    The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
-    run trains, so a bench given more seeds can take up the runs it already finished.
+    The recorded spec is read through today's spec model first, so a field added since (with its
+    default) does not make an old run folder look like another spec's. The `bench` section is left
+    out: it says how many seeds and methods a bench runs, not how one run trains, so a bench given
+    more seeds can take up the runs it already finished.
     """
-    def run_part(resolved: Any) -> Any:
-        return {k: v for k, v in resolved.items() if k != "bench"} if isinstance(resolved, dict) else resolved
-    return run_part(yaml.safe_load(resolved_file.read_text())) == run_part(spec.resolved_dict())
+    from pydantic import ValidationError
+
+    def run_part(resolved: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in resolved.items() if k != "bench"}
+
+    recorded = yaml.safe_load(resolved_file.read_text())
+    if not isinstance(recorded, dict):
+        return False
+    try:
+        recorded = Spec.model_validate(recorded).resolved_dict()
+    except ValidationError:
+        return False
+    return run_part(recorded) == run_part(spec.resolved_dict())
 
 
 def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:

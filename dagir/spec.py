@@ -212,6 +212,15 @@ class BenchSpec(Strict):
     seeds: int = Field(1, ge=1)
 
 
+class LimitsSpec(Strict):
+    """Bounds on what a spec may ask for, checked when it is loaded, so a typo (a width of 10^12,
+    10^8 nodes) fails at once and says which bound it hit; raise a bound here to go past it."""
+
+    nodes: int = Field(1024, ge=1)
+    width: int = Field(16384, ge=1)
+    parameters: int = Field(2_000_000_000, ge=1)
+
+
 class Spec(Strict):
     name: str = "dagir"
     seed: int = Field(0, ge=0, lt=2 ** 63)  # what torch's and numpy's generators take
@@ -222,6 +231,7 @@ class Spec(Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     pipeline: PipelineSpec = Field(default_factory=PipelineSpec)
     bench: BenchSpec = Field(default_factory=BenchSpec)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
     _source: "SpecSource | None" = PrivateAttr(None)
 
     @field_validator("tasks")
@@ -355,13 +365,39 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     from .methods import method_file
     from .pipeline import after_search_pipeline, before_search_pipeline
 
-    before_search_pipeline(spec)  # both pipelines parse before any work starts
+    passes = before_search_pipeline(spec)  # both pipelines parse before any work starts
     after_search_pipeline(spec)
+    _check_limits(spec, source, passes)
     for index, method in enumerate(spec.bench.methods if methods else []):
         try:
             method_file(method, spec)
         except SpecError as err:
             raise source.error(("bench", "methods", index), err.message) from None
+
+
+def _check_limits(spec: Spec, source: SpecSource, passes: list) -> None:
+    """The network's size against `limits`: nodes and widths first, then (building the IR, now
+    cheap) its parameters."""
+    limits, network = spec.limits, spec.network
+    if network.central.nodes > limits.nodes:
+        raise source.error(("network", "central", "nodes"), f"{network.central.nodes:,} nodes are more than "
+                           f"limits.nodes ({limits.nodes:,}); raise limits.nodes to allow them")
+    widths = {("network", "stem", "channels"): network.stem.channels, ("network", "heads", "hidden"): network.heads.hidden}
+    widths.update({("network", "central", "channels") + ((i,) if isinstance(network.central.channels, list) else ()): c
+                   for i, c in enumerate(network.central.stage_channels())})
+    for path, width in widths.items():
+        if width > limits.width:
+            raise source.error(path, f"a width of {width:,} is more than limits.width ({limits.width:,}); "
+                                     "raise limits.width to allow it")
+    from .ir_stats import count_parameters
+    from .pass_manager import PassManager
+    from .pipeline import seed_ir
+
+    parameters = count_parameters(PassManager(passes, verify_each=False).run(seed_ir(spec)))
+    if parameters > limits.parameters:
+        raise source.error(("network",), f"the search space holds {parameters:,} parameters, more than "
+                                         f"limits.parameters ({limits.parameters:,}); raise limits.parameters "
+                                         "to allow it")
 
 
 def check_data_root(spec: Spec) -> None:

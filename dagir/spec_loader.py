@@ -3,15 +3,35 @@
 PyYAML composes the document into nodes (which carry line and column); we build plain Python values
 from them ourselves, accepting only the standard tags, so no YAML tag can construct an object.
 `locations` maps every field path (a tuple of keys and list indices) to its 1-based line and column.
+
+A spec is bounded before it is built: its size in bytes, its nesting depth, and the number of
+values it expands to (aliases re-use a node, so a few lines can stand for billions of values).
+Each bound is an environment variable a user can raise knowingly (`DAGIR_MAX_SPEC_BYTES`,
+`DAGIR_MAX_SPEC_DEPTH`, `DAGIR_MAX_SPEC_VALUES`); the error names the one that was hit.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import SpecError
+
+LIMITS = {"DAGIR_MAX_SPEC_BYTES": 1_000_000, "DAGIR_MAX_SPEC_DEPTH": 32, "DAGIR_MAX_SPEC_VALUES": 100_000}
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's composer, when PyYAML has it
+
+
+def limit(name: str) -> int:
+    """A bound on specs: the environment's value of `name`, else the default in `LIMITS`."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return LIMITS[name]
+    try:
+        return int(raw)
+    except ValueError:
+        raise SpecError(f"{name}={raw!r} is not a whole number") from None
 
 Location = tuple[int, int]
 FieldPath = tuple[str | int, ...]
@@ -24,8 +44,9 @@ _SCALAR_TAGS = {
 
 def read_yaml(text: str, file: str) -> tuple[Any, dict[FieldPath, Location]]:
     """Parse `text`; return the plain value and the location of every field path."""
+    _check_depth(text, file)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
@@ -36,10 +57,33 @@ def read_yaml(text: str, file: str) -> tuple[Any, dict[FieldPath, Location]]:
     locations: dict[FieldPath, Location] = {}
     if root is None:
         return None, locations
-    return _construct(root, (), locations, file), locations
+    budget = [limit("DAGIR_MAX_SPEC_VALUES")]
+    return _construct(root, (), locations, file, budget), locations
 
 
-def _construct(node: yaml.Node, path: FieldPath, locations: dict[FieldPath, Location], file: str) -> Any:
+def _check_depth(text: str, file: str) -> None:
+    """Refuse a document nested deeper than the bound, from the parser's events (no recursion)."""
+    bound, depth = limit("DAGIR_MAX_SPEC_DEPTH"), 0
+    try:
+        for event in yaml.parse(text, Loader=_LOADER):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > bound:
+                    mark = event.start_mark
+                    raise SpecError(f"the spec nests deeper than {bound} levels (DAGIR_MAX_SPEC_DEPTH)",
+                                    file=file, line=mark.line + 1, column=mark.column + 1)
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        return  # composing reports malformed YAML, located
+
+
+def _construct(node: yaml.Node, path: FieldPath, locations: dict[FieldPath, Location], file: str,
+               budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _located(f"the spec expands to more than {limit('DAGIR_MAX_SPEC_VALUES'):,} values "
+                       "(through YAML aliases?) (DAGIR_MAX_SPEC_VALUES)", node, path, file)
     locations[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
     if isinstance(node, yaml.MappingNode):
         _check_tag(node, "tag:yaml.org,2002:map", path, file)
@@ -47,19 +91,19 @@ def _construct(node: yaml.Node, path: FieldPath, locations: dict[FieldPath, Loca
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 raise _located("YAML merge keys (<<) are not supported", key_node, path, file)
-            key = _construct(key_node, path, {}, file)
+            key = _construct(key_node, path, {}, file, budget)
             if not isinstance(key, (str, int)) or isinstance(key, bool):
                 raise _located(f"mapping keys must be strings (got {key!r})", key_node, path, file)
             key = str(key)
             if key in result:
                 raise _located(f"duplicate key {key!r}", key_node, path, file)
-            result[key] = _construct(value_node, path + (key,), locations, file)
+            result[key] = _construct(value_node, path + (key,), locations, file, budget)
             # point a field at its key, where a reader looks for it
             locations[path + (key,)] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
         return result
     if isinstance(node, yaml.SequenceNode):
         _check_tag(node, "tag:yaml.org,2002:seq", path, file)
-        return [_construct(item, path + (i,), locations, file) for i, item in enumerate(node.value)]
+        return [_construct(item, path + (i,), locations, file, budget) for i, item in enumerate(node.value)]
     if node.tag not in _SCALAR_TAGS:
         raise _located(f"YAML tag {node.tag!r} is not allowed in a spec", node, path, file)
     loader = yaml.SafeLoader("")
@@ -94,7 +138,11 @@ def locate(path: FieldPath, locations: dict[FieldPath, Location]) -> Location | 
 def read_spec_file(path: str | Path) -> tuple[Any, dict[FieldPath, Location], str]:
     """Read and parse a spec file; errors for a missing or unreadable file are `SpecError`s."""
     file = str(path)
+    bound = limit("DAGIR_MAX_SPEC_BYTES")
     try:
+        size = Path(path).stat().st_size
+        if size > bound:
+            raise SpecError(f"the spec is {size:,} bytes, more than {bound:,} (DAGIR_MAX_SPEC_BYTES)", file=file)
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError("no such file", file=file) from None

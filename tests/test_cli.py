@@ -180,3 +180,22 @@ def test_viz_rejects_bad_decisions_located(tmp_path):
         bad.write_text(json.dumps(data))
         code, _, stderr = dagir("viz", str(bad))
         assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in zip("abcdef", "bcdefg")) + "tasks: []\n",
+     "expands to more than 100,000 values (through YAML aliases?) (DAGIR_MAX_SPEC_VALUES)"),
+    ("a: " + "[" * 100 + "]" * 100 + "\n", "nests deeper than 32 levels (DAGIR_MAX_SPEC_DEPTH)"),
+    ("name: x\n" + "".join(f"key{i}: {i}\n" for i in range(120_000)), "more than 1,000,000 (DAGIR_MAX_SPEC_BYTES)"),
+])
+def test_specs_past_a_bound_are_refused_at_once_naming_it(tmp_path, text, message):
+    import time
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    started = time.perf_counter()
+    code, _, stderr = dagir("compile", str(spec), "-o", str(tmp_path / "o"))
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+    assert time.perf_counter() - started < 5
+    assert not (tmp_path / "o").exists()
