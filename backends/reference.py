@@ -61,16 +61,22 @@ def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.
         if (name, task) in memo:
             return memo[(name, task)]
         terms: dict[str, Tensor] = {}
+        gates: dict[str, float] = {}
         for edge in incoming[name]:
             source_task = state_owner(ir, edge.src, task)
             if edge.is_active(task) and edge.src in reached[source_task]:
                 output = modules.get_submodule(edge.name)(state(edge.src, task))
-                terms[edge.name] = gate_value(ir, edge, task, tau=tau, mode=mode, fixed=fixed) * output
+                gates[edge.name] = gate_value(ir, edge, task, tau=tau, mode=mode, fixed=fixed)
+                terms[edge.name] = gates[edge.name] * output
         if node.aggregation == "sum":
             value = sum(terms.values())
         else:
             aggregate = modules.get_submodule(aggregation_module_name(node))
-            value = aggregate([terms.get(edge.name) for edge in incoming[name]])
+            slots = [terms.get(edge.name) for edge in incoming[name]]
+            if node.aggregation == "gate":  # a gate of exactly 0 takes its edge out of the softmax
+                value = aggregate(slots, [gates.get(edge.name) for edge in incoming[name]])
+            else:
+                value = aggregate(slots)
         if node.op is not None:
             value = modules.get_submodule(node_op_module_name(node))(value)
         memo[(name, task)] = value

@@ -53,33 +53,35 @@ class NddrAggregation(nn.Module):
 
 class GateAggregation(nn.Module):
     """Input-dependent soft sharing (MTNAS, MMoE): a linear layer on the globally pooled
-    concatenation of the inputs (zeros in an empty slot) gives `logits` routing logits, a softmax
-    over them weights the inputs, input i by the one at `positions[i]`: `Σ_i w_i · input_i`. By
-    default one logit per input. With `mask_empty` (the supernet: an empty slot is an edge the
-    task does not have) an empty slot's logit is masked out of the softmax; without (the compact
-    network: an empty slot is an edge gated to 0, still a zero input in the searched network) it
-    keeps its share, as does a logit no slot uses."""
+    concatenation of the inputs (the query; zeros in an empty slot) gives one routing logit per
+    input, and a softmax over the inputs present weights them: `Σ_i w_i · input_i`.
 
-    def __init__(self, inputs: int, width: int, logits: int | None = None, positions: list | None = None,
-                 mask_empty: bool = True) -> None:
+    An input is absent from the softmax when its slot is empty, or when its gate (`gates[i]`, one
+    value per stacked state, or one for all) is exactly 0: an edge left out of a route (a hard or
+    sampled categorical choice, a discretised bernoulli) takes no weight. Soft gates weight the
+    inputs as they come (`input_i` is the gated edge output). A state whose inputs are all absent
+    gets zeros."""
+
+    def __init__(self, inputs: int, width: int) -> None:
         super().__init__()
-        logits = inputs if logits is None else logits
-        positions = list(range(inputs)) if positions is None else list(positions)
-        self.config = dict(inputs=inputs, width=width, logits=logits, positions=positions, mask_empty=mask_empty)
-        self.positions, self.mask_empty = positions, mask_empty
-        self.route = nn.Linear(inputs * width, logits)
+        self.config = dict(inputs=inputs, width=width)
+        self.route = nn.Linear(inputs * width, inputs)
 
-    def forward(self, slots: list) -> Tensor:
+    def forward(self, slots: list, gates: list | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
         filled = [torch.zeros_like(present) if s is None else s for s in slots]
         joined = torch.cat(filled, dim=1)
         pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
         logits = self.route(pooled)
-        absent = [self.positions[i] for i, s in enumerate(slots) if s is None] if self.mask_empty else []
-        if absent:
-            mask = torch.zeros(logits.shape[1], dtype=torch.bool, device=logits.device)
-            mask[absent] = True
-            logits = logits.masked_fill(mask, float("-inf"))
-        weights = torch.softmax(logits, dim=1)
+        rows = logits.shape[0]
+        absent = torch.zeros_like(logits, dtype=torch.bool)
+        for i, slot in enumerate(slots):
+            if slot is None:
+                absent[:, i] = True
+            elif gates is not None and gates[i] is not None:
+                off = torch.as_tensor(gates[i], device=logits.device).reshape(-1) == 0
+                absent[:, i] = off.repeat_interleave(rows // off.numel()) if off.numel() > 1 else off.expand(rows)
+        absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
+        weights = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=1)
         shape = (-1,) + (1,) * (joined.dim() - 1)
-        return sum(weights[:, p].reshape(shape) * filled[i] for i, p in enumerate(self.positions))
+        return sum(weights[:, i].reshape(shape) * filled[i] for i in range(len(filled)))

@@ -14,12 +14,9 @@ Exporting and loading it is `torch_export`'s job.
 
 Given the supernet, the compact module computes exactly what the supernet computes with hard gates
 equal to the keep masks (1 where kept, 0 elsewhere, including the edges the reduction deleted). A
-gate-0 edge delivers zeros, so a `sum` node just omits it and an `nddr` node keeps the slice of its
-fusion weights for the kept inputs. A `gate` node is subtler: the supernet's softmax still gives a
-gate-0 input a share of the weight (its routing logit is computed from the pooled inputs, zeros in
-its slot), so the compact routing layer keeps one logit per input the supernet's node had — its
-columns sliced to the kept inputs — and takes the softmax over all of them (`gate_slots` below,
-recorded in the IR's `meta["compact"]` so a reload builds the same shapes).
+gate-0 edge delivers zeros, so a `sum` node just omits it, an `nddr` node keeps the slice of its
+fusion weights for the kept inputs, and a `gate` node, whose softmax takes no gate-0 input, keeps
+the rows and columns of its routing layer for the kept inputs.
 
 An op called on several states (an edge reading several states of its source, a node's nddr
 aggregation or op computing several states) keeps one set of weights but a batch norm per state
@@ -101,25 +98,19 @@ def _edge_behind(value: Any) -> str | None:
     return None
 
 
-def supernet_slots(supernet: nn.Module, node: Node) -> tuple[list[str | None], set[int]]:
-    """The supernet's aggregation slots at `node`: the edge in each slot, and the slots that hold a
-    value (even a gate-0 one) in its calls. `lower_supernet` records them in `aggregation_slots`;
-    for a module without that record they are read from its fx graph."""
+def supernet_slots(supernet: nn.Module, node: Node) -> list[str | None]:
+    """The supernet's aggregation slots at `node`: the edge in each slot. `lower_supernet` records
+    them in `aggregation_slots`; for a module without that record they are read from its fx graph."""
     recorded = getattr(supernet, "aggregation_slots", None)
     if isinstance(recorded, dict):
         if node.name not in recorded:
             raise ValueError(f"the supernet never calls {aggregation_module_name(node)}: "
                              "was it lowered from another IR?")
-        edges, masks = list(recorded[node.name]["slots"]), [frozenset(m) for m in recorded[node.name]["calls"]]
-    else:
-        edges, masks = _slots_from_graph(supernet, node)
-    if len(set(masks)) > 1:
-        raise ValueError(f"the supernet's node {node.name!r} sees different inputs for different tasks; its "
-                         "gate aggregation cannot be copied into one compact module exactly")
-    return edges, set(masks[0])
+        return list(recorded[node.name]["slots"])
+    return _slots_from_graph(supernet, node)
 
 
-def _slots_from_graph(supernet: nn.Module, node: Node) -> tuple[list[str | None], list[frozenset[int]]]:
+def _slots_from_graph(supernet: nn.Module, node: Node) -> list[str | None]:
     graph = getattr(supernet, "graph", None)
     if not isinstance(graph, fx.Graph):
         raise ValueError("copying nddr/gate aggregations needs the supernet as lowered (a GraphModule)")
@@ -128,13 +119,10 @@ def _slots_from_graph(supernet: nn.Module, node: Node) -> tuple[list[str | None]
     if not calls:
         raise ValueError(f"the supernet never calls {target}: was it lowered from another IR?")
     edges: list[str | None] = [None] * len(calls[0].args[0])
-    masks = []
     for call in calls:
-        slots = call.args[0]
-        masks.append(frozenset(i for i, value in enumerate(slots) if value is not None))
-        for i, value in enumerate(slots):
+        for i, value in enumerate(call.args[0]):
             edges[i] = edges[i] or _edge_behind(value)
-    return edges, masks
+    return edges
 
 
 # -- lowering -------------------------------------------------------------------------------------
@@ -151,33 +139,12 @@ def _state_names(states: list[CompactState]) -> dict[StateKey, str]:
     return names
 
 
-def _gate_slots(ir: IR, supernet: nn.Module | None, slots: dict[str, list[Edge]]) -> dict[str, dict]:
-    """Per `gate` node: the number of routing logits and the logit of each compact slot."""
-    recorded = ir.meta.get("compact", {}).get("gate_slots", {})
-    result = {}
-    for name, edges in slots.items():
-        if ir.nodes[name].aggregation != "gate":
-            continue
-        if supernet is None:
-            entry = recorded.get(name, {"logits": len(edges), "positions": list(range(len(edges)))})
-        else:
-            original, present = supernet_slots(supernet, ir.nodes[name])
-            logit_of = {i: rank for rank, i in enumerate(sorted(present))}
-            positions = [logit_of[original.index(edge.name)] for edge in edges]
-            entry = {"logits": len(present), "positions": positions,
-                     "supernet_slots": [original[i] for i in sorted(present)]}
-        result[name] = {"logits": int(entry["logits"]), "positions": [int(p) for p in entry["positions"]],
-                        **({"supernet_slots": entry["supernet_slots"]} if "supernet_slots" in entry else {})}
-    return result
-
-
-def _aggregation_module(node: Node, inputs: int, gate_slots: dict[str, dict]) -> nn.Module:
+def _aggregation_module(node: Node, inputs: int) -> nn.Module:
     width, image = node.input_type.channels, node.input_type.is_image
     if node.aggregation == "nddr":
         return NddrAggregation(inputs, width, image)
     if node.aggregation == "gate":
-        entry = gate_slots[node.name]
-        return GateAggregation(inputs, width, entry["logits"], entry["positions"], mask_empty=False)
+        return GateAggregation(inputs, width)
     raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
 
 
@@ -186,13 +153,11 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
     """The compact module of a reduced, shared IR: `module(x) -> {task: output}`, no gates.
 
     With `supernet` (lowered from the IR this one was reduced from), its weights and buffers are
-    copied so the result equals the supernet with hard gates set to the keep masks. The gate
-    aggregations' routing layout is kept in `module.compact_meta` (written by `torch_export.export_compact`).
+    copied so the result equals the supernet with hard gates set to the keep masks.
     """
     states = compact_states(ir)
     names = _state_names(states)
     slots = aggregation_edges(ir, states)
-    gate_slots = _gate_slots(ir, supernet, slots)
     root = nn.Module()
     graph = fx.Graph()
     values: dict[StateKey, fx.Node] = {}
@@ -233,7 +198,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
         else:
             module_name = aggregation_module_name(node)
             if not hasattr(root, module_name):
-                root.add_module(module_name, _aggregation_module(node, len(slots[node.name]), gate_slots))
+                root.add_module(module_name, _aggregation_module(node, len(slots[node.name])))
             inputs = [terms.get(edge.name) for edge in slots[node.name]]
             value = graph.create_node("call_module", module_name, (inputs,), name=aggregate_name)
         values[state.key] = apply_node_op(graph, root, node, value, name)
@@ -243,16 +208,14 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
     _norm_per_state(root, graph)
     root.to(dtype)
     module = fx.GraphModule(root, graph, class_name="CompactNetwork")
-    module.compact_meta = {"gate_slots": gate_slots}
     module.graph.lint()
     if supernet is not None:
-        copy_supernet_weights(module, supernet, ir, slots, gate_slots)
+        copy_supernet_weights(module, supernet, ir, slots)
     return module
 
 
 # -- weights from the supernet --------------------------------------------------------------------
-def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR,
-                          slots: dict[str, list[Edge]], gate_slots: dict[str, dict]) -> None:
+def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR, slots: dict[str, list[Edge]]) -> None:
     """Copy the supernet's parameters and buffers into the compact module, by submodule name;
     aggregations take the slice of their weights for the inputs the compact node kept."""
     with torch.no_grad():
@@ -272,14 +235,14 @@ def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR,
 
 def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, node: Node,
                       edges: list[Edge]) -> None:
-    original, present = supernet_slots(supernet, node)
+    original = supernet_slots(supernet, node)
     width = child.config["width"]
-    columns = torch.cat([torch.arange(original.index(e.name) * width, (original.index(e.name) + 1) * width)
-                         for e in edges])
+    kept = [original.index(e.name) for e in edges]
+    columns = torch.cat([torch.arange(slot * width, (slot + 1) * width) for slot in kept])
     if isinstance(child, NddrAggregation):
         child.fuse.weight.copy_(source.fuse.weight[:, columns])
         child.bn.load_state_dict(source.bn.state_dict())
-    else:
-        rows = torch.tensor(sorted(present), dtype=torch.long)
+    else:  # the routing logits of the kept inputs, over their features
+        rows = torch.tensor(kept, dtype=torch.long)
         child.route.weight.copy_(source.route.weight[rows][:, columns])
         child.route.bias.copy_(source.route.bias[rows])

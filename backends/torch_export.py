@@ -1,7 +1,6 @@
 """Export and load the compact network (DESIGN §6): `compact.py`, standalone source that needs only
-torch; `compact.safetensors`, the weights; `compact.json`, the compact IR with the module's
-routing layout. Loading rebuilds the module from the IR and loads the weights strictly; nothing
-from the folder is executed or unpickled.
+torch; `compact.safetensors`, the weights; `compact.json`, the compact IR. Loading rebuilds the
+module from the IR and loads the weights strictly; nothing from the folder is executed or unpickled.
 
     export_compact(compact, ir, Path("out"))   # compact.py, compact.safetensors, compact.json
     compact, ir = load_compact(Path("out"))
@@ -9,7 +8,6 @@ from the folder is executed or unpickled.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from pathlib import Path
 
@@ -122,7 +120,7 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
 
 def export_compact(module: fx.GraphModule, ir: IR, out_dir: Path) -> None:
     """Write `compact.py` (standalone source), `compact.safetensors` (weights) and `compact.json`
-    (the IR, with the module's routing layout in `meta["compact"]`) to `out_dir`."""
+    (the IR) to `out_dir`."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
@@ -130,9 +128,7 @@ def export_compact(module: fx.GraphModule, ir: IR, out_dir: Path) -> None:
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
     save_file(state, str(out_dir / WEIGHTS_FILE))
     (out_dir / CODE_FILE).write_text(compact_source(module, ir), encoding="utf-8")
-    recorded = ir.copy()
-    recorded.meta["compact"] = json.loads(json.dumps(getattr(module, "compact_meta", {})))
-    (out_dir / IR_FILE).write_text(recorded.to_json(), encoding="utf-8")
+    (out_dir / IR_FILE).write_text(ir.to_json(), encoding="utf-8")
 
 
 def load_compact(out_dir: Path, *, dtype: torch.dtype = torch.float32) -> tuple[fx.GraphModule, IR]:

@@ -277,6 +277,7 @@ class _BatchedGraph:
         self.outputs: dict[str, fx.Node] = {}
         self.stacked: dict[fx.Node, fx.Node] = {}
         self._gates: fx.Node | None = None
+        self.gate_of: dict[str, fx.Node] = {}  # an edge's gate per destination state (a gate node masks 0s)
         self._table: fx.Node | None = None
         self.slot_task = {slot: task for (_, task), slot in root.gates.slots.items()}
         self._build()
@@ -383,6 +384,7 @@ class _BatchedGraph:
                 return output, 1
             suffix = f"{edge.name}_{self.slot_task[slot]}"
             gate = self.call("call_function", operator.getitem, (self.gates(), slot), name=f"gate_{suffix}")
+            self.gate_of[edge.name] = gate
             return self.call("call_function", operator.mul, (output, gate), name=f"gated_{suffix}"), 1
         if len(reads) == 1:
             value, leading = self.call("call_method", "unsqueeze", (output, 0)), 1
@@ -396,8 +398,23 @@ class _BatchedGraph:
         table, one, zero = self.gate_table()
         index = [zero if c is None else one if c.slot is None else c.slot for c in per_state]
         gate = self.call("call_function", operator.getitem, (table, index))
+        self.gate_of[edge.name] = gate  # [K]: the gate of each state, 0 where the edge is absent
         gate = self.call("call_method", "view", (gate, (count,) + (1,) * width), name=f"gate_{edge.name}")
         return self.call("call_function", operator.mul, (value, gate), name=f"gated_{edge.name}"), count
+
+    def with_gates(self, node: Node, slots: list, in_edges: list[Edge], group: list[int] | None) -> tuple:
+        """A `gate` aggregation's call arguments: its slots and, where an edge is gated, the gate of
+        each state the call computes (`group`: those states; None: all), so a gate of 0 takes the
+        edge out of the softmax. Other aggregations take the slots alone."""
+        if node.aggregation != "gate" or not any(edge.name in self.gate_of for edge in in_edges):
+            return (slots,)
+        gates = []
+        for slot, edge in zip(slots, in_edges):
+            gate = self.gate_of.get(edge.name) if slot is not None else None
+            if gate is not None and group is not None:
+                gate = self.call("call_function", operator.getitem, (gate, group[0] if len(group) == 1 else group))
+            gates.append(gate)
+        return (slots, gates)
 
     def flatten(self, value: fx.Node, leading: int, count: int, width: int, name: str | None = None) -> fx.Node:
         """A `[leading, B, ...]` term for `count` states as one `[count·B, ...]` tensor."""
@@ -462,7 +479,7 @@ class _BatchedGraph:
         if len(groups) == 1:
             slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
                      for edge in in_edges]
-            return self.call("call_module", module_name, (slots,), name=name)
+            return self.call("call_module", module_name, self.with_gates(node, slots, in_edges, None), name=name)
         results = []
         for group in groups:
             slots = []
@@ -477,7 +494,7 @@ class _BatchedGraph:
                 if leading > 1:
                     value = self.call("call_function", operator.getitem, (value, group))
                 slots.append(self.flatten(value, 1 if leading == 1 else len(group), len(group), width))
-            results.append(self.call("call_module", module_name, (slots,)))
+            results.append(self.call("call_module", module_name, self.with_gates(node, slots, in_edges, group)))
         order = [k for group in groups for k in group]
         joined = self.call("call_function", torch.cat, (results,), name=name if order == sorted(order) else None)
         if order == sorted(order):
@@ -511,13 +528,14 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
         # A state that is one ungated edge's output (the stem) is named after the state itself.
         is_edge_output = (len(state.contributions) == 1 and state.contributions[0].slot is None
                           and node.aggregation == "sum" and node.op is None)
-        terms = []
+        terms, gate_of = [], {}
         for term in state.contributions:
             output = edge_output(term.edge, term.source, state.name if is_edge_output else None)
             if term.slot is not None:
                 suffix = f"{term.edge.name}_{slot_task[term.slot]}"
                 gate = graph.create_node("call_function", operator.getitem, (gates, term.slot),
                                          name=f"gate_{suffix}")
+                gate_of[term.edge.name] = gate
                 output = graph.create_node("call_function", operator.mul, (output, gate),
                                            name=f"gated_{suffix}")
             terms.append((term.edge.name, output))
@@ -533,7 +551,10 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
                 root.add_module(module_name, node_aggregation(node, incoming[node.name]))
             by_edge = dict(terms)
             slots_in = [by_edge.get(edge.name) for edge in incoming[node.name]]
-            value = graph.create_node("call_module", module_name, (slots_in,), name=aggregate_name)
+            arguments = (slots_in,)
+            if node.aggregation == "gate" and gate_of:  # a gate of 0 takes its edge out of the softmax
+                arguments = (slots_in, [gate_of.get(edge.name) for edge in incoming[node.name]])
+            value = graph.create_node("call_module", module_name, arguments, name=aggregate_name)
         values[index] = apply_node_op(graph, root, node, value, state.name)
 
     outputs = {task: values[plan.state_of[(ir.head_of(task).name, task)]] for task in ir.task_names}

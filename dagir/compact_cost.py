@@ -153,31 +153,23 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     return {"total": total, "per_task": per_task, "separate_total": sum(per_task.values())}
 
 
-def aggregation_parameters(aggregation: str, node_type: TensorType, inputs: int, logits: int | None = None) -> int:
+def aggregation_parameters(aggregation: str, node_type: TensorType, inputs: int) -> int:
     """Parameters of the compact module's aggregation with `inputs` slots (as
     `dagir.backends.torch_compact` builds it): `nddr` a bias-free 1x1 conv (or linear layer) plus
-    batch-norm affine; `gate` a routing layer with bias to `logits` weights (default `inputs`)."""
+    batch-norm affine; `gate` a routing layer with bias to one logit per input."""
     width = node_type.shape[0]
     if aggregation == "sum":
         return 0
     if aggregation == "nddr":
         return inputs * width * width + 2 * width
     if aggregation == "gate":
-        logits = inputs if logits is None else logits
-        return inputs * width * logits + logits
+        return inputs * width * inputs + inputs
     raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
 
 
 def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
     """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm)."""
     return 2 * node_type.shape[0] if aggregation == "nddr" else 0
-
-
-def gate_logit_counts(ir: IR) -> dict[str, int]:
-    """Routing logits of each `gate` node, where the compact lowering recorded them (a module built
-    from a supernet keeps one logit per input the supernet's node had, not only the kept ones)."""
-    slots = ir.meta.get("compact", {}).get("gate_slots", {})
-    return {node: int(entry["logits"]) for node, entry in slots.items()}
 
 
 def compact_parameters(ir: IR) -> dict[str, Any]:
@@ -191,14 +183,12 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     """
     states = compact_states(ir)
     slots = aggregation_edges(ir, states)
-    logits = gate_logit_counts(ir)
     edges = {edge.name: edge for state in states for edge, _ in state.inputs}
     nodes = {state.node.name: state.node for state in states}
     reads = Counter(name for name, _ in _edge_calls(states))
     calls = Counter(state.node.name for state in states)
     total = sum(parameter_count(e.op) for e in edges.values()) + sum(
-        parameter_count(n.op) + aggregation_parameters(n.aggregation, n.input_type, len(slots.get(name, [])),
-                                                       logits.get(name))
+        parameter_count(n.op) + aggregation_parameters(n.aggregation, n.input_type, len(slots.get(name, [])))
         for name, n in nodes.items())
     extra_norms = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
         (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
