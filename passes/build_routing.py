@@ -1,0 +1,105 @@
+"""`build-routing`: MTNAS's search space ("Boosting Share Routing for Multi-task Learning") in the IR."""
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from dagir.ir import IR, SHARED, Decision, Edge, EdgeTaskState, Node, Op, TensorType
+from dagir.pass_manager import register_pass
+
+from .staged_build import StagedBuild, task_head
+
+
+@register_pass
+class BuildRouting(StagedBuild):
+    """Layers of expert sub-networks with searched sharing routes, and a tower per task.
+
+    The stem feeds `layers` layers of `experts` experts each: node `e<l>_<k>`, which applies its
+    expert block (linear + ReLU on vectors, conv-BN-ReLU on images, `width` wide, at the stem's
+    resolution) to the `gate` aggregation of the route it reads. Candidate edges run from every
+    expert of layer l - 1 to every expert of layer l (layer 1 reads the stem alone), and from the
+    last layer to each task's tower input `tower_<t>` (owned by t, a `gate` aggregation), which its
+    head reads. Each block with more than one candidate input has a categorical decision over its
+    route (`route_<node>`): every non-empty set of at most `route_size` (None: all) of the previous
+    layer's experts; per task for the towers, and for the experts shared by every task, unless
+    `expert_scope=task`. The gate's query is the block's input features (the pooled route inputs).
+
+    `search=false` builds every route open with no decision: with one layer, that is MMoE (Ma et
+    al., 2018): shared experts, a softmax gate per task over all of them, a tower per task.
+    """
+
+    name = "build-routing"
+    layers: int = Field(2, ge=1)
+    experts: int = Field(4, ge=1)
+    width: int | None = Field(None, ge=1)
+    route_size: int | None = Field(None, ge=1)
+    expert_scope: Literal["shared", "task"] = "shared"
+    search: bool = True
+    init: float = 0.0
+
+    @model_validator(mode="after")
+    def _route_fits(self) -> "BuildRouting":
+        if self.route_size is not None and self.route_size > self.experts:
+            raise ValueError(f"route_size ({self.route_size}) cannot exceed the {self.experts} experts a route "
+                             "chooses from")
+        return self
+
+    def run(self, ir: IR) -> IR:
+        out = ir.copy()
+        tasks = out.task_names
+        x = out.input_node()
+        stem_type = self.layer_type(x.type, 0)
+        width = self.width or self.channels[0]
+        expert_type = TensorType((width, *stem_type.shape[1:]))
+        out.add_node(Node("stem", "stem", stem_type))
+        out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), _serving(tasks)))
+        previous = ["stem"]
+        for layer in range(1, self.layers + 1):
+            current = [f"e{layer}_{k}" for k in range(1, self.experts + 1)]
+            reads = stem_type if layer == 1 else expert_type
+            for name in current:
+                out.add_node(Node(name, "hidden", expert_type, in_type=reads, op=_expert_op(reads, expert_type),
+                                  index=layer, stage=0, aggregation="gate" if len(previous) > 1 else "sum"))
+                for source in previous:
+                    out.add_edge(Edge(source, name, "read_in" if layer == 1 else "internal", Op("identity"),
+                                      _serving(tasks)))
+                if self.search and len(previous) > 1:
+                    self._route(out, name, previous, tasks, shared=self.expert_scope == "shared")
+            previous = current
+        for task in out.tasks:
+            tower = f"tower_{task.name}"
+            out.add_node(Node(tower, "hidden", expert_type, index=self.layers + 1, stage=0, task=task.name,
+                              aggregation="gate" if len(previous) > 1 else "sum"))
+            for source in previous:
+                out.add_edge(Edge(source, tower, "internal", Op("identity"), _serving([task.name])))
+            if self.search and len(previous) > 1:
+                self._route(out, tower, previous, [task.name], shared=False)
+            head = task_head(task, self.head_hidden, x.type)
+            out.add_node(head)
+            out.add_edge(Edge(tower, head.name, "read_out", None, _serving([task.name])))
+        out.max_span = None
+        return out
+
+    def routes(self, sources: list[str]) -> list[tuple[str, ...]]:
+        """Every non-empty set of at most `route_size` of `sources`, smaller sets first."""
+        largest = len(sources) if self.route_size is None else min(self.route_size, len(sources))
+        return [combo for size in range(1, largest + 1) for combo in combinations(sources, size)]
+
+    def _route(self, ir: IR, block: str, sources: list[str], tasks: list[str], *, shared: bool) -> None:
+        options = tuple(tuple((source, block) for source in route) for route in self.routes(sources))
+        logits = {owner: (self.init,) * len(options) for owner in ([SHARED] if shared else tasks)}
+        ir.add_decision(Decision(f"route_{block}", "categorical", options, tuple(tasks), logits,
+                                 scope="shared" if shared else "task"))
+
+
+def _serving(tasks: list[str]) -> dict[str, EdgeTaskState]:
+    return {task: EdgeTaskState() for task in tasks}
+
+
+def _expert_op(reads: TensorType, makes: TensorType) -> Op:
+    if reads.is_image:
+        return Op("conv_bn_relu", {"c_in": reads.channels, "c_out": makes.channels, "stride": 1})
+    return Op("linear_relu", {"d_in": reads.shape[0], "d_out": makes.shape[0]})
+

@@ -1,0 +1,158 @@
+"""MTNAS's routing space (`build-routing`): categorical route decisions, the gate aggregation on a
+route (no weight leaks to an edge outside it), the supernet against the reference evaluator with
+sampled routes, the compact network with the argmax routes, and a short REINFORCE run."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dagir.backends.reference import evaluate_reference
+from dagir.backends.torch_compact import lower_compact
+from dagir.backends.torch_supernet import lower_supernet
+from dagir.ir import IR
+from dagir.ir_io import read_ir
+from dagir.pass_manager import PassManager, parse_pipeline
+from dagir.pipeline import seed_ir, spec_pipeline
+from dagir.spec import Spec
+from dagir.task_states import nodes_on_paths
+from test_compact import randomize_batch_norm
+from test_run import run_quietly
+
+PROPERTY = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def routing_spec(tasks: int, image: bool, width: int = 4) -> Spec:
+    return Spec(tasks=[{"name": f"t{i}", "kind": "regression"} for i in range(tasks)],
+                network={"input": {"shape": [1, 6, 6] if image else [5]}, "stem": {"channels": width - 1},
+                         "central": {"nodes": 2, "stages": 1, "channels": [width]}, "heads": {"hidden": width}})
+
+
+def build(spec: Spec, options: str) -> IR:
+    return PassManager(spec_pipeline([f"build-routing{{{options}}}", "legalize-types", "attach-gates"], spec)).run(
+        seed_ir(spec))
+
+
+@st.composite
+def routing_spaces(draw):
+    experts = draw(st.integers(1, 3))
+    options = (f"layers={draw(st.integers(1, 3))}, experts={experts}, "
+               f"route_size={draw(st.integers(1, experts))}, expert_scope={draw(st.sampled_from(['shared', 'task']))}")
+    ir = build(routing_spec(draw(st.integers(1, 3)), draw(st.booleans())), options)
+    rng = random.Random(draw(st.integers(0, 2 ** 16)))
+    for name, decision in ir.decisions.items():
+        ir.decisions[name] = decision.with_logits(
+            {owner: [rng.uniform(-2, 2) for _ in decision.options] for owner in decision.logits})
+    return ir, draw(st.integers(0, 2 ** 16))
+
+
+def test_routes_are_every_set_up_to_the_route_size():
+    ir = build(routing_spec(2, image=False), "layers=2, experts=3, route_size=2")
+    expert_route = ir.decisions["route_e2_1"]
+    assert expert_route.kind == "categorical" and expert_route.scope == "shared" and len(expert_route.options) == 6
+    assert {len(option) for option in expert_route.options} == {1, 2}
+    tower = ir.decisions["route_tower_t1"]
+    assert tower.tasks == ("t1",) and tower.scope == "task"
+    assert "route_e1_1" not in ir.decisions, "layer 1 reads the stem alone"
+    mmoe = build(routing_spec(2, image=False), "layers=1, experts=3, search=false")
+    assert not mmoe.decisions and mmoe.nodes["tower_t0"].aggregation == "gate"
+
+
+@PROPERTY
+@given(routing_spaces())
+def test_sampled_routes_lower_like_the_reference(case):
+    ir, seed = case
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    randomize_batch_norm(module, seed)
+    module.gates.generator = torch.Generator().manual_seed(seed)
+    drawn = module.gates.sample()
+    module.gates.fix(drawn)
+    module.gates.mode = "fixed"
+    x = torch.randn(3, *ir.input_node().type.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    fixed = module.gates.values_by_decision(drawn)
+    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+    for mode in ("soft", "hard"):
+        module.gates.mode = mode
+        torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode=mode))
+
+
+@PROPERTY
+@given(routing_spaces())
+def test_the_compact_network_holds_the_argmax_routes_and_equals_the_hard_supernet(case):
+    ir, seed = case
+    reduced = PassManager(parse_pipeline(["discretize", "flow-reduce{enabled=false}", "share-states"],
+                                         needs_build=False)).run(ir)
+    for name, decision in reduced.decisions.items():
+        block = decision.name[len("route_"):]
+        for task in decision.tasks:
+            chosen = set(decision.options[decision.chosen[task]])
+            kept = {key for key in decision.edges() if key in reduced.edges and reduced.edges[key].is_active(task)}
+            # a block no task's route reaches is deleted with its edges; a live one reads its whole route
+            assert kept == (chosen if block in nodes_on_paths(reduced, task) else set())
+    supernet = lower_supernet(ir, dtype=torch.float64).eval()
+    randomize_batch_norm(supernet, seed)
+    supernet.gates.mode = "hard"
+    compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
+    x = torch.randn(3, *ir.input_node().type.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(compact(x), supernet(x))
+
+
+def test_no_weight_leaks_to_an_expert_outside_the_route():
+    torch.manual_seed(0)
+    ir = build(routing_spec(2, image=False, width=16), "layers=1, experts=2")
+    ir.decisions["route_tower_t0"] = ir.decisions["route_tower_t0"].with_logits({"t0": [5.0, 0.0, 0.0]})  # {e1_1}
+    ir.decisions["route_tower_t1"] = ir.decisions["route_tower_t1"].with_logits({"t1": [0.0, 0.0, 5.0]})  # both
+    module = lower_supernet(ir, dtype=torch.float64).eval()
+    module.gates.mode = "hard"
+    x = torch.randn(64, 5, dtype=torch.float64)
+    before = module(x)
+    with torch.no_grad():
+        module.op_e1_2[0].weight.add_(1.0)
+    after = module(x)
+    torch.testing.assert_close(after["t0"], before["t0"])  # e1_2 is outside t0's route: no weight, no effect
+    assert not torch.allclose(after["t1"], before["t1"])
+
+
+MTNAS_TINY = """\
+name: tiny-mtnas
+seed: 1
+data: {dataset: mmoe_synthetic, options: {samples: 600, dim: 8}, batch_size: 32}
+tasks:
+  - {name: a, kind: regression}
+  - {name: b, kind: regression}
+network:
+  stem: {channels: 8}
+  central: {nodes: 2, stages: 1, channels: [8], edge_op: mlp}
+  heads: {hidden: 8}
+search:
+  squeeze: {kind: none}
+pipeline:
+  before_search: ["build-routing{layers=2, experts=3}", legalize-types, attach-gates]
+  after_search: [discretize, "flow-reduce{enabled=false}", share-states]
+train:
+  warmup: {epochs: 1, lr: 0.01}
+  search: {epochs: 2, lr: 0.01, gate_lr: 0.1, strategy: reinforce, split: 0.3}
+  finetune: {epochs: 1, lr: 0.005}
+  device: cpu
+"""
+
+
+def test_mtnas_runs_end_to_end_with_reinforce(tmp_path):
+    spec = tmp_path / "mtnas.yaml"
+    spec.write_text(MTNAS_TINY)
+    metrics = run_quietly(spec, tmp_path / "run")
+    searched = read_ir(tmp_path / "run" / "architecture.json")
+    compact = read_ir(tmp_path / "run" / "compact.json")
+    moved = [d for d in searched.decisions.values() if any(max(v) != min(v) for v in d.logits.values())]
+    assert moved, "the policy gradient moved the route logits"
+    for decision in compact.decisions.values():
+        block = decision.name[len("route_"):]
+        for task in decision.tasks:
+            kept = {key for key in decision.edges() if compact.edges[key].is_active(task)}
+            chosen = set(decision.options[decision.chosen[task]])
+            assert kept == (chosen if block in nodes_on_paths(compact, task) else set())
+    assert set(metrics["test"]) == {"a", "b"}
+    assert metrics["compact"]["parameters"] < metrics["supernet"]["parameters"]
