@@ -100,7 +100,8 @@ def parse_pass(text: str, options: Options | None = None) -> Pass:
     except ValidationError as err:
         first = err.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
-        raise PipelineError(f"pass {name!r}: option {field!r}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise PipelineError(f"pass {name!r}: option {field!r}: {message}" if field else f"pass {name!r}: {message}") from None
 
 
 def _read_value(raw: str) -> Any:

@@ -377,7 +377,7 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
 
 def _check_limits(spec: Spec, source: SpecSource, passes: list) -> None:
     """The network's size against `limits`: nodes and widths first, then (building the IR, now
-    cheap) its parameters."""
+    cheap) its parameters; and that the search strategy has the decisions it needs."""
     limits, network = spec.limits, spec.network
     if network.central.nodes > limits.nodes:
         raise source.error(("network", "central", "nodes"), f"{network.central.nodes:,} nodes are more than "
@@ -393,7 +393,14 @@ def _check_limits(spec: Spec, source: SpecSource, passes: list) -> None:
     from .pass_manager import PassManager
     from .pipeline import seed_ir
 
-    parameters = count_parameters(PassManager(passes, verify_each=False).run(seed_ir(spec)))
+    built = PassManager(passes, verify_each=False).run(seed_ir(spec))
+    stage = spec.train.search
+    if stage.strategy == "reinforce" and stage.epochs and not any(
+            d.kind == "categorical" for d in built.decisions.values()):
+        raise source.error(("train", "search", "strategy"), "reinforce samples categorical decisions, and this "
+                           "search space has none (its gates are bernoulli): use strategy gradient, or a build "
+                           "pass with routes such as build-routing")
+    parameters = count_parameters(built)
     if parameters > limits.parameters:
         raise source.error(("network",), f"the search space holds {parameters:,} parameters, more than "
                                          f"limits.parameters ({limits.parameters:,}); raise limits.parameters "

@@ -107,3 +107,17 @@ def test_delta_mtl_follows_each_tasks_chosen_metric():
     results = {"single_task": {0: {"test": {"depth": {"delta1": 0.5}}, "parameters": 1, "macs": 1, "seconds": 1}},
                "searched": {0: {"test": {"depth": {"delta1": 0.6}}, "parameters": 1, "macs": 1, "seconds": 1}}}
     assert summarise(spec, results)["rows"]["searched"]["delta_mtl"]["mean"] == pytest.approx(20.0)
+
+
+def test_mtnas_and_mmoe_are_bench_methods(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    out = tmp_path / "bench"
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "mtnas,mmoe,single_task", "--no-progress")
+    assert code == 0, stderr
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["runs"]) == ["mtnas", "mmoe", "single_task"]
+    mtnas = (out / "mtnas-seed3" / "spec.resolved.yaml").read_text()
+    assert "strategy: reinforce" in mtnas and "build-routing" in mtnas
+    assert [row["stage"] for row in json.loads((out / "mmoe-seed3" / "history.json").read_text())] == ["warmup"] * 5
+    assert "delta_mtl" in results["table"]["rows"]["mtnas"]

@@ -2,8 +2,8 @@
 
 A method is a partial spec laid over the bench's spec: the same data, tasks and seed, its own
 build pass, decisions, strategy and stages. `searched` is the bench spec itself (the paper's
-method). The built-in ones are the YAML files beside this module — `mtl_nas`, `single_task`,
-`hard_sharing`, `cross_stitch` — and a user's own method is a file of the same form, named by its
+method). The built-in ones are the YAML files beside this module — `mtl_nas`, `mtnas`, `mmoe`,
+`single_task`, `hard_sharing`, `cross_stitch` — and a user's own method is a file of the same form, named by its
 path in `--methods` or `bench.methods` (its name in the table is the file's stem):
 
     # my_method.yaml: hard sharing with a wider trunk
@@ -18,7 +18,7 @@ set) are spent, so every method gets the same number: `same` (as the merged spec
 fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`.
 
 >>> sorted(BUILT_IN)
-['cross_stitch', 'hard_sharing', 'mtl_nas', 'searched', 'single_task']
+['cross_stitch', 'hard_sharing', 'mmoe', 'mtl_nas', 'mtnas', 'searched', 'single_task']
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..spec import Spec, SpecSource, check_spec_semantics, validate_spec
 from ..spec_loader import read_spec_file
 
 HERE = Path(__file__).parent
-BUILT_IN: tuple[str, ...] = ("searched", "mtl_nas", "single_task", "hard_sharing", "cross_stitch")
+BUILT_IN: tuple[str, ...] = ("searched", "mtl_nas", "mtnas", "mmoe", "single_task", "hard_sharing", "cross_stitch")
 BUDGETS: tuple[str, ...] = ("same", "one-stage", "search-takes-finetune")
 FIXED_SECTIONS: tuple[str, ...] = ("data", "tasks", "seed", "bench")
 
