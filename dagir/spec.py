@@ -217,6 +217,7 @@ class LimitsSpec(Strict):
     10^8 nodes) fails at once and says which bound it hit; raise a bound here to go past it."""
 
     nodes: int = Field(1024, ge=1)
+    edges: int = Field(100_000, ge=1)
     width: int = Field(16384, ge=1)
     parameters: int = Field(2_000_000_000, ge=1)
 
@@ -382,6 +383,13 @@ def _check_limits(spec: Spec, source: SpecSource, passes: list) -> None:
     if network.central.nodes > limits.nodes:
         raise source.error(("network", "central", "nodes"), f"{network.central.nodes:,} nodes are more than "
                            f"limits.nodes ({limits.nodes:,}); raise limits.nodes to allow them")
+    nodes, span = network.central.nodes, network.flow_restriction.max_span
+    span = nodes - 1 if span is None else min(span, nodes - 1)
+    edges = span * nodes - span * (span + 1) // 2 + 2 * nodes * (1 + len(spec.tasks))  # the central DAG's
+    if edges > limits.edges:
+        raise source.error(("network", "flow_restriction", "max_span"), f"{nodes:,} nodes with max_span {span:,} "
+                           f"make about {edges:,} edges, more than limits.edges ({limits.edges:,}); lower max_span, "
+                           "or raise limits.edges")
     widths = {("network", "stem", "channels"): network.stem.channels, ("network", "heads", "hidden"): network.heads.hidden}
     widths.update({("network", "central", "channels") + ((i,) if isinstance(network.central.channels, list) else ()): c
                    for i, c in enumerate(network.central.stage_channels())})

@@ -67,6 +67,8 @@ def test_examples_load(name):
     ("- 1\n- 2\n", "a spec is a mapping of sections"),
     (GOOD.replace("nodes: 4, stages: 2", "nodes: 100000000, stages: 2"),
      "spec.yaml:7:13: network.central.nodes: 100,000,000 nodes are more than limits.nodes (1,024)"),
+    (GOOD.replace("nodes: 4, stages: 2", "nodes: 1000, stages: 2") + "  flow_restriction: {max_span: null}\n",
+     "network.flow_restriction.max_span: 1,000 nodes with max_span 999 make about 505,500 edges, more than limits.edges"),
     (GOOD.replace("channels: [8, 16]", "channels: [8, 1000000000000]"),
      "network.central.channels.1: a width of 1,000,000,000,000 is more than limits.width"),
     (GOOD.replace("channels: [8, 16]", "channels: [8, 16000]") + "limits: {width: 20000}\n",
