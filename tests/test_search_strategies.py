@@ -99,7 +99,9 @@ def test_two_split_alternating_never_shows_a_sample_to_both_steps(tmp_path, tiny
 
 
 @pytest.mark.parametrize("overrides", [
-    ["train.search.strategy=reinforce", "train.search.split=0.5"],
+    ["train.search.strategy=reinforce", "train.search.split=0.5",
+     "pipeline.before_search=['build-routing{layers=2, experts=2}', legalize-types, attach-gates]",
+     "pipeline.after_search=[discretize, 'flow-reduce{enabled=false}', share-states]"],
     ["train.search.mode=alternating", "train.search.split=0.5", "train.search.train_weights=true",
      "train.search.weight_relaxation=relaxed-bernoulli"],
 ])
