@@ -11,10 +11,15 @@ from test_run import TINY
 from dagir.tasks import delta_mtl
 
 
-def test_bench_compares_searched_network_with_baselines(tmp_path):
+def tiny_bench(tmp_path):
+    """The tiny spec written out, and the bench folder beside it."""
     spec = tmp_path / "tiny.yaml"
     spec.write_text(TINY)
-    out = tmp_path / "bench"
+    return spec, tmp_path / "bench"
+
+
+def test_bench_compares_searched_network_with_baselines(tmp_path):
+    spec, out = tiny_bench(tmp_path)
     code, stdout, stderr = dagir("bench", str(spec), "-o", str(out), "--seeds", "2", "--no-progress")
     assert code == 0, stderr
     for name in ("table.md", "table.csv", "results.json", "comparison.png"):
@@ -40,9 +45,7 @@ def test_bench_compares_searched_network_with_baselines(tmp_path):
 
 
 def test_bench_resume_trains_only_what_is_not_finished(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY)
-    out = tmp_path / "bench"
+    spec, out = tiny_bench(tmp_path)
     first = ("bench", str(spec), "-o", str(out), "--methods", "searched,hard_sharing", "--no-progress")
     code, _, stderr = dagir(*first, "--seeds", "1")
     assert code == 0, stderr
@@ -62,13 +65,11 @@ def test_bench_resume_trains_only_what_is_not_finished(tmp_path):
 
 
 def test_a_method_of_ones_own_is_a_spec_file(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY)
+    spec, out = tiny_bench(tmp_path)
     (tmp_path / "wide_trunk.yaml").write_text(
         "budget: one-stage\nnetwork: {central: {channels: [24, 24]}}\n"
         "pipeline: {before_search: [build-hard-sharing, legalize-types, attach-gates], "
         "after_search: [discretize, share-states]}\n")
-    out = tmp_path / "bench"
     code, stdout, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "hard_sharing,wide_trunk.yaml",
                                  "--no-progress")
     assert code == 0, stderr
@@ -84,10 +85,8 @@ def test_a_method_of_ones_own_is_a_spec_file(tmp_path):
 
 
 def test_bad_methods_exit_2_before_any_training(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY)
+    spec, out = tiny_bench(tmp_path)
     (tmp_path / "cheat.yaml").write_text("data: {batch_size: 8}\n")
-    out = tmp_path / "bench"
     for methods, message in (("searched,magic", "unknown method 'magic'"),
                              ("cheat.yaml", "cheat.yaml:1:1: data: a method may not set 'data'"),
                              ("hard_sharing,hard_sharing", "method 'hard_sharing' is named twice")):
@@ -110,9 +109,7 @@ def test_delta_mtl_follows_each_tasks_chosen_metric():
 
 
 def test_mtnas_and_mmoe_are_bench_methods(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text(TINY)
-    out = tmp_path / "bench"
+    spec, out = tiny_bench(tmp_path)
     code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "mtnas,mmoe,single_task", "--no-progress")
     assert code == 0, stderr
     results = json.loads((out / "results.json").read_text())
