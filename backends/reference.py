@@ -74,7 +74,8 @@ def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.
             aggregate = modules.get_submodule(aggregation_module_name(node))
             slots = [terms.get(edge.name) for edge in incoming[name]]
             if node.aggregation == "gate":  # a gate of exactly 0 takes its edge out of the softmax
-                value = aggregate(slots, [gates.get(edge.name) for edge in incoming[name]])
+                value = aggregate(slots, [gates.get(edge.name) for edge in incoming[name]],
+                                  x if node.query == "input" else None)
             else:
                 value = aggregate(slots)
         if node.op is not None:

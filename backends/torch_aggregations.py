@@ -52,9 +52,10 @@ class NddrAggregation(nn.Module):
 
 
 class GateAggregation(nn.Module):
-    """Input-dependent soft sharing (MTNAS, MMoE): a linear layer on the globally pooled
-    concatenation of the inputs (the query; zeros in an empty slot) gives one routing logit per
-    input, and a softmax over the inputs present weights them: `Σ_i w_i · input_i`.
+    """Input-dependent soft sharing (MTNAS, MMoE): a linear layer on the query gives one routing
+    logit per input, and a softmax over the inputs present weights them: `Σ_i w_i · input_i`. The
+    query is the globally pooled concatenation of the inputs (zeros in an empty slot), or, with
+    `query_width`, the (pooled) tensor passed as `query` (the network input, as MMoE's gates see).
 
     An input is absent from the softmax when its slot is empty, or when its gate (`gates[i]`, one
     value per stacked state, or one for all) is exactly 0: an edge left out of a route (a hard or
@@ -62,15 +63,15 @@ class GateAggregation(nn.Module):
     inputs as they come (`input_i` is the gated edge output). A state whose inputs are all absent
     gets zeros."""
 
-    def __init__(self, inputs: int, width: int) -> None:
+    def __init__(self, inputs: int, width: int, query_width: int | None = None) -> None:
         super().__init__()
-        self.config = dict(inputs=inputs, width=width)
-        self.route = nn.Linear(inputs * width, inputs)
+        self.config = dict(inputs=inputs, width=width, query_width=query_width)
+        self.route = nn.Linear(inputs * width if query_width is None else query_width, inputs)
 
-    def forward(self, slots: list, gates: list | None = None) -> Tensor:
+    def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
         filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        joined = torch.cat(filled, dim=1)
+        joined = torch.cat(filled, dim=1) if query is None else query
         pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
         logits = self.route(pooled)
         rows = logits.shape[0]
@@ -83,5 +84,5 @@ class GateAggregation(nn.Module):
                 absent[:, i] = off.repeat_interleave(rows // off.numel()) if off.numel() > 1 else off.expand(rows)
         absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
         weights = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=1)
-        shape = (-1,) + (1,) * (joined.dim() - 1)
+        shape = (-1,) + (1,) * (present.dim() - 1)
         return sum(weights[:, i].reshape(shape) * filled[i] for i in range(len(filled)))

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states
-from dagir.ir import IR, Edge, Node
+from dagir.ir import IR, Edge, Node, TensorType
 
 from .torch_aggregations import GateAggregation, NddrAggregation
 from .torch_ops import build_op
@@ -139,12 +139,12 @@ def _state_names(states: list[CompactState]) -> dict[StateKey, str]:
     return names
 
 
-def _aggregation_module(node: Node, inputs: int) -> nn.Module:
+def _aggregation_module(node: Node, inputs: int, network_input: TensorType) -> nn.Module:
     width, image = node.input_type.channels, node.input_type.is_image
     if node.aggregation == "nddr":
         return NddrAggregation(inputs, width, image)
     if node.aggregation == "gate":
-        return GateAggregation(inputs, width)
+        return GateAggregation(inputs, width, network_input.channels if node.query == "input" else None)
     raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
 
 
@@ -184,7 +184,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
     for state in states:
         node, name = state.node, names[state.key]
         if node.kind == "input":
-            values[state.key] = graph.placeholder("x")
+            values[state.key] = network_input = graph.placeholder("x")
             continue
         sole = len(state.inputs) == 1 and node.aggregation == "sum" and node.op is None
         terms = {edge.name: edge_output(edge, source, name if sole else None) for edge, source in state.inputs}
@@ -198,9 +198,10 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
         else:
             module_name = aggregation_module_name(node)
             if not hasattr(root, module_name):
-                root.add_module(module_name, _aggregation_module(node, len(slots[node.name])))
+                root.add_module(module_name, _aggregation_module(node, len(slots[node.name]), ir.input_node().type))
             inputs = [terms.get(edge.name) for edge in slots[node.name]]
-            value = graph.create_node("call_module", module_name, (inputs,), name=aggregate_name)
+            arguments = (inputs, None, network_input) if node.query == "input" else (inputs,)
+            value = graph.create_node("call_module", module_name, arguments, name=aggregate_name)
         values[state.key] = apply_node_op(graph, root, node, value, name)
 
     index = {(state.node.name, task): state.key for state in states for task in state.tasks}
@@ -242,7 +243,8 @@ def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, 
     if isinstance(child, NddrAggregation):
         child.fuse.weight.copy_(source.fuse.weight[:, columns])
         child.bn.load_state_dict(source.bn.state_dict())
-    else:  # the routing logits of the kept inputs, over their features
+    else:  # the routing logits of the kept inputs, over their features (or over the whole query)
         rows = torch.tensor(kept, dtype=torch.long)
-        child.route.weight.copy_(source.route.weight[rows][:, columns])
+        weight = source.route.weight[rows]
+        child.route.weight.copy_(weight if child.config["query_width"] is not None else weight[:, columns])
         child.route.bias.copy_(source.route.bias[rows])

@@ -128,15 +128,15 @@ def build_op(op: Op) -> nn.Module:
 
 # -- aggregation ----------------------------------------------------------------------------------
 def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, own: Sequence[bool] | None = None,
-                      fusion: tuple[float, float] | None = None) -> nn.Module | None:
+                      fusion: tuple[float, float] | None = None, query_width: int | None = None) -> nn.Module | None:
     """The module combining `inputs` incoming edges into a node of `node_type`; None for `sum`.
-    `own` marks the slots that are the node's own inputs (not cross edges) and `fusion` the
-    NDDR initialisation (`Node.fusion`)."""
+    `own` marks the slots that are the node's own inputs (not cross edges), `fusion` the NDDR
+    initialisation (`Node.fusion`), `query_width` the width of a gate's own query (`Node.query`)."""
     if aggregation == "sum":
         return None
     if aggregation == "nddr":
         return NddrAggregation(inputs, node_type.channels, node_type.is_image,
                                None if own is None else list(own), fusion)
     if aggregation == "gate":
-        return GateAggregation(inputs, node_type.channels)
+        return GateAggregation(inputs, node_type.channels, query_width)
     raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")

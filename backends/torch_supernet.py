@@ -50,7 +50,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, fx, nn
 
-from dagir.ir import IR, Edge, Node
+from dagir.ir import IR, Edge, Node, TensorType
 from dagir.task_states import state_owner
 
 from .torch_gates import GateTable, import_logits
@@ -75,10 +75,12 @@ def aggregation_module_name(node: Node) -> str:
     return f"node_{node.name}"
 
 
-def node_aggregation(node: Node, in_edges: list[Edge]) -> nn.Module | None:
+def node_aggregation(node: Node, in_edges: list[Edge], network_input: TensorType) -> nn.Module | None:
     """The aggregation module of `node` over its in-edges (in `IR.in_edges()` order)."""
+    query_width = network_input.channels if node.query == "input" else None
     return build_aggregation(node.aggregation, len(in_edges), node.input_type,
-                             own=[edge.kind != "cross" for edge in in_edges], fusion=node.fusion)
+                             own=[edge.kind != "cross" for edge in in_edges], fusion=node.fusion,
+                             query_width=query_width)
 
 
 # -- planning: which states exist, and what each is made of ---------------------------------------
@@ -402,19 +404,30 @@ class _BatchedGraph:
         gate = self.call("call_method", "view", (gate, (count,) + (1,) * width), name=f"gate_{edge.name}")
         return self.call("call_function", operator.mul, (value, gate), name=f"gated_{edge.name}"), count
 
-    def with_gates(self, node: Node, slots: list, in_edges: list[Edge], group: list[int] | None) -> tuple:
-        """A `gate` aggregation's call arguments: its slots and, where an edge is gated, the gate of
-        each state the call computes (`group`: those states; None: all), so a gate of 0 takes the
-        edge out of the softmax. Other aggregations take the slots alone."""
-        if node.aggregation != "gate" or not any(edge.name in self.gate_of for edge in in_edges):
+    def with_gates(self, node: Node, slots: list, in_edges: list[Edge], group: list[int] | None,
+                   count: int) -> tuple:
+        """A `gate` aggregation's call arguments: its slots; where an edge is gated, the gate of
+        each state the call computes (`group`: those states; None: all `count`), so a gate of 0
+        takes the edge out of the softmax; and, for `query="input"`, the network input once per
+        state. Other aggregations take the slots alone."""
+        if node.aggregation != "gate":
             return (slots,)
-        gates = []
-        for slot, edge in zip(slots, in_edges):
-            gate = self.gate_of.get(edge.name) if slot is not None else None
-            if gate is not None and group is not None:
-                gate = self.call("call_function", operator.getitem, (gate, group[0] if len(group) == 1 else group))
-            gates.append(gate)
-        return (slots, gates)
+        gates = None
+        if any(edge.name in self.gate_of for edge in in_edges):
+            gates = []
+            for slot, edge in zip(slots, in_edges):
+                gate = self.gate_of.get(edge.name) if slot is not None else None
+                if gate is not None and group is not None:
+                    gate = self.call("call_function", operator.getitem, (gate, group[0] if len(group) == 1 else group))
+                gates.append(gate)
+        if node.query != "input":
+            return (slots,) if gates is None else (slots, gates)
+        states = count if group is None else len(group)
+        query = self.values["input"]
+        if states > 1:
+            width = len(self.ir.input_node().type.shape) + 1
+            query = self.flatten(self.call("call_method", "unsqueeze", (query, 0)), 1, states, width)
+        return (slots, gates, query)
 
     def flatten(self, value: fx.Node, leading: int, count: int, width: int, name: str | None = None) -> fx.Node:
         """A `[leading, B, ...]` term for `count` states as one `[count·B, ...]` tensor."""
@@ -467,7 +480,7 @@ class _BatchedGraph:
     def aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                   terms: dict[str, tuple[fx.Node, int]], count: int, width: int, name: str) -> fx.Node:
         module_name = self.module(aggregation_module_name(node),
-                                  lambda: node_aggregation(node, in_edges))
+                                  lambda: node_aggregation(node, in_edges, self.ir.input_node().type))
         masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
                  for k in range(count)]
         self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
@@ -479,7 +492,7 @@ class _BatchedGraph:
         if len(groups) == 1:
             slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
                      for edge in in_edges]
-            return self.call("call_module", module_name, self.with_gates(node, slots, in_edges, None), name=name)
+            return self.call("call_module", module_name, self.with_gates(node, slots, in_edges, None, count), name=name)
         results = []
         for group in groups:
             slots = []
@@ -494,7 +507,7 @@ class _BatchedGraph:
                 if leading > 1:
                     value = self.call("call_function", operator.getitem, (value, group))
                 slots.append(self.flatten(value, 1 if leading == 1 else len(group), len(group), width))
-            results.append(self.call("call_module", module_name, self.with_gates(node, slots, in_edges, group)))
+            results.append(self.call("call_module", module_name, self.with_gates(node, slots, in_edges, group, count)))
         order = [k for group in groups for k in group]
         joined = self.call("call_function", torch.cat, (results,), name=name if order == sorted(order) else None)
         if order == sorted(order):
@@ -548,12 +561,14 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
         else:
             module_name = aggregation_module_name(node)
             if not hasattr(root, module_name):
-                root.add_module(module_name, node_aggregation(node, incoming[node.name]))
+                root.add_module(module_name, node_aggregation(node, incoming[node.name], ir.input_node().type))
             by_edge = dict(terms)
             slots_in = [by_edge.get(edge.name) for edge in incoming[node.name]]
-            arguments = (slots_in,)
-            if node.aggregation == "gate" and gate_of:  # a gate of 0 takes its edge out of the softmax
-                arguments = (slots_in, [gate_of.get(edge.name) for edge in incoming[node.name]])
+            arguments: tuple = (slots_in,)
+            if node.aggregation == "gate":  # a gate of 0 takes its edge out of the softmax
+                gates_in = [gate_of.get(edge.name) for edge in incoming[node.name]] if gate_of else None
+                arguments = (slots_in, gates_in, values[0]) if node.query == "input" else (
+                    (slots_in,) if gates_in is None else (slots_in, gates_in))
             value = graph.create_node("call_module", module_name, arguments, name=aggregate_name)
         values[index] = apply_node_op(graph, root, node, value, state.name)
 

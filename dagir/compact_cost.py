@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import UserError
 from .ir import IR, Edge, Node, TensorType
-from .ops import mac_count, norm_parameter_count, parameter_count
+from .ops import aggregation_parameter_count, mac_count, norm_parameter_count, parameter_count
 from .task_states import state_owner
 
 StateKey = tuple[str, int]  # (node name, index of the state among the node's states)
@@ -98,13 +98,14 @@ def aggregation_edges(ir: IR, states: list[CompactState]) -> dict[str, list[Edge
 
 
 # -- costs ----------------------------------------------------------------------------------------
-def aggregation_macs(aggregation: str, node_type: TensorType, inputs: int) -> int:
+def aggregation_macs(aggregation: str, node_type: TensorType, inputs: int, query_width: int | None = None) -> int:
     """Multiply-accumulates per sample of a node's aggregation over `inputs` present inputs.
 
     `sum`: none (additions are not MACs). `nddr`: the 1x1 convolution (linear layer for vectors) from
     the concatenated inputs to the node's width, `inputs·C·C` per position; batch norm and ReLU are
     not counted (batch norm folds into the convolution at inference). `gate`: the routing layer on
-    the pooled concatenation, `inputs·C·inputs`, plus the weighted sum, `inputs·C·H·W`. Inputs the
+    its query (the pooled concatenation, `inputs·C`, or `query_width` features) to `inputs` logits,
+    plus the weighted sum, `inputs·C·H·W`. Inputs the
     state lacks (zeros in the module's slot) are not counted: they contribute nothing, and a network
     built for that state alone would not have them.
     """
@@ -115,14 +116,14 @@ def aggregation_macs(aggregation: str, node_type: TensorType, inputs: int) -> in
     if aggregation == "nddr":
         return inputs * width * width * positions
     if aggregation == "gate":
-        return inputs * width * inputs + inputs * width * positions
+        return (inputs * width if query_width is None else query_width) * inputs + inputs * width * positions
     raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
 
 
 def _state_macs(ir: IR, state: CompactState) -> int:
     """The node's own work for one state: its aggregation and its op (a head's MLP)."""
     node = state.node
-    return (aggregation_macs(node.aggregation, node.input_type, len(state.inputs))
+    return (aggregation_macs(node.aggregation, node.input_type, len(state.inputs), ir.query_width(node))
             + mac_count(node.op, node.input_type))
 
 
@@ -153,20 +154,6 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     return {"total": total, "per_task": per_task, "separate_total": sum(per_task.values())}
 
 
-def aggregation_parameters(aggregation: str, node_type: TensorType, inputs: int) -> int:
-    """Parameters of the compact module's aggregation with `inputs` slots (as
-    `dagir.backends.torch_compact` builds it): `nddr` a bias-free 1x1 conv (or linear layer) plus
-    batch-norm affine; `gate` a routing layer with bias to one logit per input."""
-    width = node_type.shape[0]
-    if aggregation == "sum":
-        return 0
-    if aggregation == "nddr":
-        return inputs * width * width + 2 * width
-    if aggregation == "gate":
-        return inputs * width * inputs + inputs
-    raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
-
-
 def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
     """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm)."""
     return 2 * node_type.shape[0] if aggregation == "nddr" else 0
@@ -188,7 +175,8 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     reads = Counter(name for name, _ in _edge_calls(states))
     calls = Counter(state.node.name for state in states)
     total = sum(parameter_count(e.op) for e in edges.values()) + sum(
-        parameter_count(n.op) + aggregation_parameters(n.aggregation, n.input_type, len(slots.get(name, [])))
+        parameter_count(n.op) + aggregation_parameter_count(n.aggregation, n.input_type, len(slots.get(name, [])),
+                                                            ir.query_width(n))
         for name, n in nodes.items())
     extra_norms = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
         (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
@@ -197,6 +185,7 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     for task in ir.task_names:
         own = [s for s in states if task in s.tasks]
         per_task[task] = sum(parameter_count(s.node.op)
-                             + aggregation_parameters(s.node.aggregation, s.node.input_type, len(s.inputs))
+                             + aggregation_parameter_count(s.node.aggregation, s.node.input_type, len(s.inputs),
+                                                           ir.query_width(s.node))
                              + sum(parameter_count(edge.op) for edge, _ in s.inputs) for s in own)
     return {"total": total + extra_norms, "per_task": per_task}

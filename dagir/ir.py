@@ -90,7 +90,9 @@ class Node:
     groups them by resolution; `task` marks a node owned by one task (a head, or a per-task chain).
     `fusion` initialises an `nddr` aggregation as (w_t, w_s): its 1x1 fusion starts as w_t times
     the identity on the node's own inputs and w_s / k times it on each of its k cross edges
-    (MTL-NAS); None keeps torch's random initialisation.
+    (MTL-NAS); None keeps torch's random initialisation. `query` is what a `gate` aggregation's
+    softmax looks at: `inputs` (the pooled inputs it mixes) or `input` (the network's input, as
+    MMoE's gates do).
     """
 
     name: str
@@ -103,6 +105,7 @@ class Node:
     task: str | None = None
     aggregation: Aggregation = "sum"
     fusion: tuple[float, float] | None = None
+    query: Literal["inputs", "input"] = "inputs"
 
     @property
     def input_type(self) -> TensorType:
@@ -266,6 +269,11 @@ class IR:
         owner = SHARED if decision.scope == "shared" else task
         self.decisions[edge.name] = replace(decision, logits={**decision.logits, owner: (float(logit),)})
 
+    def query_width(self, node: Node) -> int | None:
+        """The width of a `gate` node's own query (the network input's channels for
+        `query="input"`); None when it looks at the inputs it mixes."""
+        return self.input_node().type.channels if node.aggregation == "gate" and node.query == "input" else None
+
     def decision_of_edge(self) -> dict[EdgeKey, Decision]:
         """The decision governing each governed edge (the verifier checks there is at most one)."""
         return {key: decision for decision in self.decisions.values() for key in decision.edges()}
@@ -390,7 +398,7 @@ def _node_to_dict(node: Node) -> dict[str, Any]:
             "in_type": None if node.in_type is None else list(node.in_type.shape),
             "op": _op_to_dict(node.op), "index": node.index, "stage": node.stage,
             "task": node.task, "aggregation": node.aggregation,
-            "fusion": None if node.fusion is None else list(node.fusion)}
+            "fusion": None if node.fusion is None else list(node.fusion), "query": node.query}
 
 
 def _node_from_dict(raw: Mapping[str, Any]) -> Node:
@@ -398,7 +406,7 @@ def _node_from_dict(raw: Mapping[str, Any]) -> Node:
                 in_type=None if raw["in_type"] is None else TensorType(tuple(raw["in_type"])),
                 op=_op_from_dict(raw["op"]), index=raw["index"], stage=raw["stage"],
                 task=raw["task"], aggregation=raw["aggregation"],
-                fusion=None if raw.get("fusion") is None else tuple(raw["fusion"]))
+                fusion=None if raw.get("fusion") is None else tuple(raw["fusion"]), query=raw.get("query", "inputs"))
 
 
 def _edge_to_dict(edge: Edge) -> dict[str, Any]:

@@ -18,7 +18,7 @@ def count_parameters(ir: IR) -> int:
     total = sum(parameter_count(e.op) for e in ir.edges.values())
     total += sum(parameter_count(n.op) for n in ir.nodes.values())
     in_degree = _in_degree(ir)
-    total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name])
+    total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name], ir.query_width(n))
                  for n in ir.nodes.values() if n.kind == "hidden")
     return total
 
@@ -34,7 +34,7 @@ def count_macs(ir: IR) -> int:
     masked to 0 still computes them: MTL-NAS's public code evaluates that way)."""
     total = sum(mac_count(e.op, ir.nodes[e.src].type) for e in ir.edges.values())
     in_degree = _in_degree(ir)
-    total += sum(aggregation_macs(n.aggregation, n.input_type, in_degree[n.name])
+    total += sum(aggregation_macs(n.aggregation, n.input_type, in_degree[n.name], ir.query_width(n))
                  for n in ir.nodes.values() if n.kind == "hidden")
     return total + sum(mac_count(n.op, n.input_type) for n in ir.nodes.values())
 

@@ -202,12 +202,14 @@ def mac_count(op: Op | None, input_type: TensorType) -> int:
     return 0 if op is None else _rule(op).macs(op.params, input_type)
 
 
-def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degree: int) -> int:
+def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degree: int,
+                                query_width: int | None = None) -> int:
     """Parameters of a node's aggregation over `in_degree` incoming edges.
 
     `sum` has none; `nddr` is a 1x1 conv (images) or a linear layer (vectors), without bias, from the
     concatenated inputs to the node's width, then batch norm; `gate` is one linear layer (with bias)
-    from the pooled concatenation to one weight per incoming edge.
+    from its query (the pooled concatenation, or `query_width` features of its own) to one weight
+    per incoming edge.
     """
     width = node_type.shape[0]
     if aggregation == "sum" or in_degree == 0:
@@ -215,5 +217,5 @@ def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degr
     if aggregation == "nddr":
         return in_degree * width * width + 2 * width
     if aggregation == "gate":
-        return in_degree * width * in_degree + in_degree
+        return (in_degree * width if query_width is None else query_width) * in_degree + in_degree
     raise OpTypeError(f"unknown aggregation {aggregation!r}")

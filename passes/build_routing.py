@@ -24,10 +24,12 @@ class BuildRouting(StagedBuild):
     head reads. Each block with more than one candidate input has a categorical decision over its
     route (`route_<node>`): every non-empty set of at most `route_size` (None: all) of the previous
     layer's experts; per task for the towers, and for the experts shared by every task, unless
-    `expert_scope=task`. The gate's query is the block's input features (the pooled route inputs).
+    `expert_scope=task`. The gate's `query` is the block's input features (`inputs`, the pooled
+    route inputs) or the network input (`input`).
 
-    `search=false` builds every route open with no decision: with one layer, that is MMoE (Ma et
-    al., 2018): shared experts, a softmax gate per task over all of them, a tower per task.
+    `search=false` builds every route open with no decision: with one layer and `query=input`,
+    that is MMoE (Ma et al., 2018): shared experts, a softmax gate per task on the input over all
+    of them, a tower per task.
     """
 
     name = "build-routing"
@@ -36,6 +38,7 @@ class BuildRouting(StagedBuild):
     width: int | None = Field(None, ge=1)
     route_size: int | None = Field(None, ge=1)
     expert_scope: Literal["shared", "task"] = "shared"
+    query: Literal["inputs", "input"] = "inputs"
     search: bool = True
     init: float = 0.0
 
@@ -61,7 +64,8 @@ class BuildRouting(StagedBuild):
             reads = stem_type if layer == 1 else expert_type
             for name in current:
                 out.add_node(Node(name, "hidden", expert_type, in_type=reads, op=_expert_op(reads, expert_type),
-                                  index=layer, stage=0, aggregation="gate" if len(previous) > 1 else "sum"))
+                                  index=layer, stage=0, aggregation="gate" if len(previous) > 1 else "sum",
+                                  query=self.query))
                 for source in previous:
                     out.add_edge(Edge(source, name, "read_in" if layer == 1 else "internal", Op("identity"),
                                       _serving(tasks)))
@@ -71,7 +75,7 @@ class BuildRouting(StagedBuild):
         for task in out.tasks:
             tower = f"tower_{task.name}"
             out.add_node(Node(tower, "hidden", expert_type, index=self.layers + 1, stage=0, task=task.name,
-                              aggregation="gate" if len(previous) > 1 else "sum"))
+                              aggregation="gate" if len(previous) > 1 else "sum", query=self.query))
             for source in previous:
                 out.add_edge(Edge(source, tower, "internal", Op("identity"), _serving([task.name])))
             if self.search and len(previous) > 1:

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 
 from dagir.backends.reference import evaluate_reference
 from dagir.backends.torch_compact import lower_compact
-from dagir.backends.torch_supernet import lower_supernet
+from dagir.backends.torch_supernet import count_parameters, head_parameters, lower_supernet, weight_parameters
+from dagir.compact_cost import compact_parameters
+from dagir.ir_stats import count_parameters as ir_parameters
 from dagir.ir import IR
 from dagir.ir_io import read_ir
 from dagir.pass_manager import PassManager, parse_pipeline
@@ -39,7 +41,8 @@ def build(spec: Spec, options: str) -> IR:
 def routing_spaces(draw):
     experts = draw(st.integers(1, 3))
     options = (f"layers={draw(st.integers(1, 3))}, experts={experts}, "
-               f"route_size={draw(st.integers(1, experts))}, expert_scope={draw(st.sampled_from(['shared', 'task']))}")
+               f"route_size={draw(st.integers(1, experts))}, expert_scope={draw(st.sampled_from(['shared', 'task']))}, "
+               f"query={draw(st.sampled_from(['inputs', 'input']))}")
     ir = build(routing_spec(draw(st.integers(1, 3)), draw(st.booleans())), options)
     rng = random.Random(draw(st.integers(0, 2 ** 16)))
     for name, decision in ir.decisions.items():
@@ -97,6 +100,9 @@ def test_the_compact_network_holds_the_argmax_routes_and_equals_the_hard_superne
     compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
     x = torch.randn(3, *ir.input_node().type.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(compact(x), supernet(x))
+    # the cost model counts what the modules hold
+    assert compact_parameters(reduced)["total"] == count_parameters(compact)
+    assert ir_parameters(ir) == count_parameters(weight_parameters(supernet) + head_parameters(supernet))
 
 
 def test_no_weight_leaks_to_an_expert_outside_the_route():
@@ -155,3 +161,21 @@ def test_mtnas_runs_end_to_end_with_reinforce(tmp_path):
             assert kept == (chosen if block in nodes_on_paths(compact, task) else set())
     assert set(metrics["test"]) == {"a", "b"}
     assert metrics["compact"]["parameters"] < metrics["supernet"]["parameters"]
+
+
+def test_mmoe_has_the_parameters_of_a_hand_written_mmoe():
+    """One layer of E experts on the stem, a softmax gate per task on the input x, a tower per task:
+    counted by hand from the sizes, not from the IR."""
+    d, stem, width, hidden, experts, tasks = 5, 7, 8, 6, 3, 2
+    spec = Spec(tasks=[{"name": f"t{i}", "kind": "regression"} for i in range(tasks)],
+                network={"input": {"shape": [d]}, "stem": {"channels": stem},
+                         "central": {"nodes": 2, "stages": 1, "channels": [width]}, "heads": {"hidden": hidden}})
+    ir = build(spec, f"layers=1, experts={experts}, search=false, query=input")
+    module = lower_supernet(ir)
+    linear = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
+    by_hand = (linear(d, stem) + experts * linear(stem, width)          # the stem, the experts
+               + tasks * linear(d, experts)                             # a gate per task, on x
+               + tasks * (linear(width, hidden) + linear(hidden, 1)))   # a tower per task: read-out, head
+    assert sum(p.numel() for p in module.parameters()) == by_hand
+    x = torch.randn(4, d)
+    assert module.node_tower_t0.route.in_features == d and module(x)["t0"].shape == (4, 1)
