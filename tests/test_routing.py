@@ -179,3 +179,36 @@ def test_mmoe_has_the_parameters_of_a_hand_written_mmoe():
     assert sum(p.numel() for p in module.parameters()) == by_hand
     x = torch.randn(4, d)
     assert module.node_tower_t0.route.in_features == d and module(x)["t0"].shape == (4, 1)
+
+
+def test_reinforce_finds_the_route_that_carries_the_signal():
+    """Two experts, a tower that reads one of them; expert 2 is frozen at zero (it carries nothing):
+    REINFORCE's route logits converge to expert 1."""
+    from dagir.backends.torch_supernet import gate_parameters
+    from dagir.spec import TaskSpec
+    from dagir.training.search import SearchContext, make_strategy
+    from test_search_strategies import toy_batches
+
+    torch.manual_seed(0)
+    spec = Spec(tasks=[{"name": "y", "kind": "regression"}],
+                network={"input": {"shape": [4]}, "stem": {"channels": 8},
+                         "central": {"nodes": 2, "stages": 1, "channels": [8]}, "heads": {"hidden": 8}})
+    ir = build(spec, "layers=1, experts=2, route_size=1")
+    assert [option for option in ir.decisions["route_tower_y"].options] == [(("e1_1", "tower_y"),), (("e1_2", "tower_y"),)]
+    supernet = lower_supernet(ir)
+    with torch.no_grad():
+        for parameter in supernet.op_e1_2.parameters():
+            parameter.zero_()
+    weights = [p for name, p in supernet.named_parameters()
+               if name.startswith(("edge_", "node_", "op_")) and not name.startswith("op_e1_2")]
+    stage = Spec(tasks=spec.tasks, train={"search": {"strategy": "reinforce", "gate_lr": 0.1, "lr": 0.01}}).train.search
+    squeeze = Spec(tasks=spec.tasks, search={"squeeze": {"kind": "none"}}).search.squeeze
+    held = list(toy_batches(1, 50))
+    context = SearchContext(supernet, stage, squeeze, [TaskSpec(name="y", kind="regression")], supernet,
+                            weights, head_parameters(supernet), 0, arch_batch=lambda epoch, index: held[index % 50])
+    strategy = make_strategy(context)
+    for index, batch in enumerate(toy_batches(0, 300)):
+        strategy.step(batch, 0, index)
+    probabilities = torch.softmax(gate_parameters(supernet)[0].detach()[0], dim=0)
+    assert probabilities[0] > 0.9, probabilities
+    assert all(float(p.detach().abs().sum()) == 0.0 for p in supernet.op_e1_2.parameters())
