@@ -125,8 +125,25 @@ def render(dot_text: str, path_without_suffix: Path, formats: Sequence[str] = ("
 
 
 # -- nodes ----------------------------------------------------------------------------------------
+def _route_notes(ir: IR) -> dict[str, str]:
+    """Per block with a categorical route decision: how many candidate routes it has and, once
+    discretised, the route each task chose (the sources it reads)."""
+    notes: dict[str, str] = {}
+    for decision in ir.decisions.values():
+        blocks = {dst for _, dst in decision.edges()}
+        if decision.kind != "categorical" or len(blocks) != 1:
+            continue
+        text = f"{len(decision.options)} routes"
+        for task, index in (decision.chosen or {}).items():
+            sources = ", ".join(src for src, _ in decision.options[index]) or "-"
+            text += f"\n{task} ← {sources}"
+        notes[blocks.pop()] = text
+    return notes
+
+
 def _node_lines(ir: IR, colours: Mapping[str, str]) -> list[str]:
     lines: list[str] = []
+    notes = _route_notes(ir)
     by_stage: dict[int, list[Node]] = defaultdict(list)
     loose: list[Node] = []
     for node in ir.hidden_nodes():
@@ -144,15 +161,15 @@ def _node_lines(ir: IR, colours: Mapping[str, str]) -> list[str]:
         for node in members:
             by_task[node.task].append(node)
         for node in by_task.pop(None, []):
-            lines.append("    " + _node_line(node, colours))
+            lines.append("    " + _node_line(node, colours, notes.get(node.name)))
         for task, owned in by_task.items():
             colour = colours.get(task, SHARED_COLOUR)
             lines.append(f"    subgraph {_quote(f'cluster_stage_{stage}_task_{task}')} {{")
             lines.append(f"      graph [label={_quote(f'task {task}')}, style=rounded, color={_quote(colour)}];")
-            lines.extend("      " + _node_line(node, colours) for node in owned)
+            lines.extend("      " + _node_line(node, colours, notes.get(node.name)) for node in owned)
             lines.append("    }")
         lines.append("  }")
-    lines.extend("  " + _node_line(node, colours) for node in loose)
+    lines.extend("  " + _node_line(node, colours, notes.get(node.name)) for node in loose)
     for kind, rank in (("input", "source"), ("head", "sink")):
         names = " ".join(_quote(n.name) for n in ir.nodes_of_kind(kind))
         if names:
@@ -160,9 +177,10 @@ def _node_lines(ir: IR, colours: Mapping[str, str]) -> list[str]:
     return lines
 
 
-def _node_line(node: Node, colours: Mapping[str, str]) -> str:
+def _node_line(node: Node, colours: Mapping[str, str], note: str | None = None) -> str:
     shape = NODE_SHAPES.get(node.kind, "box")
-    attrs = {"label": _node_label(node), "shape": shape, "tooltip": _node_tooltip(node)}
+    label = _node_label(node) + (f"\n{note}" if note else "")
+    attrs = {"label": label, "shape": shape, "tooltip": _node_tooltip(node)}
     if node.kind in ("input", "stem"):
         attrs["fillcolor"] = "#E8E8E8"
     elif node.task is not None:
@@ -271,7 +289,7 @@ def _penwidth(weight: float, extra: float = 0.0) -> str:
 def _legend_html(ir: IR, colours: Mapping[str, str], edge_widths: str) -> str:
     last_pass = ir.provenance[-1] if ir.provenance else "(no pass)"
     summary = ir.summary()
-    width_note = {"gate": "width = σ(gate logit)", "flow": "width = flow / task's total flow",
+    width_note = {"gate": "width = gate (σ(logit); a route edge: its routes' softmax)", "flow": "width = flow / task's total flow",
                   "none": "uniform width"}[edge_widths]
     swatches = [(colour, task) for task, colour in colours.items()]
     swatches.append((SHARED_COLOUR, "all tasks, same weight"))

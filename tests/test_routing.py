@@ -212,3 +212,13 @@ def test_reinforce_finds_the_route_that_carries_the_signal():
     probabilities = torch.softmax(gate_parameters(supernet)[0].detach()[0], dim=0)
     assert probabilities[0] > 0.9, probabilities
     assert all(float(p.detach().abs().sum()) == 0.0 for p in supernet.op_e1_2.parameters())
+
+
+def test_drawings_show_each_blocks_routes_and_the_chosen_one():
+    from dagir.backends.graphviz_dot import to_dot
+
+    ir = build(routing_spec(2, image=False), "layers=1, experts=2")
+    ir.decisions["route_tower_t0"] = ir.decisions["route_tower_t0"].with_logits({"t0": [0.0, 4.0, 0.0]})
+    assert "tower_t0\\nhidden [4] · gate\\n3 routes" in to_dot(ir)
+    chosen = PassManager(parse_pipeline(["discretize"], needs_build=False)).run(ir)
+    assert "3 routes\\nt0 ← e1_2" in to_dot(chosen)

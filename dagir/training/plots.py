@@ -44,7 +44,8 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> None:
 
 
 def plot_gate_heatmaps(ir: IR, path: Path) -> None:
-    """One heatmap per task: gate σ(logit) of every edge into (rows) and out of (columns) each node.
+    """One heatmap per task: the gate of every edge into (rows) and out of (columns) each node (σ(logit),
+    or for a route edge the summed probability of the routes through it).
 
     Rows are destinations (hidden nodes, then the task's head), columns sources (stem, hidden nodes);
     blank cells have no edge. Titles give each task's mean gate.
@@ -77,7 +78,7 @@ def plot_gate_heatmaps(ir: IR, path: Path) -> None:
     for axis in list(axes.flat)[len(tasks):]:
         axis.axis("off")
     if image is not None:
-        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="gate σ(logit)")
+        figure.colorbar(image, ax=axes.ravel().tolist(), shrink=0.7, label="gate: the edge's probability of being on")
     figure.supylabel("to", fontsize=8)
     figure.savefig(path, dpi=110)
     plt.close(figure)
