@@ -43,7 +43,7 @@ def test_overrides_use_dotted_keys_and_list_indices(tmp_path):
     assert spec.network.flow_restriction.max_span is None
 
 
-@pytest.mark.parametrize("name", ["multimnist.yaml", "digits.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
 def test_examples_load(name):
     assert load_spec(EXAMPLES / name).tasks
 
