@@ -7,7 +7,7 @@
     lower the compact network (weights from the supernet) -> fine-tune -> evaluate -> export
 
 OUT/
-  spec.resolved.yaml, run.json (where the run is), history.json, metrics.json
+  spec.resolved.yaml, history.json, metrics.json, .dagir.lock (who holds the folder)
   passes/before-search/NN-name.json|.dot|.svg, passes/after-search/...
   supernet.py, supernet.rewrites.json (the lowering's named rewrites: edge fusion), architecture.json (the searched IR with its gates), compact.json (the compact IR)
   compact.py + compact.safetensors (the exported network), gates.png, curves.png

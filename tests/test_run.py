@@ -127,7 +127,8 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_pa
 
     patch_loss(monkeypatch, exploding)
     out = tmp_path / "run"
-    with pytest.raises(UserError, match="training diverged in search epoch 1 step 3"):
+    with pytest.raises(UserError, match="training diverged in search epoch 1 step 3: the loss is nan; the last "
+                                        "good checkpoint is kept"):
         run_quietly(tiny_spec, out)
     state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert (state["stage"], state["epoch"], state["step"]) == ("warmup", 2, 0)
@@ -284,3 +285,15 @@ def test_a_killed_run_leaves_no_stale_lock(tmp_path, tiny_spec):
     first.wait(timeout=30)
     code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--overwrite", "--no-progress")
     assert code == 0, stderr
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path, tiny_spec, monkeypatch):
+    real_loss = training_loop.multitask_loss
+
+    def exploding(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    patch_loss(monkeypatch, exploding)
+    with pytest.raises(UserError, match="warmup epoch 1 step 1: the loss is nan; no checkpoint was written before it"):
+        run_quietly(tiny_spec, tmp_path / "run")

@@ -140,7 +140,7 @@ class StageLoop:
                 if not math.isfinite(loss):
                     bar.close()
                     raise DivergedError(f"training diverged in {self.name} epoch {epoch + 1} step {step + 1}: "
-                                        f"the loss is {loss}; the last good checkpoint is kept (try a lower lr)")
+                                        f"the loss is {loss}")
                 running.loss += loss
                 running.squeeze += squeeze
                 running.steps += 1

@@ -18,8 +18,8 @@ from torch import nn
 from ..datasets.splits import Split, TaskData
 from ..spec import Spec, StageSpec
 from .checkpoint import save_checkpoint
-from .loop import (EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed, evaluate,
-                   flatten_metrics, make_optimizer, supervised_step)
+from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
+                   evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .schedules import set_learning_rates, squeeze_ramp, temperature
 
 Echo = Callable[[str], None]
@@ -89,7 +89,12 @@ class StageRunner:
             position = Position(state["epoch"], state["step"])
             raw = state.get("totals") or {}
             totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
-        loop.run(position, totals)
+        try:
+            loop.run(position, totals)
+        except DivergedError as err:
+            kept = ("the last good checkpoint is kept" if self.checkpoint_path.is_file()
+                    else "no checkpoint was written before it")
+            raise DivergedError(f"{err}; {kept} (try a lower lr)") from None
         self.stage_seconds[name] = time.perf_counter() - started
 
 
