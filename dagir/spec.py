@@ -307,7 +307,7 @@ def validate_spec(data: dict[str, Any], source: SpecSource) -> Spec:
 
 def _describe(error: dict[str, Any]) -> str:
     kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    shown = f" (got {value!r})" if not isinstance(value, (dict, list)) else ""
+    shown = f" (got {_shorten(repr(value))})" if not isinstance(value, (dict, list)) else ""
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
@@ -320,7 +320,13 @@ def _describe(error: dict[str, Any]) -> str:
         return f"must be one of {ctx.get('expected')}{shown}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
-    return f"{error['msg'].rstrip('.').lower()}{shown}"
+    message = error["msg"].rstrip(".")
+    return f"{message[:1].lower()}{message[1:]}{shown}"  # pydantic capitalises; a pattern keeps its case
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    """A value as an error shows it: long ones cut in the middle, so a message stays one line."""
+    return text if len(text) <= limit else f"{text[:limit // 2]}…{text[-limit // 4:]} ({len(text):,} characters)"
 
 
 def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True) -> None:
@@ -342,8 +348,8 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     if info.tasks_for is not None:  # the tasks depend on the data on disk (Omniglot's alphabets)
         try:
             kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root)
-        except UserError as err:
-            raise source.error(("data", "root"), str(err)) from None
+        except UserError as err:  # the loader names data.root itself; the location says it once
+            raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
         info = replace(info, task_kinds=kinds, task_classes=classes)
     misfits = task_misfits(info, spec.tasks)
     if misfits:

@@ -109,6 +109,8 @@ def _construct(node: yaml.Node, path: FieldPath, locations: dict[FieldPath, Loca
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except (ValueError, OverflowError) as err:  # an integer of 10,000 digits, say
+        raise _located(f"cannot read this value ({str(err).split(';')[0]})", node, path, file) from None
     finally:
         loader.dispose()
 
