@@ -26,12 +26,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-from torch import Tensor
-
 BERNOULLI_RELAXATIONS: tuple[str, ...] = ("sigmoid", "relaxed-bernoulli", "softmax", "sample")
 CATEGORICAL_RELAXATIONS: tuple[str, ...] = ("softmax", "sample")
 if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
     from .ir import Decision, EdgeKey
 
 NOISE_EPSILON = 1e-6  # u is drawn from [ε, 1 - ε], so the logistic noise stays finite
@@ -95,10 +95,13 @@ def edge_gate(decision: "Decision | None", key: "EdgeKey", task: str, tau: float
     return decision.edge_probability(key, task, tau)
 
 
-# -- tensors (the supernet's gate table, the strategies) -------------------------------------------
+# -- tensors (the supernet's gate table, the strategies; torch is imported here only, so the
+#    passes and flow, which use the float functions above, stay free of it) ---------------------
 def logistic_noise(shape: torch.Size | tuple[int, ...], *, like: Tensor,
                    generator: torch.Generator | None = None) -> Tensor:
     """log u - log(1 - u) for u ~ U(ε, 1 - ε): the noise of a relaxed-bernoulli sample."""
+    import torch
+
     u = torch.rand(shape, generator=generator, dtype=like.dtype, device="cpu").to(like.device)
     u = u.clamp(NOISE_EPSILON, 1 - NOISE_EPSILON)
     return torch.log(u) - torch.log1p(-u)
@@ -111,6 +114,8 @@ def relax_bernoulli(logits: Tensor, *, relaxation: str, tau: float = 1.0,
     `noise` fixes the logistic noise of `relaxed-bernoulli` (default: drawn with `generator`).
     `sample` draws hard 0/1 values and carries no gradient (REINFORCE uses `bernoulli_log_prob`).
     """
+    import torch
+
     if relaxation in ("sigmoid", "softmax"):
         return torch.sigmoid(logits / tau)
     if relaxation == "relaxed-bernoulli":
@@ -126,6 +131,8 @@ def relax_bernoulli(logits: Tensor, *, relaxation: str, tau: float = 1.0,
 def relax_categorical(logits: Tensor, *, relaxation: str, tau: float = 1.0,
                       generator: torch.Generator | None = None) -> Tensor:
     """Option weights of categorical logits `[..., K]`: the softmax at τ, or a one-hot sample."""
+    import torch
+
     if relaxation in ("softmax", "sigmoid", "relaxed-bernoulli"):
         # a categorical has no independent gates: every continuous relaxation is its softmax
         return torch.softmax(logits / tau, dim=-1)
@@ -144,15 +151,21 @@ def hard_bernoulli(logits: Tensor) -> Tensor:
 
 def hard_categorical(logits: Tensor) -> Tensor:
     """A one-hot of each row's argmax (the first of equal maxima, as `argmax` above)."""
+    import torch
+
     chosen = torch.argmax(logits, dim=-1)
     return torch.nn.functional.one_hot(chosen, logits.shape[-1]).to(logits.dtype)
 
 
 def bernoulli_log_prob(logits: Tensor, values: Tensor) -> Tensor:
     """log p(values) of 0/1 samples under σ(logits), elementwise; safe at any logit."""
+    import torch
+
     return values * torch.nn.functional.logsigmoid(logits) + (1 - values) * torch.nn.functional.logsigmoid(-logits)
 
 
 def categorical_log_prob(logits: Tensor, one_hot: Tensor) -> Tensor:
     """log p(option) of one-hot samples `[..., K]` under softmax(logits)."""
+    import torch
+
     return (one_hot * torch.log_softmax(logits, dim=-1)).sum(dim=-1)
