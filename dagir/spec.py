@@ -374,7 +374,7 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
 
     passes = before_search_pipeline(spec)  # both pipelines parse before any work starts
     after_search_pipeline(spec)
-    _check_limits(spec, source, passes)
+    _check_size_and_strategy(spec, source, passes)
     for index, method in enumerate(spec.bench.methods if methods else []):
         try:
             method_file(method, spec)
@@ -382,7 +382,7 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
             raise source.error(("bench", "methods", index), err.message) from None
 
 
-def _check_limits(spec: Spec, source: SpecSource, passes: list) -> None:
+def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> None:
     """The network's size against `limits`: nodes and widths first, then (building the IR, now
     cheap) its parameters; and that the search strategy has the decisions it needs."""
     limits, network = spec.limits, spec.network
