@@ -341,9 +341,15 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
                                                 f"(known: {', '.join(known_datasets())})")
     from dataclasses import replace
 
-    from .datasets import dataset_tasks
+    from .datasets import dataset_tasks, resolve_options
+    from .datasets.options import DataOptionError
     from .errors import UserError
     from .tasks import task_misfits
+
+    try:
+        options = resolve_options(spec.data.dataset, spec.data.options, spec.data.val_split)
+    except DataOptionError as err:
+        raise source.error(err.field, f"{err.message} (data set '{err.dataset}')") from None
 
     if info.tasks_for is not None:  # the tasks depend on the data on disk (Omniglot's alphabets)
         try:
@@ -355,7 +361,11 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     if misfits:
         first = misfits[0]
         raise source.error(("tasks", first.index, first.field), first.message)
-    shape = input_shape(spec)
+    shape = tuple(info.shape(options))
+    if spec.network.input is not None and tuple(spec.network.input.shape) != shape:
+        raise source.error(("network", "input", "shape"), f"the data set '{info.name}' gives inputs of shape "
+                                                          f"{list(shape)}, not {spec.network.input.shape}; "
+                                                          "remove network.input, or change the data options")
     stages = spec.network.central.stages
     if len(shape) == 3:
         stride = spec.network.stem.stride
@@ -441,4 +451,4 @@ def input_shape(spec: Spec) -> tuple[int, ...]:
     from .datasets import dataset_info
     info = dataset_info(spec.data.dataset)
     assert info is not None
-    return tuple(info.input_shape(spec.data.options))
+    return info.input_shape(spec.data.options)

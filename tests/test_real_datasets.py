@@ -189,7 +189,7 @@ def test_cityscapes_classes_choose_the_label_folder(tmp_path):
     assert dataset_info("cityscapes").input_shape({}) == (3, 64, 128)
     with pytest.raises(UserError, match=r"missing folder .*train/label_7"):
         load_dataset("cityscapes", {"classes": 7}, root=str(root))
-    with pytest.raises(UserError, match="must be 7 or 19"):
+    with pytest.raises(UserError, match="must be one of 7, 19"):
         load_dataset("cityscapes", {"classes": 8}, root=str(root))
 
 

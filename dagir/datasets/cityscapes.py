@@ -14,20 +14,13 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .nyuv2 import check_limit, check_size, load_dense_layout
-from .splits import Option, TaskData, read_options
+from .nyuv2 import load_dense_layout
+from .splits import TaskData
 
 NATIVE_SIZE = (128, 256)
 TASK_KINDS = {"segmentation": "segmentation", "depth": "depth"}
 
-OPTIONS: dict[str, Option] = {
-    "classes": Option(7, int, lambda value: None if value in (7, 19) else "must be 7 or 19"),
-    "resize": Option([64, 128], object, check_size),
-    "limit": Option(None, object, check_limit),
-}
-
-
-def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
          seed: int = 0) -> TaskData:
     """Cityscapes from `root` in the MTAN layout, with tasks segmentation (7 or 19 classes) and depth.
 
@@ -35,14 +28,12 @@ def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_
     >>> data.train.inputs.shape, data.task_classes["segmentation"]  # doctest: +SKIP
     (torch.Size([16, 3, 64, 128]), 19)
     """
-    resolved = read_options("cityscapes", options, OPTIONS)
-    classes = resolved["classes"]
+    classes = options["classes"]
     folders = {"image": "image", "segmentation": f"label_{classes}", "depth": "depth"}
     return load_dense_layout("cityscapes", root, folders, TASK_KINDS, classes, NATIVE_SIZE,
-                             resolved["resize"], resolved["limit"], val_split, seed)
+                             options["resize"], options["limit"], val_split, seed)
 
 
-def tasks_for(options: Mapping[str, Any] | None, root: str | None) -> tuple[dict[str, str], dict[str, int]]:
+def tasks_for(options: Mapping[str, Any], root: str | None) -> tuple[dict[str, str], dict[str, int]]:
     """The tasks and class counts these options give: segmentation has `classes` classes."""
-    resolved = read_options("cityscapes", options, OPTIONS)
-    return dict(TASK_KINDS), {"segmentation": resolved["classes"]}
+    return dict(TASK_KINDS), {"segmentation": options["classes"]}

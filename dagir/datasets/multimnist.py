@@ -28,26 +28,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import (Option, Split, TaskData, at_least, between, check_split_fractions, partition,
-                     read_options, seeded_rng)
+from .splits import Split, TaskData, partition, seeded_rng
 
 DIGIT_SIZE = 28
 SUM_OFFSET = 9.0  # the mean of the sum of two uniform digits
 SUM_SCALE = float(np.sqrt(2 * 8.25))  # its standard deviation: the variance of one digit 0..9 is 8.25
 
-OPTIONS: dict[str, Option] = {
-    "canvas": Option(36, int, between(DIGIT_SIZE, 2 * DIGIT_SIZE)),
-    "train_size": Option(20000, int, at_least(1)),
-    "val_size": Option(2000, int, at_least(1)),
-    "test_size": Option(4000, int, at_least(1)),
-    "test_fraction": Option(0.2, float, between(0.01, 0.9)),
-}
-
 TASK_KINDS = {"left": "classification", "right": "classification", "sum": "regression"}
 TASK_CLASSES: dict[str, int | None] = {"left": 10, "right": 10, "sum": None}
 
 
-def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
          seed: int = 0) -> TaskData:
     """Compose MultiMNIST from the 5000 bundled digits; `root` is not used (nothing is read from disk).
 
@@ -55,17 +46,15 @@ def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_
     >>> data.train.inputs.shape, data.train.targets["sum"].shape  # doctest: +SKIP
     (torch.Size([8, 1, 36, 36]), torch.Size([8, 1]))
     """
-    resolved = read_options("multimnist", options, OPTIONS)
-    check_split_fractions("multimnist", val_split, resolved["test_fraction"])
     images, labels = source_digits()
-    test_fraction = resolved["test_fraction"]
+    test_fraction = options["test_fraction"]
     parts = partition(len(images), {"test": test_fraction, "val": val_split,
                                     "train": 1.0 - test_fraction - val_split}, seed=seed)
-    sizes = {"train": resolved["train_size"], "val": resolved["val_size"], "test": resolved["test_size"]}
+    sizes = {"train": options["train_size"], "val": options["val_size"], "test": options["test_size"]}
     rng = seeded_rng(seed, stream=1)  # a stream apart from the partition's
-    splits = {name: compose_split(images, labels, parts[name], sizes[name], resolved["canvas"], rng)
+    splits = {name: compose_split(images, labels, parts[name], sizes[name], options["canvas"], rng)
               for name in ("train", "val", "test")}
-    canvas = resolved["canvas"]
+    canvas = options["canvas"]
     return TaskData("multimnist", splits["train"], splits["val"], splits["test"],
                     input_shape=(1, canvas, canvas), task_kinds=dict(TASK_KINDS),
                     task_classes=dict(TASK_CLASSES), target_scales={"sum": SUM_SCALE},

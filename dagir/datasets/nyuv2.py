@@ -36,7 +36,7 @@ from torch.nn import functional
 
 from ..errors import UserError
 from ..tasks import VOID_LABEL
-from .splits import Option, Split, TaskData, check_split_fractions, partition, read_options, seeded_rng
+from .splits import Split, TaskData, partition, seeded_rng
 
 NATIVE_SIZE = (288, 384)
 CLASSES = 13
@@ -44,30 +44,7 @@ FOLDERS = {"image": "image", "segmentation": "label", "depth": "depth", "normals
 TASK_KINDS = {"segmentation": "segmentation", "depth": "depth", "normals": "normals"}
 
 
-def check_size(value: Any) -> str | None:
-    """`resize` is null or [height, width] of positive integers."""
-    if value is None:
-        return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
-            isinstance(side, int) and not isinstance(side, bool) and side >= 1 for side in value):
-        return "must be [height, width] with positive integers, or null for the native size"
-    return None
-
-
-def check_limit(value: Any) -> str | None:
-    """`limit` is null (every sample) or a positive integer."""
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return None
-    return "must be a positive integer, or null for every sample"
-
-
-OPTIONS: dict[str, Option] = {
-    "resize": Option([72, 96], object, check_size),
-    "limit": Option(None, object, check_limit),
-}
-
-
-def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
          seed: int = 0) -> TaskData:
     """NYUv2 from `root` in the MTAN layout, with tasks segmentation (13 classes), depth and normals.
 
@@ -75,9 +52,8 @@ def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_
     >>> data.train.targets["normals"].shape  # doctest: +SKIP
     torch.Size([16, 3, 72, 96])
     """
-    resolved = read_options("nyuv2", options, OPTIONS)
     return load_dense_layout("nyuv2", root, FOLDERS, TASK_KINDS, CLASSES, NATIVE_SIZE,
-                             resolved["resize"], resolved["limit"], val_split, seed)
+                             options["resize"], options["limit"], val_split, seed)
 
 
 # -- the preprocessed NumPy layout, shared with Cityscapes ----------------------------------------
@@ -88,7 +64,6 @@ def load_dense_layout(dataset: str, root: str | None, folders: Mapping[str, str]
 
     `task_kinds` maps each task (a key of `folders`) to segmentation, depth or normals.
     """
-    check_split_fractions(dataset, val_split, 0.0)
     base = require_folder(dataset, root, folders)
     train_indices = sample_indices(dataset, base / "train", folders)
     test_indices = sample_indices(dataset, base / "val", folders)

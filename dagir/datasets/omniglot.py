@@ -37,36 +37,11 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import (Option, Split, TaskData, between, check_split_fractions, read_options,
-                     seeded_rng)
+from .splits import Split, TaskData, seeded_rng
 
 IGNORE_INDEX = -100  # the target of a sample for the tasks of the other alphabets
 SETS = {"background": "images_background", "evaluation": "images_evaluation"}
 LAYOUT = "root/images_background/<Alphabet>/<character>/<drawing>.png (and optionally images_evaluation)"
-
-
-def _check_sets(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not value or any(name not in SETS for name in value):
-        return f"must be null or a non-empty list of {', '.join(map(repr, SETS))}"
-    return None
-
-
-def _check_alphabets(value: Any) -> str | None:
-    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        return None
-    if isinstance(value, list) and value and all(isinstance(name, str) for name in value):
-        return None
-    return "must be null (all), a positive count, or a list of alphabet names"
-
-
-OPTIONS: dict[str, Option] = {
-    "sets": Option(None, object, _check_sets),
-    "alphabets": Option(None, object, _check_alphabets),
-    "size": Option(28, int, between(4, 256)),
-    "test_fraction": Option(0.2, float, between(0.05, 0.9)),
-}
 
 
 @dataclass(frozen=True)
@@ -156,15 +131,14 @@ def _scan_alphabet(folder: Path) -> Alphabet:
     return Alphabet(task_name(folder.name), folder, tuple(characters))
 
 
-def tasks_for(options: Mapping[str, Any] | None, root: str | None) -> tuple[dict[str, str], dict[str, int]]:
+def tasks_for(options: Mapping[str, Any], root: str | None) -> tuple[dict[str, str], dict[str, int]]:
     """The tasks `root` offers with these options: one classification task per alphabet, and its classes."""
-    resolved = read_options("omniglot", options, OPTIONS)
-    found = scan_alphabets(root, resolved["sets"], resolved["alphabets"])
+    found = scan_alphabets(root, options["sets"], options["alphabets"])
     return ({alphabet.task: "classification" for alphabet in found},
             {alphabet.task: len(alphabet.characters) for alphabet in found})
 
 
-def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
          seed: int = 0) -> TaskData:
     """Omniglot from `root`, one classification task per alphabet; other alphabets' targets are -100.
 
@@ -172,10 +146,8 @@ def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_
     >>> sorted(data.task_kinds)[:2], data.train.inputs.shape[1:]  # doctest: +SKIP
     (['alphabet_of_the_magi', 'anglo_saxon_futhorc'], torch.Size([1, 28, 28]))
     """
-    resolved = read_options("omniglot", options, OPTIONS)
-    test_fraction, size = resolved["test_fraction"], resolved["size"]
-    check_split_fractions("omniglot", val_split, test_fraction)
-    found = scan_alphabets(root, resolved["sets"], resolved["alphabets"])
+    test_fraction, size = options["test_fraction"], options["size"]
+    found = scan_alphabets(root, options["sets"], options["alphabets"])
     rows: dict[str, list[tuple[int, int, int]]] = {"train": [], "val": [], "test": []}
     files: list[Path] = []
     for alphabet_index, alphabet in enumerate(found):

@@ -5,13 +5,13 @@ plus what the rest of dagir needs to know about the tasks (kind, number of class
 The data sets here are small, so training iterates minibatches straight from the tensors
 (`Split.batches`) instead of going through a `DataLoader`, which would cost a Python call per sample.
 
-The helpers below keep the loaders short and consistent: `read_options` checks a loader's options
-and fills in defaults, `partition` splits indices deterministically.
+`partition` splits indices deterministically; a loader's options are declared and checked in
+`dagir.datasets.options`, before the loader runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -125,60 +125,6 @@ def iterate_batches(split: Split, batch_size: int, shuffle: bool = False,
 
 
 # -- helpers for loaders --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Option:
-    """A loader option: its default, its type, and a check returning an error text or None."""
-
-    default: Any
-    kind: type
-    check: Callable[[Any], str | None] = lambda value: None
-
-
-def at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda value: None if value >= low else f"must be >= {low}"
-
-
-def between(low: float, high: float) -> Callable[[Any], str | None]:
-    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
-
-
-def read_options(dataset: str, options: Mapping[str, Any] | None,
-                 known: Mapping[str, Option]) -> dict[str, Any]:
-    """Check `options` against a loader's `known` options and fill in the defaults.
-
-    Raises `UserError` naming the data set and the option for an unknown key, a value of the
-    wrong type, or a value out of range.
-    """
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        listed = ", ".join(sorted(known)) or "none"
-        raise UserError(f"data.options: unknown option(s) {', '.join(map(repr, unknown))} for data set "
-                        f"'{dataset}' (its options: {listed})")
-    resolved: dict[str, Any] = {}
-    for name, option in known.items():
-        value = options.get(name, option.default)
-        resolved[name] = _coerce(dataset, name, value, option)
-    return resolved
-
-
-def _coerce(dataset: str, name: str, value: Any, option: Option) -> Any:
-    where = f"data.options.{name} (data set '{dataset}')"
-    if option.kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: must be an integer (got {value!r})")
-    elif option.kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: must be a number (got {value!r})")
-        value = float(value)
-    elif not isinstance(value, option.kind):
-        raise UserError(f"{where}: must be of type {option.kind.__name__} (got {value!r})")
-    problem = option.check(value)
-    if problem:
-        raise UserError(f"{where}: {problem} (got {value!r})")
-    return value
-
-
 def partition(count: int, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
     """Split `range(count)` at random into disjoint index sets of the given fractions.
 
@@ -203,12 +149,3 @@ def partition(count: int, fractions: Mapping[str, float], seed: int) -> dict[str
 def seeded_rng(seed: int, stream: int = 0) -> np.random.Generator:
     """A numpy generator for `seed` (any integer, negative too); `stream` gives independent draws."""
     return np.random.default_rng([seed % 2**63, stream])
-
-
-def check_split_fractions(dataset: str, val_split: float, test_fraction: float) -> None:
-    """The validation and test fractions must leave a training set."""
-    if not 0 < val_split < 1:
-        raise UserError(f"data.val_split: must be between 0 and 1 (got {val_split!r})")
-    if val_split + test_fraction >= 1:
-        raise UserError(f"data set '{dataset}': val_split ({val_split}) plus test_fraction "
-                        f"({test_fraction}) leave no training data; their sum must be < 1")

@@ -24,19 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import (Option, Split, TaskData, at_least, between, check_split_fractions, partition,
-                     read_options, seeded_rng)
+from .splits import Split, TaskData, partition, seeded_rng
 
-OPTIONS: dict[str, Option] = {
-    "correlation": Option(0.5, float, between(-1.0, 1.0)),
-    "dim": Option(100, int, at_least(2)),
-    "samples": Option(10000, int, at_least(10)),
-    "sin_terms": Option(10, int, at_least(0)),
-    "scale": Option(1.0, float, lambda value: None if value > 0 else "must be > 0"),
-    "noise_std": Option(0.01, float, at_least(0.0)),
-    "test_fraction": Option(0.2, float, between(0.05, 0.9)),
-    "generator_seed": Option(0, int),
-}
 TASK_KINDS = {"a": "regression", "b": "regression"}
 
 
@@ -72,7 +61,7 @@ def generate(samples: int, dim: int, correlation: float, sin_terms: int = 10, sc
             "b": labels["b"].astype(np.float32), "w_a": weights_a, "w_b": weights_b}
 
 
-def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
          seed: int = 0) -> TaskData:
     """The MMoE synthetic tasks `a` and `b`; `root` is not used (the data is generated).
 
@@ -80,17 +69,15 @@ def load(options: Mapping[str, Any] | None = None, root: str | None = None, val_
     >>> data.train.inputs.shape, data.train.targets["a"].shape  # doctest: +SKIP
     (torch.Size([700, 16]), torch.Size([700, 1]))
     """
-    resolved = read_options("mmoe_synthetic", options, OPTIONS)
-    test_fraction = resolved["test_fraction"]
-    check_split_fractions("mmoe_synthetic", val_split, test_fraction)
-    data = generate(resolved["samples"], resolved["dim"], resolved["correlation"], resolved["sin_terms"],
-                    resolved["scale"], resolved["noise_std"], resolved["generator_seed"])
-    parts = partition(resolved["samples"], {"test": test_fraction, "val": val_split,
+    test_fraction = options["test_fraction"]
+    data = generate(options["samples"], options["dim"], options["correlation"], options["sin_terms"],
+                    options["scale"], options["noise_std"], options["generator_seed"])
+    parts = partition(options["samples"], {"test": test_fraction, "val": val_split,
                                             "train": 1.0 - test_fraction - val_split}, seed=seed)
     splits = {name: Split(torch.from_numpy(data["x"][rows]),
                           {task: torch.from_numpy(data[task][rows]).unsqueeze(1) for task in TASK_KINDS},
                           torch.from_numpy(rows.astype(np.int64)).unsqueeze(1))
               for name, rows in parts.items()}
     return TaskData("mmoe_synthetic", splits["train"], splits["val"], splits["test"],
-                    input_shape=(resolved["dim"],), task_kinds=dict(TASK_KINDS),
+                    input_shape=(options["dim"],), task_kinds=dict(TASK_KINDS),
                     task_classes={"a": None, "b": None})

@@ -19,26 +19,15 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import (Option, Split, TaskData, at_least, between, check_split_fractions, partition,
-                     read_options)
-
-DIGITS_OPTIONS: dict[str, Option] = {
-    "test_fraction": Option(0.2, float, between(0.05, 0.9)),
-}
-MNIST1D_OPTIONS: dict[str, Option] = {
-    "num_samples": Option(5000, int, at_least(100)),
-    "generator_seed": Option(42, int, between(0, 2**32 - 1)),
-}
+from .splits import Split, TaskData, partition
 
 
-def load_digits(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load_digits(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
                 seed: int = 0) -> TaskData:
     """scikit-learn's 8x8 digits with tasks digit, parity and large; `root` is not used."""
     from sklearn.datasets import load_digits as sklearn_digits
 
-    resolved = read_options("digits", options, DIGITS_OPTIONS)
-    test_fraction = resolved["test_fraction"]
-    check_split_fractions("digits", val_split, test_fraction)
+    test_fraction = options["test_fraction"]
     bunch = sklearn_digits()
     inputs = (bunch.data / 16.0).astype(np.float32)  # pixel counts 0..16
     labels = bunch.target.astype(np.int64)
@@ -51,12 +40,10 @@ def load_digits(options: Mapping[str, Any] | None = None, root: str | None = Non
                     task_classes={"digit": 10, "parity": 2, "large": 2})
 
 
-def load_mnist1d(options: Mapping[str, Any] | None = None, root: str | None = None, val_split: float = 0.1,
+def load_mnist1d(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
                  seed: int = 0) -> TaskData:
     """MNIST-1D generated in memory, with tasks digit and parity; `root` is not used."""
-    resolved = read_options("mnist1d", options, MNIST1D_OPTIONS)
-    check_split_fractions("mnist1d", val_split, 0.0)
-    generated = generate_mnist1d(resolved["num_samples"], resolved["generator_seed"])
+    generated = generate_mnist1d(options["num_samples"], options["generator_seed"])
     train_inputs, train_labels = generated["x"], generated["y"]
     parts = partition(len(train_labels), {"val": val_split, "train": 1.0 - val_split}, seed=seed)
     train = _digit_split(train_inputs, train_labels, parts["train"], with_large=False)
