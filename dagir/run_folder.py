@@ -4,6 +4,7 @@ a new run clobber one)."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import socket
 import time
@@ -30,32 +31,93 @@ def write_text(path: Path, text: str) -> None:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
 
 
-def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
-    """Whether the resolved spec a run folder recorded describes the same run as `spec`.
-
-    The recorded spec is read through today's spec model first, so a field added since (with its
-    default) does not make an old run folder look like another spec's. The `bench` section is left
-    out: it says how many seeds and methods a bench runs, not how one run trains, so a bench given
-    more seeds can take up the runs it already finished.
-    """
+def recorded_spec(resolved_file: Path) -> dict[str, Any] | None:
+    """The resolved spec a run folder recorded, read through today's spec model (so a field added
+    since, with its default, does not make an old run folder look like another spec's); None if it
+    is not a spec."""
     from pydantic import ValidationError
-
-    def run_part(resolved: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in resolved.items() if k != "bench"}
 
     recorded = yaml.safe_load(resolved_file.read_text())
     if not isinstance(recorded, dict):
-        return False
+        return None
     try:
-        recorded = Spec.model_validate(recorded).resolved_dict()
+        return Spec.model_validate(recorded).resolved_dict()
     except ValidationError:
-        return False
-    return run_part(recorded) == run_part(spec.resolved_dict())
+        return None
+
+
+def spec_changes(recorded: dict[str, Any], spec: Spec) -> dict[str, tuple[Any, Any]]:
+    """The fields (dotted paths) where `spec` differs from a recorded resolved spec: {path: (old, new)}.
+
+    The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
+    run trains, so a bench given more seeds can take up the runs it already finished.
+    """
+    changes: dict[str, tuple[Any, Any]] = {}
+
+    def walk(old: Any, new: Any, path: tuple[str, ...]) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new), key=str):
+                if path or key != "bench":
+                    walk(old.get(key), new.get(key), path + (str(key),))
+        elif old != new:
+            changes[".".join(path)] = (old, new)
+
+    walk(recorded, spec.resolved_dict(), ())
+    return changes
+
+
+def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
+    """Whether the resolved spec a run folder recorded describes the same run as `spec`."""
+    recorded = recorded_spec(resolved_file)
+    return recorded is not None and not spec_changes(recorded, spec)
+
+
+STAGES = ("warmup", "search", "finetune")
+
+
+def unsafe_on_resume(path: str) -> bool:
+    """Whether changing this field on `--resume` would make the run another run. Safe: the stages'
+    learning rates, their epochs (checked against the checkpoint: only epochs still ahead), and how
+    often checkpoints are written."""
+    stage_fields = {f"train.{stage}.{field}" for stage in STAGES for field in ("lr", "epochs")}
+    return path not in stage_fields | {"train.search.gate_lr", "train.checkpoint_every"}
+
+
+def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None:
+    """Refuse a change that makes another run; an epoch count must leave the stage's epochs
+    already run in place (the schedules then follow the new length from where the run is)."""
+    unsafe = [path for path in changes if unsafe_on_resume(path)]
+    if unsafe:
+        shown = "; ".join(f"{path}: {_short(changes[path][0])} -> {_short(changes[path][1])}" for path in unsafe[:3])
+        raise UserError(f"{out}: the run there was started from a different spec ({shown}{' ...' if len(unsafe) > 3 else ''}); "
+                        "on --resume only the stages' lr and epochs still ahead, train.search.gate_lr and "
+                        "train.checkpoint_every may change")
+    epochs = {path.split(".")[1]: new for path, (_, new) in changes.items() if path.endswith(".epochs")}
+    if not epochs:
+        return
+    from .training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(out) / "checkpoints" / "latest.pt")
+    current = STAGES.index(state["stage"]) if state["stage"] in STAGES else len(STAGES)
+    for stage, new in epochs.items():
+        if STAGES.index(stage) < current:
+            raise UserError(f"{out}: train.{stage}.epochs cannot change on --resume: the {stage} stage is finished")
+        if STAGES.index(stage) == current:
+            done = state["epoch"] + (1 if state["step"] else 0)
+            if new < done:
+                raise UserError(f"{out}: train.{stage}.epochs cannot be {new} on --resume: the {stage} stage has "
+                                f"already run {done} epoch(s)")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:30] + "…"
 
 
 def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Check OUT before a run starts: a folder (or nothing yet); a resumed run must be this spec's;
-    a new one must not clobber."""
+    """Check OUT before a run starts: a folder (or nothing yet); a resumed run must be this spec's,
+    but for the changes `--resume` allows, which are recorded in OUT/resume-changes.json; a new
+    run must not clobber."""
     if Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"{out}: exists and is not a folder; give -o a folder for the run")
     checkpoint = Path(out) / "checkpoints" / "latest.pt"
@@ -63,12 +125,34 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
         resolved = Path(out) / "spec.resolved.yaml"
         if not resolved.is_file():
             raise UserError(f"{out}: not a dagir run folder (no spec.resolved.yaml); nothing to resume")
-        if not same_run_spec(resolved, spec):
-            raise UserError(f"{out}: the run there was started from a different spec; resume it with the "
-                            f"same spec and --set options")
+        if not checkpoint.is_file():
+            raise UserError(f"{out}: the run there stopped before its first checkpoint (written after the first "
+                            f"{spec.train.checkpoint_every} steps, or the first epoch); nothing to resume: "
+                            "start it again with --overwrite")
+        recorded = recorded_spec(resolved)
+        if recorded is None:
+            raise UserError(f"{out}: spec.resolved.yaml there is not a spec; nothing to resume")
+        changes = spec_changes(recorded, spec)
+        if changes:
+            check_resume_changes(changes, out)
+            record_resume_changes(out, changes, spec)
     elif overwrite:  # a fresh run: no checkpoint to resume from, no finished result left from before
         checkpoint.unlink(missing_ok=True)
         (Path(out) / "metrics.json").unlink(missing_ok=True)
+
+
+def record_resume_changes(out: Path, changes: dict[str, tuple[Any, Any]], spec: Spec) -> None:
+    """Append the changes to OUT/resume-changes.json, and record the spec the run now follows."""
+    log = Path(out) / "resume-changes.json"
+    try:
+        entries = json.loads(log.read_text()) if log.is_file() else []
+    except json.JSONDecodeError:
+        entries = []
+    entries = entries if isinstance(entries, list) else []
+    entries.append({"at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "changes": {path: {"from": old, "to": new} for path, (old, new) in changes.items()}})
+    write_text(log, json.dumps(entries, indent=1) + "\n")
+    write_text(Path(out) / "spec.resolved.yaml", spec.resolved_yaml())
 
 
 LOCK_FILE = ".dagir.lock"

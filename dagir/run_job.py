@@ -56,6 +56,16 @@ def effective_gates(ir: IR, tau: float) -> IR:
     return out
 
 
+def resume_position(state: dict[str, Any], spec: Spec) -> str:
+    """Where a checkpoint stands, as a person reads it: "search epoch 3 of 10, step 40", or
+    "search finished (10 of 10 epochs)" for one written at the end of a stage."""
+    stage, epoch, step = state["stage"], state["epoch"], state["step"]
+    epochs = getattr(spec.train, stage).epochs
+    if epoch >= epochs:
+        return f"{stage} finished ({epoch} of {epochs} epochs)"
+    return f"{stage} epoch {epoch + 1} of {epochs}, step {step}"
+
+
 class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
@@ -108,10 +118,9 @@ class Run:
             state = load_checkpoint(self.checkpoint_path)
             self.runner.history = list(state.get("history", []))
             self.runner.stage_seconds = dict(state.get("stage_seconds", {}))
-            self.echo(f"resuming from {self.checkpoint_path}: {state['stage']} epoch "
-                      f"{state['epoch'] + 1} step {state['step']}")
             if state["stage"] == "done":
                 raise UserError(f"{out}: this run is already finished (metrics.json holds its results)")
+            self.echo(f"resuming from {self.checkpoint_path}: {resume_position(state, self.spec)}")
             return state
         if self.checkpoint_path.exists():
             raise UserError(f"{out}: already holds a run; continue it with --resume, or pass "

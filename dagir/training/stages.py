@@ -85,7 +85,10 @@ class StageRunner:
         position, totals = None, None
         if state is not None:
             for optimizer, saved in zip(optimizers, state["optimizers"]):
+                stage_lrs = [group["lr"] for group in optimizer.param_groups]
                 optimizer.load_state_dict(saved)
+                for group, lr in zip(optimizer.param_groups, stage_lrs):  # the spec's lr, changed on --resume or not
+                    group["initial_lr"] = group["lr"] = lr
             position = Position(state["epoch"], state["step"])
             raw = state.get("totals") or {}
             totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
