@@ -63,13 +63,22 @@ def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: boo
     resume = resume and (out / "checkpoints" / "latest.pt").is_file()
     with locked_folder(out, "bench run"):
         prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
-        return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute())
+        return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute(), spec)
 
 
-def run_result(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The bench's row for a run, from its metrics.json."""
+STAGES = ("warmup", "search", "finetune")
+
+
+def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:
+    """The bench's row for a run, from its metrics.json and its spec: test metrics, size, and the
+    budget it spent (epochs and optimiser steps per stage, seconds: in all and for warm-up + search,
+    the search's cost)."""
+    seconds = metrics["stage_seconds"]
     return {"test": metrics["test"], "parameters": metrics["compact"]["parameters"],
-            "macs": metrics["compact"]["macs"]["total"], "seconds": sum(metrics["stage_seconds"].values())}
+            "macs": metrics["compact"]["macs"]["total"], "seconds": sum(seconds.values()),
+            "search_seconds": seconds.get("warmup", 0.0) + seconds.get("search", 0.0),
+            "epochs": {stage: getattr(spec.train, stage).epochs for stage in STAGES},
+            "steps": sum(metrics["stage_steps"].values()) if "stage_steps" in metrics else math.nan}
 
 
 def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None:
@@ -81,7 +90,7 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
         raise UserError(f"{out}: holds a result of a different spec (or none recorded); "
                         f"resume with the same spec and --set options, or use a new output folder")
     try:
-        return run_result(json.loads(metrics.read_text()))
+        return run_result(json.loads(metrics.read_text()), spec)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise UserError(f"{metrics}: not a finished {method} result ({error}); delete the folder to train it again")
 
@@ -138,8 +147,9 @@ def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict
             searched = per_seed_delta.get("searched", {})
             row["delta_vs_searched"] = _mean_std([delta - searched[seed] for seed, delta in per_seed_delta[method].items()
                                                   if seed in searched])
-        for key in ("parameters", "macs", "seconds"):
+        for key in ("parameters", "macs", "seconds", "search_seconds", "steps"):
             row[key] = _mean_std([float(r[key]) for r in by_seed.values()])
+        row["epochs"] = next(iter(by_seed.values()))["epochs"]  # a method's epochs are the same for every seed
         rows[method] = row
     return {"metrics": metric_of, "rows": rows, "seeds": sorted({s for r in results.values() for s in r})}
 
@@ -161,19 +171,25 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
     metric_of, rows = table["metrics"], table["rows"]
     tasks = list(metric_of)
     header = ["method"] + [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL %", "Δ_MTL − searched (paired)",
-                                                                     "parameters", "MACs", "train s"]
+                                                                     "parameters", "MACs", "epochs w+s+f", "steps",
+                                                                     "warm-up + search s", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     records = []
     for method, row in rows.items():
         delta = _cell(row["delta_mtl"], 2) if "delta_mtl" in row else "n/a"
         paired = _cell(row["delta_vs_searched"], 2) if row.get("delta_vs_searched", {}).get("n") else "n/a"
         cells = ([method] + [_cell(row[t]) for t in tasks] + [delta, paired, f"{row['parameters']['mean']:,.0f}",
-                 f"{row['macs']['mean']:,.0f}", f"{row['seconds']['mean']:.0f}"])
+                 f"{row['macs']['mean']:,.0f}", "+".join(str(row["epochs"][stage]) for stage in STAGES),
+                 "n/a" if math.isnan(row["steps"]["mean"]) else f"{row['steps']['mean']:,.0f}",
+                 f"{row['search_seconds']['mean']:.0f}", f"{row['seconds']['mean']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
         records.append(cells)
     seeds = ", ".join(str(s) for s in table["seeds"])
+    budget = ("Budget: every method trains on the same data and seeds; `epochs w+s+f` are its warm-up, search "
+              "and fine-tune epochs (passes over its training split), `steps` its optimiser steps in all, and "
+              "the seconds its wall time (warm-up + search: the cost of choosing the architecture).")
     write_text(out / "table.md", f"# {spec.name}: searched network vs baselines (seeds {seeds})\n\n"
-               + "\n".join(lines) + "\n")
+               + "\n".join(lines) + f"\n\n{budget}\n")
     with open(out / "table.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)

@@ -107,6 +107,9 @@ def bench_command(
                                           "cross_stitch, or method spec files (default: bench.methods of "
                                           "the spec)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds, from the spec's seed on."),
+    ablations: bool = typer.Option(False, "--ablations", help="The paper's ablations: the searched network, "
+                                   "single-task networks, and the search without read-in/out, without flow "
+                                   "restriction, without the squeeze loss and without flow-based reduction."),
     resume: bool = typer.Option(False, "--resume", help="Keep the finished methods and seeds in OUT; train "
                                 "only the rest (an interrupted searched run continues from its checkpoint)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
@@ -115,7 +118,12 @@ def bench_command(
     from .bench_job import run_bench
     from .spec import load_spec
 
+    from .methods import ABLATIONS
+
     extra = list(overrides or [])
+    if ablations:
+        given = [m.strip() for m in methods.split(",") if m.strip()] if methods else ["searched", "single_task"]
+        methods = ",".join(dict.fromkeys(given + list(ABLATIONS)))
     if methods:
         extra.append(f"bench.methods=[{methods}]")
     if seeds:

@@ -118,6 +118,7 @@ class Run:
             state = load_checkpoint(self.checkpoint_path)
             self.runner.history = list(state.get("history", []))
             self.runner.stage_seconds = dict(state.get("stage_seconds", {}))
+            self.runner.stage_steps = dict(state.get("stage_steps", {}))
             if state["stage"] == "done":
                 raise UserError(f"{out}: this run is already finished (metrics.json holds its results)")
             self.echo(f"resuming from {self.checkpoint_path}: {resume_position(state, self.spec)}")
@@ -207,10 +208,12 @@ class Run:
             "flow_reduce": compact_ir.meta.get("flow_reduce"),
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
+            "stage_steps": runner.stage_steps,
         }
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))
         plot_curves(runner.history, self.out / "curves.png")
         save_checkpoint(self.checkpoint_path, {"stage": "done", "epoch": 0, "step": 0, "history": runner.history,
-                                               "stage_seconds": runner.stage_seconds})
+                                               "stage_seconds": runner.stage_seconds,
+                                               "stage_steps": runner.stage_steps})
         return metrics

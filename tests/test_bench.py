@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import yaml
 from test_cli import dagir
 from test_run import TINY
 
@@ -118,3 +119,24 @@ def test_mtnas_and_mmoe_are_bench_methods(tmp_path):
     assert "strategy: reinforce" in mtnas and "build-routing" in mtnas
     assert [row["stage"] for row in json.loads((out / "mmoe-seed3" / "history.json").read_text())] == ["warmup"] * 5
     assert "delta_mtl" in results["table"]["rows"]["mtnas"]
+
+
+def test_ablations_run_as_one_bench_and_the_table_states_each_budget(tmp_path):
+    spec, out = tiny_bench(tmp_path)
+    code, stdout, stderr = dagir("bench", str(spec), "-o", str(out), "--ablations", "--no-progress",
+                                 "--set", "train.search.epochs=1")
+    assert code == 0, stderr
+    rows = {r["method"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert list(rows) == ["searched", "single_task", "no_read_io", "no_flow_restriction", "no_squeeze",
+                          "no_flow_reduction"]
+    resolved = {name: yaml.safe_load((out / f"{name}-seed3" / "spec.resolved.yaml").read_text()) for name in rows}
+    assert resolved["no_read_io"]["network"]["read_in"] is False and resolved["no_read_io"]["network"]["read_out"] is False
+    assert resolved["no_flow_restriction"]["network"]["flow_restriction"]["max_span"] is None
+    assert resolved["no_squeeze"]["search"]["squeeze"]["kind"] == "none"
+    assert resolved["no_flow_reduction"]["search"]["reduction"]["enabled"] is False
+    assert resolved["searched"]["search"]["reduction"]["enabled"] is True
+    # the budget: the tiny spec's 2 + 1 + 1 epochs of 4 steps each, for every ablation alike
+    assert {row["epochs w+s+f"] for row in rows.values()} >= {"2+1+1"}
+    assert rows["searched"]["steps"] == rows["no_squeeze"]["steps"] == "16"
+    assert float(rows["searched"]["warm-up + search s"]) <= float(rows["searched"]["train s"])
+    assert "Budget: every method trains on the same data and seeds" in (out / "table.md").read_text()

@@ -3,8 +3,10 @@
 A method is a partial spec laid over the bench's spec: the same data, tasks and seed, its own
 build pass, decisions, strategy and stages. `searched` is the bench spec itself (the paper's
 method). The built-in ones are the YAML files beside this module — `mtl_nas`, `mtnas`, `mmoe`,
-`single_task`, `hard_sharing`, `cross_stitch` — and a user's own method is a file of the same form, named by its
-path in `--methods` or `bench.methods` (its name in the table is the file's stem):
+`single_task`, `hard_sharing`, `cross_stitch`, and the paper's ablations of its own method (`ABLATIONS`:
+`no_read_io`, `no_flow_restriction`, `no_squeeze`, `no_flow_reduction`, each the bench spec with one
+part switched off; `dagir bench --ablations` runs them) — and a user's own method is a file of the
+same form, named by its path in `--methods` or `bench.methods` (its name in the table is the file's stem):
 
     # my_method.yaml: hard sharing with a wider trunk
     budget: one-stage
@@ -17,7 +19,7 @@ set) are spent, so every method gets the same number: `same` (as the merged spec
 (all of them in the first stage, for methods without decisions), `search-takes-finetune` (the
 fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`.
 
->>> sorted(BUILT_IN)
+>>> sorted(set(BUILT_IN) - set(ABLATIONS))
 ['cross_stitch', 'hard_sharing', 'mmoe', 'mtl_nas', 'mtnas', 'searched', 'single_task']
 """
 from __future__ import annotations
@@ -30,7 +32,9 @@ from ..spec import Spec, SpecSource, check_spec_semantics, validate_spec
 from ..spec_loader import read_spec_file
 
 HERE = Path(__file__).parent
-BUILT_IN: tuple[str, ...] = ("searched", "mtl_nas", "mtnas", "mmoe", "single_task", "hard_sharing", "cross_stitch")
+ABLATIONS: tuple[str, ...] = ("no_read_io", "no_flow_restriction", "no_squeeze", "no_flow_reduction")
+BUILT_IN: tuple[str, ...] = ("searched", "mtl_nas", "mtnas", "mmoe", "single_task", "hard_sharing",
+                             "cross_stitch") + ABLATIONS
 BUDGETS: tuple[str, ...] = ("same", "one-stage", "search-takes-finetune")
 FIXED_SECTIONS: tuple[str, ...] = ("data", "tasks", "seed", "bench")
 

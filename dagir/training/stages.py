@@ -38,6 +38,7 @@ class StageRunner:
         self.autocast = spec.train.precision == "bfloat16"
         self.history: list[dict[str, Any]] = list(history or [])
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
+        self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -70,7 +71,7 @@ class StageRunner:
             payload = {"stage": name, "epoch": position.epoch, "step": position.step,
                        "totals": totals.as_dict(), "model": model.state_dict(),
                        "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
-                       "stage_seconds": self.stage_seconds}
+                       "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps}
             save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
 
         def before_step(progress: float) -> None:
@@ -82,6 +83,7 @@ class StageRunner:
         loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
                          checkpoint, end_of_epoch, spec.train.checkpoint_every, self.progress, self.device,
                          before_step=before_step)
+        self.stage_steps[name] = loop.total_steps()
         position, totals = None, None
         if state is not None:
             for optimizer, saved in zip(optimizers, state["optimizers"]):
