@@ -190,6 +190,16 @@ class SearchStageSpec(StageSpec):
         return betas
 
 
+class LossWeightingSpec(Strict):
+    """How the task losses are combined (`dagir.training.weighting`): `sum` of w_t·L_t, `uw`
+    (uncertainty weighting; its log-variances learn at `lr`) or `dwa` (dynamic weight average at
+    `temperature`)."""
+
+    kind: Literal["sum", "uw", "dwa"] = "sum"
+    lr: float = Field(0.01, gt=0)
+    temperature: float = Field(2.0, gt=0)
+
+
 class TrainSpec(Strict):
     warmup: StageSpec = Field(default_factory=lambda: StageSpec(epochs=3))
     search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
@@ -197,6 +207,7 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "float64", "bfloat16"] = "float32"
     checkpoint_every: int = Field(200, ge=1)
+    loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
 
 
 class PipelineSpec(Strict):

@@ -371,3 +371,30 @@ def test_resume_position_reads_as_a_person_would():
     spec = load_spec(Path(__file__).parent.parent / "examples" / "multimnist.yaml", ["train.search.epochs=10"])
     assert resume_position({"stage": "search", "epoch": 10, "step": 0}, spec) == "search finished (10 of 10 epochs)"
     assert resume_position({"stage": "search", "epoch": 2, "step": 40}, spec) == "search epoch 3 of 10, step 40"
+
+
+@pytest.mark.parametrize("kind", ["uw", "dwa"])
+def test_loss_weighting_from_torchjd_trains_and_resumes_exactly(tmp_path, tiny_spec, monkeypatch, kind):
+    overrides = [f"train.loss_weighting.kind={kind}", "train.loss_weighting.lr=0.1"]
+    whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=overrides)
+    plain = run_quietly(tiny_spec, tmp_path / "plain")
+    history = json.loads((tmp_path / "whole" / "history.json").read_text())
+    plain_history = json.loads((tmp_path / "plain" / "history.json").read_text())
+    assert history[-1]["train/loss"] != plain_history[-1]["train/loss"]  # the weighting changed the training
+    assert load_spec(tmp_path / "whole" / "spec.resolved.yaml").train.loss_weighting.kind == kind
+    if kind == "uw":  # the learned weights ½e^{-s_t} moved away from their start, 0.5
+        assert all(abs(history[-1][f"weight/{task}"] - 0.5) > 1e-3 for task in ("digit", "parity"))
+    real_loss = training_loop.multitask_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 14:  # inside the search, after its mid-epoch checkpoint
+            raise Interrupt()
+        return real_loss(*args, **kwargs)
+
+    patch_loss(monkeypatch, flaky_loss)
+    with pytest.raises(Interrupt):
+        run_quietly(tiny_spec, tmp_path / "resumed", overrides=overrides)
+    patch_loss(monkeypatch, real_loss)
+    assert run_quietly(tiny_spec, tmp_path / "resumed", resume=True, overrides=overrides)["test"] == whole["test"]

@@ -37,14 +37,19 @@ def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: flo
 
 
 def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
-                   tasks: Sequence[TaskSpec]) -> tuple[Tensor, dict[str, float]]:
-    """Σ_t w_t · L_t, and each task's loss for the record."""
-    total, parts = None, {}
+                   tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None,
+                   ) -> tuple[Tensor, dict[str, float]]:
+    """Σ_t w_t · L_t (or the `weighting` of the stacked w_t · L_t), and each task's loss for the record."""
+    weighted, parts = [], {}
     for task in tasks:
         loss = task_loss(task.kind, outputs[task.name], targets[task.name], task.loss)
         parts[task.name] = float(loss.detach())
-        total = task.weight * loss if total is None else total + task.weight * loss
-    assert total is not None
+        weighted.append(task.weight * loss)
+    if weighting is not None:
+        return weighting(torch.stack(weighted)), parts
+    total = weighted[0]
+    for term in weighted[1:]:
+        total = total + term
     return total, parts
 
 
@@ -80,11 +85,11 @@ StepFunction = Callable[[Batch, int, int], tuple[float, float]]
 
 
 def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer: torch.optim.Optimizer,
-                    tasks: Sequence[TaskSpec]) -> StepFunction:
+                    tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None) -> StepFunction:
     """One plain optimisation step on the weighted task losses (warm-up, fine-tune, baselines)."""
     def step(batch: Batch, epoch: int, index: int) -> tuple[float, float]:
         inputs, targets = batch
-        loss, _ = multitask_loss(forward(inputs), targets, tasks)
+        loss, _ = multitask_loss(forward(inputs), targets, tasks, weighting)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

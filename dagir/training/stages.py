@@ -21,6 +21,7 @@ from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .schedules import set_learning_rates, squeeze_ramp, temperature
+from .weighting import make_weighting
 
 Echo = Callable[[str], None]
 WEIGHT_PREFIXES = ("edge_", "node_", "op_")  # Θ's submodules; the heads are `head_*`
@@ -39,6 +40,7 @@ class StageRunner:
         self.history: list[dict[str, Any]] = list(history or [])
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
+        self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device)  # None: the plain sum
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -62,6 +64,9 @@ class StageRunner:
             row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
                    "train/loss": totals.loss / max(totals.steps, 1),
                    "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val")}
+            if self.weighting is not None:
+                self.weighting.end_epoch()
+                row.update({f"weight/{t.name}": w for t, w in zip(self.spec.tasks, self.weighting.weights())})
             self.history.append(row)
             shown = "  ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val/"))
             self.echo(f"{name} epoch {epoch + 1}/{stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
@@ -72,12 +77,22 @@ class StageRunner:
                        "totals": totals.as_dict(), "model": model.state_dict(),
                        "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
                        "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps}
+            if self.weighting is not None:
+                payload["weighting"] = self.weighting.state_dict()
             save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
 
         def before_step(progress: float) -> None:
             set_learning_rates(optimizers if scheduled is None else scheduled, progress, schedule=stage.lr_schedule)
             if follow_progress is not None:
                 follow_progress(progress)
+
+        if self.weighting is not None:
+            train_step, weighting = step, self.weighting
+
+            def step(batch, epoch: int, index: int) -> tuple[float, float]:
+                result = train_step(batch, epoch, index)
+                weighting.after_step()
+                return result
 
         spec = self.spec
         loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
@@ -92,6 +107,8 @@ class StageRunner:
                 for group, lr in zip(optimizer.param_groups, stage_lrs):  # the spec's lr, changed on --resume or not
                     group["initial_lr"] = group["lr"] = lr
             position = Position(state["epoch"], state["step"])
+            if self.weighting is not None and "weighting" in state:
+                self.weighting.load_state_dict(state["weighting"])
             raw = state.get("totals") or {}
             totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
         try:
@@ -110,7 +127,8 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
     network.gates.mode = "ones"
     network.train()
     optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
-    step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks)
+    step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks,
+                           runner.weighting)
     runner.run("warmup", stage, data.train, step, network, [optimizer], data, state)
 
 
@@ -137,7 +155,8 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         return epoch_now["compactness"]
 
     context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(supernet, inputs),
-                            weights, head_parameters(supernet), spec.seed, arch_batch, compactness)
+                            weights, head_parameters(supernet), spec.seed, arch_batch, compactness,
+                            weighting=runner.weighting)
     strategy = make_strategy(context)
     if state is not None:
         strategy.load_state_dict(state.get("strategy", {}))
@@ -198,6 +217,6 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
         compact.train()
         return runner.forward(compact, inputs)
 
-    step = supervised_step(forward, optimizer, runner.spec.tasks)
+    step = supervised_step(forward, optimizer, runner.spec.tasks, runner.weighting)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
                save_extra=lambda: {"supernet": supernet.state_dict()})

@@ -52,10 +52,13 @@ class SearchContext:
     compactness: Callable[[], Tensor | None] = lambda: None
     squeeze_weight: float = 0.0
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    weighting: Callable[[Tensor], Tensor] | None = None
 
-    def task_loss(self, batch: Batch) -> Tensor:
+    def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:
+        """The task losses of `batch` combined by the run's weighting (`weighted`), or their plain
+        weighted sum (a reward, which should not move the weighting's statistics)."""
         inputs, targets = batch
-        loss, _ = multitask_loss(self.forward(inputs), targets, self.tasks)
+        loss, _ = multitask_loss(self.forward(inputs), targets, self.tasks, self.weighting if weighted else None)
         return loss
 
     def regulariser(self, values: Tensor) -> Tensor:

@@ -42,7 +42,7 @@ class ReinforceSearch(SearchStrategy):
             self.weights.step()
             held_out = context.arch_batch(epoch, index)
             with torch.no_grad():
-                reward = -float(context.task_loss(batch if held_out is None else held_out))
+                reward = -float(context.task_loss(batch if held_out is None else held_out, weighted=False))
         finally:
             table.mode = "soft"
         decay = context.stage.reward_decay
