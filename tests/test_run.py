@@ -377,7 +377,7 @@ def test_resume_position_reads_as_a_person_would():
 def test_loss_weighting_from_torchjd_trains_and_resumes_exactly(tmp_path, tiny_spec, monkeypatch, kind):
     overrides = [f"train.loss_weighting.kind={kind}", "train.loss_weighting.lr=0.1"]
     whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=overrides)
-    plain = run_quietly(tiny_spec, tmp_path / "plain")
+    run_quietly(tiny_spec, tmp_path / "plain")
     history = json.loads((tmp_path / "whole" / "history.json").read_text())
     plain_history = json.loads((tmp_path / "plain" / "history.json").read_text())
     assert history[-1]["train/loss"] != plain_history[-1]["train/loss"]  # the weighting changed the training
