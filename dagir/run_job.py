@@ -209,6 +209,7 @@ class Run:
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
             "stage_steps": runner.stage_steps,
+            "selected_epoch": runner.selected,
         }
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))

@@ -208,6 +208,7 @@ class TrainSpec(Strict):
     precision: Literal["float32", "float64", "bfloat16"] = "float32"
     checkpoint_every: int = Field(200, ge=1)
     loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
+    select: Literal["last", "best"] = "last"  # the final stage keeps its last epoch, or its best on validation
 
 
 class PipelineSpec(Strict):

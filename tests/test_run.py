@@ -398,3 +398,26 @@ def test_loss_weighting_from_torchjd_trains_and_resumes_exactly(tmp_path, tiny_s
         run_quietly(tiny_spec, tmp_path / "resumed", overrides=overrides)
     patch_loss(monkeypatch, real_loss)
     assert run_quietly(tiny_spec, tmp_path / "resumed", resume=True, overrides=overrides)["test"] == whole["test"]
+
+
+def test_select_best_keeps_the_final_stages_best_validation_epoch(tmp_path, tiny_spec):
+    from dagir.backends.torch_export import load_compact
+    from dagir.datasets import load_dataset
+    from dagir.tasks import delta_mtl
+    from dagir.training.loop import evaluate
+
+    out = tmp_path / "run"
+    overrides = ["train.select=best", "train.finetune.epochs=4", "train.finetune.lr=0.5"]  # an lr that makes it wander
+    metrics = run_quietly(tiny_spec, out, overrides=overrides)
+    rows = [row for row in json.loads((out / "history.json").read_text()) if row["stage"] == "finetune"]
+    kinds = {"digit": "classification", "parity": "classification"}
+    scores = [delta_mtl({t: row[f"val/{t}/accuracy"] for t in kinds}, {t: rows[0][f"val/{t}/accuracy"] for t in kinds},
+                        kinds) for row in rows]
+    chosen = max(range(len(rows)), key=lambda i: (scores[i], -i))  # the first of equal scores
+    assert chosen + 1 < len(rows)  # this run peaks before its last epoch, so keeping the last would fail below
+    assert metrics["selected_epoch"] == {"finetune": chosen + 1}
+    spec = load_spec(out / "spec.resolved.yaml")
+    module, _ = load_compact(out)
+    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
+    val = evaluate(module, data.val, spec.tasks, data)
+    assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"val/{t}/accuracy"] for t in kinds})

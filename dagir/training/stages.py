@@ -9,6 +9,7 @@ checkpoints and resume (`StageLoop`), the validation after every epoch and the h
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Sequence
 
@@ -16,7 +17,8 @@ import torch
 from torch import nn
 
 from ..datasets.splits import Split, TaskData
-from ..spec import Spec, StageSpec
+from ..spec import Spec, StageSpec, TaskSpec
+from ..tasks import delta_mtl
 from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
@@ -25,6 +27,42 @@ from .weighting import make_weighting
 
 Echo = Callable[[str], None]
 WEIGHT_PREFIXES = ("edge_", "node_", "op_")  # Θ's submodules; the heads are `head_*`
+
+
+STAGES = ("warmup", "search", "finetune")
+
+
+def final_stage(spec: Spec) -> str:
+    """The last stage that trains (the one whose weights the exported network keeps)."""
+    return next((name for name in reversed(STAGES) if getattr(spec.train, name).epochs > 0), "warmup")
+
+
+class BestEpoch:
+    """Model selection on validation (`train.select: best`): the epoch of the final stage whose
+    validation metrics gain most over the stage's first epoch (Δ_MTL's formula, each task by its
+    chosen metric), and a copy of the model then; the stage ends with that model restored."""
+
+    def __init__(self, tasks: Sequence[TaskSpec]) -> None:
+        self.kinds = {task.name: task.kind for task in tasks}
+        self.chosen = {task.name: task.metric for task in tasks}
+        self.reference: dict[str, dict[str, float]] | None = None
+        self.score, self.epoch, self.model = -math.inf, -1, None
+
+    def offer(self, epoch: int, metrics: dict[str, dict[str, float]], model: nn.Module) -> None:
+        if self.reference is None:  # a metric of 0 would make the relative change undefined
+            self.reference = {task: {k: (v if v != 0 else 1e-12) for k, v in values.items()}
+                              for task, values in metrics.items()}
+        score = delta_mtl(metrics, self.reference, self.kinds, self.chosen)
+        if score > self.score:
+            self.score, self.epoch = score, epoch
+            self.model = {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reference": self.reference, "score": self.score, "epoch": self.epoch, "model": self.model}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reference, self.score, self.epoch, self.model = (state["reference"], state["score"], state["epoch"],
+                                                              state["model"])
 
 
 class StageRunner:
@@ -41,6 +79,7 @@ class StageRunner:
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device)  # None: the plain sum
+        self.selected: dict[str, int] = {}  # the epoch (1-based) `train.select: best` kept, per stage
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -58,9 +97,12 @@ class StageRunner:
         follow `stage.lr_schedule`; `follow_progress(progress)`, if given, runs before every step
         too (the search's τ and λ); `save_extra()` adds to every checkpoint."""
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
+        best = BestEpoch(self.spec.tasks) if self.spec.train.select == "best" and name == final_stage(self.spec) else None
 
         def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
             metrics = self.evaluate(model, data.val, data)
+            if best is not None:
+                best.offer(epoch, metrics, model)
             row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
                    "train/loss": totals.loss / max(totals.steps, 1),
                    "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val")}
@@ -79,6 +121,8 @@ class StageRunner:
                        "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps}
             if self.weighting is not None:
                 payload["weighting"] = self.weighting.state_dict()
+            if best is not None:
+                payload["best_epoch"] = best.state_dict()
             save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
 
         def before_step(progress: float) -> None:
@@ -109,6 +153,8 @@ class StageRunner:
             position = Position(state["epoch"], state["step"])
             if self.weighting is not None and "weighting" in state:
                 self.weighting.load_state_dict(state["weighting"])
+            if best is not None and "best_epoch" in state:
+                best.load_state_dict(state["best_epoch"])
             raw = state.get("totals") or {}
             totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
         try:
@@ -117,6 +163,10 @@ class StageRunner:
             kept = ("the last good checkpoint is kept" if self.checkpoint_path.is_file()
                     else "no checkpoint was written before it")
             raise DivergedError(f"{err}; {kept} (try a lower lr)") from None
+        if best is not None and best.model is not None:
+            model.load_state_dict(best.model)
+            self.selected[name] = best.epoch + 1
+            self.echo(f"{name}: kept epoch {best.epoch + 1} of {stage.epochs}, the best on validation")
         self.stage_seconds[name] = time.perf_counter() - started
 
 
