@@ -171,6 +171,15 @@ class GateTable(nn.Module):
             self.relaxation = saved
             self.train(training)
 
+    def dropped(self, rate: float, generator: torch.Generator | None = None) -> Tensor:
+        """Option values that turn each bernoulli gate off with probability `rate` (drawn with
+        `generator`) and leave every categorical route open: a warm-up step's sub-network."""
+        values = torch.ones(self.values_size)
+        count = sum(self.logits[group].numel() for group in self.bernoulli_groups)
+        values[:count] = (torch.rand(count, generator=generator) >= rate).to(values.dtype)
+        first = next(iter(self.logits.values()), None)
+        return values if first is None else values.to(device=first.device, dtype=first.dtype)
+
     def fix(self, values: Tensor) -> None:
         """Use `values` (from `sample`, or any option values) in `fixed` mode."""
         if values.numel() != self.values_size:

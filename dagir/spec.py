@@ -163,6 +163,15 @@ class StageSpec(Strict):
     weight_decay: float = Field(0.0, ge=0)
 
 
+class WarmupStageSpec(StageSpec):
+    """The warm-up. `edge_dropout`: the chance that each bernoulli gate of each task is 0 in a
+    step, so the warm-up trains many sub-networks (per-task paths, not only the fully shared
+    network) and the search compares edges that were trained without one another; 0 trains the
+    whole supernet every step (every gate 1)."""
+
+    edge_dropout: float = Field(0.0, ge=0, lt=1)
+
+
 class SearchStageSpec(StageSpec):
     """The search stage. `strategy` (DESIGN §9): `gradient` (`mode` joint or alternating) or
     `reinforce`. `split`: the fraction of the training set held out for the architecture steps
@@ -201,7 +210,7 @@ class LossWeightingSpec(Strict):
 
 
 class TrainSpec(Strict):
-    warmup: StageSpec = Field(default_factory=lambda: StageSpec(epochs=3))
+    warmup: WarmupStageSpec = Field(default_factory=lambda: WarmupStageSpec(epochs=3))
     search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
     finetune: StageSpec = Field(default_factory=lambda: StageSpec(epochs=2, lr=5e-4))
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -421,3 +421,28 @@ def test_select_best_keeps_the_final_stages_best_validation_epoch(tmp_path, tiny
     data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
     val = evaluate(module, data.val, spec.tasks, data)
     assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"val/{t}/accuracy"] for t in kinds})
+
+
+def test_warmup_edge_dropout_trains_sub_networks(tmp_path, tiny_spec, monkeypatch):
+    from dagir.backends.torch_gates import GateTable
+    drawn: list[torch.Tensor] = []
+    real_fix = GateTable.fix
+
+    def recording(self, values):
+        drawn.append(values.clone())
+        real_fix(self, values)
+
+    monkeypatch.setattr(GateTable, "fix", recording)
+    overrides = ["train.warmup.edge_dropout=0.3", "train.search.epochs=1"]
+    first = run_quietly(tiny_spec, tmp_path / "a", overrides=overrides)
+    warmup_draws = drawn[:8]  # the tiny warm-up takes 2 epochs of 4 steps
+    off = torch.cat(warmup_draws)
+    assert 0.2 < float((off == 0).float().mean()) < 0.4  # about 30% of the gates off in each step
+    assert not all(torch.equal(warmup_draws[0], d) for d in warmup_draws[1:])  # a new sub-network each step
+    drawn.clear()
+    again = run_quietly(tiny_spec, tmp_path / "b", overrides=overrides)
+    assert again["test"] == first["test"]  # the draws are fixed by the seed
+    drawn.clear()
+    run_quietly(tiny_spec, tmp_path / "c", overrides=["train.search.epochs=1"])
+    assert drawn == []  # off by default: the warm-up trains the whole supernet
+    assert load_spec(tmp_path / "a" / "spec.resolved.yaml").train.warmup.edge_dropout == 0.3

@@ -171,7 +171,8 @@ class StageRunner:
 
 
 def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[str, Any] | None) -> None:
-    """Every gate 1: all tasks share every state, which the supernet then computes once."""
+    """Every gate 1: all tasks share every state, which the supernet then computes once; with
+    `edge_dropout`, each step a sub-network with some gates 0 (validation: every gate 1)."""
     from dagir.backends.torch_supernet import head_parameters, weight_parameters
     stage = runner.spec.train.warmup
     network.gates.mode = "ones"
@@ -179,6 +180,18 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
     optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
     step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks,
                            runner.weighting)
+    if stage.edge_dropout > 0:  # each step trains a sub-network drawn per (seed, epoch, step); validation the whole
+        from .search import step_generator
+        whole_step = step
+
+        def step(batch, epoch: int, index: int) -> tuple[float, float]:
+            gates = network.gates
+            gates.fix(gates.dropped(stage.edge_dropout, step_generator(runner.spec.seed, epoch, index)))
+            gates.mode = "fixed"
+            try:
+                return whole_step(batch, epoch, index)
+            finally:
+                gates.mode = "ones"
     runner.run("warmup", stage, data.train, step, network, [optimizer], data, state)
 
 
