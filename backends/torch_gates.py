@@ -115,6 +115,8 @@ class GateTable(nn.Module):
                     row = rows[decision.name].index(SHARED if decision.scope == "shared" else task)
                     pairs.extend((slot, offsets[group] + row * width + k) for k in decision.options_with(key))
         self.slots = slots
+        self.slot_tasks = [task for (_, task) in sorted(slots, key=slots.__getitem__)]  # the task of each slot
+        self.value_owners = [owner for (_, owner, _) in self.value_names]  # a task, or SHARED, per option value
         slot_index = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         value_index = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         one_each = sorted(p[0] for p in pairs) == list(range(len(slots)))
@@ -221,7 +223,10 @@ class GateTable(nn.Module):
     def forward(self) -> Tensor:
         if not self.slots:
             return torch.zeros(0)
-        values = self.option_values()
+        return self.slot_values(self.option_values())
+
+    def slot_values(self, values: Tensor) -> Tensor:
+        """The gate of every slot from option values (a categorical's edge: the sum of its options')."""
         if self.identity:
             return values
         if self.gather_only:

@@ -27,7 +27,7 @@ from .pass_manager import Pass, PassCallback, PassManager, PipelineError, parse_
 from .spec import Spec, input_shape
 
 BEFORE_SEARCH = ["build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates"]
-AFTER_SEARCH = ["discretize", "flow-reduce", "share-states"]
+AFTER_SEARCH = ["discretize", "flow-reduce", "fit-budget", "share-states"]
 
 
 def seed_ir(spec: Spec) -> IR:
@@ -58,6 +58,7 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
         "attach-gates": {"init": search.gates.init, "noise": search.gates.init_noise, "seed": spec.seed},
         "discretize": {"threshold": reduction.threshold},
         "flow-reduce": {"flow_budget": reduction.flow_budget, "enabled": reduction.enabled},
+        "fit-budget": {"macs": search.budget.macs, "parameters": search.budget.parameters},
     })
     return options
 

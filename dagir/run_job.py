@@ -3,7 +3,7 @@
     compile (before-search pipeline) -> lower the supernet
     warm-up   train Θ and the heads, every gate 1                       (dagir.training.stages)
     search    train the decisions with the stage's strategy, squeeze   (dagir.training.search)
-    import the logits into the IR -> after-search pipeline (discretize, flow-reduce, share-states)
+    import the logits into the IR -> after-search pipeline (discretize, flow-reduce, fit-budget, share-states)
     lower the compact network (weights from the supernet) -> fine-tune -> evaluate -> export
 
 OUT/
@@ -157,6 +157,10 @@ class Run:
 
         compact_ir = PassManager(passes, on_pass=dump).run(searched, first_index=1)
         write_text(self.out / "compact.json", compact_ir.to_json())
+        fit = compact_ir.meta.get("fit_budget")
+        if fit and not fit["met"]:
+            self.echo(f"warning: search.budget not met: one path per task already costs {fit['cost']['macs']:,} MACs "
+                      f"and {fit['cost']['parameters']:,} parameters; the compact network keeps those paths")
         return compact_ir
 
     def _final_tau(self) -> float:
@@ -206,6 +210,7 @@ class Run:
                          "edges": len(searched.edges), "edges_per_task": edges_per_task(searched)},
             "discretization_gap": discretize.get("gap"),
             "flow_reduce": compact_ir.meta.get("flow_reduce"),
+            "fit_budget": compact_ir.meta.get("fit_budget"),
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
             "stage_steps": runner.stage_steps,

@@ -39,6 +39,7 @@ class TaskSpec(Strict):
     loss: str | None = None
     metric: str | None = None
     weight: float = Field(1.0, gt=0)
+    squeeze: float = Field(1.0, ge=0)  # this task's share of the squeeze: its gates are squeezed this much harder
 
     @model_validator(mode="after")
     def _classes_where_needed(self) -> "TaskSpec":
@@ -142,6 +143,22 @@ class SqueezeSpec(Strict):
     ramp: float = Field(0.5, ge=0, le=1)
 
 
+class SharingSpec(Strict):
+    """A term of the search that rewards tasks for agreeing on an edge, so sharing a state is
+    chosen and not only inherited from the warm-up: `weight` · mean over edges and pairs of the
+    tasks it serves of (g_e,t − g_e,t')². 0 switches it off."""
+
+    weight: float = Field(0.0, ge=0)
+
+
+class BudgetSpec(Strict):
+    """A cost the compact network must not exceed (the `fit-budget` pass): multiply-accumulates
+    per sample and/or parameters, as `dagir.compact_cost` counts them; null: no limit."""
+
+    macs: int | None = Field(None, ge=1)
+    parameters: int | None = Field(None, ge=1)
+
+
 class ReductionSpec(Strict):
     enabled: bool = True
     threshold: float = Field(0.5, gt=0, lt=1)
@@ -151,7 +168,9 @@ class ReductionSpec(Strict):
 class SearchSpec(Strict):
     gates: GatesSpec = Field(default_factory=GatesSpec)
     squeeze: SqueezeSpec = Field(default_factory=SqueezeSpec)
+    sharing: SharingSpec = Field(default_factory=SharingSpec)
     reduction: ReductionSpec = Field(default_factory=ReductionSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
 
 
 class StageSpec(Strict):
@@ -404,7 +423,11 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     from .pipeline import after_search_pipeline, before_search_pipeline
 
     passes = before_search_pipeline(spec)  # both pipelines parse before any work starts
-    after_search_pipeline(spec)
+    after = after_search_pipeline(spec)
+    budget = spec.search.budget
+    if (budget.macs or budget.parameters) and not any(p.name == "fit-budget" for p in after):
+        raise source.error(("search", "budget"), "a budget is met by the fit-budget pass, and "
+                                                 "pipeline.after_search has none: add fit-budget after flow-reduce")
     _check_size_and_strategy(spec, source, passes)
     for index, method in enumerate(spec.bench.methods if methods else []):
         try:

@@ -104,8 +104,10 @@ def test_delta_mtl_follows_each_tasks_chosen_metric():
 
     spec = Spec(data={"dataset": "nyuv2", "root": "."}, tasks=[{"name": "depth", "kind": "depth", "metric": "delta1"}],
                 network={"input": {"shape": [3, 8, 8]}})
-    results = {"single_task": {0: {"test": {"depth": {"delta1": 0.5}}, "parameters": 1, "macs": 1, "seconds": 1}},
-               "searched": {0: {"test": {"depth": {"delta1": 0.6}}, "parameters": 1, "macs": 1, "seconds": 1}}}
+    budget = {"parameters": 1, "macs": 1, "seconds": 1, "search_seconds": 1, "steps": 1,
+              "epochs": {"warmup": 1, "search": 1, "finetune": 1}}
+    results = {"single_task": {0: {"test": {"depth": {"delta1": 0.5}}, **budget}},
+               "searched": {0: {"test": {"depth": {"delta1": 0.6}}, **budget}}}
     assert summarise(spec, results)["rows"]["searched"]["delta_mtl"]["mean"] == pytest.approx(20.0)
 
 
@@ -140,3 +142,21 @@ def test_ablations_run_as_one_bench_and_the_table_states_each_budget(tmp_path):
     assert rows["searched"]["steps"] == rows["no_squeeze"]["steps"] == "16"
     assert float(rows["searched"]["warm-up + search s"]) <= float(rows["searched"]["train s"])
     assert "Budget: every method trains on the same data and seeds" in (out / "table.md").read_text()
+
+
+def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
+    from pathlib import Path
+
+    from dagir.bench_job import resolve_methods
+    from dagir.spec import load_spec
+
+    spec, _ = tiny_bench(tmp_path)
+    levers = sorted((Path(__file__).parent.parent / "examples" / "levers").glob("*.yaml"))
+    assert len(levers) >= 6
+    base = load_spec(spec)
+    resolved = resolve_methods(base, [str(path) for path in levers])
+    for name, method in resolved.items():
+        changed = [key for key, value in method.resolved_dict()["train"].items() if value != base.resolved_dict()["train"][key]]
+        changed += [key for key, value in method.resolved_dict()["search"].items()
+                    if value != base.resolved_dict()["search"][key]]
+        assert len(changed) == 1, (name, changed)

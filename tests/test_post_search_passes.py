@@ -255,3 +255,49 @@ def test_the_post_search_pipeline_verifies_after_every_pass(ir):
     out = manager.run(ir)
     assert out.discretized and out.reduced and "share_states" in out.meta
     assert [name for name, _ in manager.timings] == ["discretize", "flow-reduce", "share-states"]
+
+
+# -- fit-budget -----------------------------------------------------------------------------------
+def cost_of(ir: IR) -> dict[str, int]:
+    from dagir.compact_cost import compact_macs, compact_parameters
+    shared = ShareStates().run(ir)
+    return {"macs": compact_macs(shared)["total"], "parameters": compact_parameters(shared)["total"]}
+
+
+def best_paths_only(ir: IR) -> IR:
+    """The network that keeps each task's best path and nothing else: the cheapest fit-budget may reach."""
+    out = ir.copy()
+    paths = {task: set(best_path(out, task, gate_weights(out, task))) for task in out.task_names}
+    for key, edge in list(out.edges.items()):
+        for task in edge.active_tasks():
+            if key not in paths[task]:
+                out.edges[key] = out.edges[key].with_task_state(task, keep=False)
+    return FlowReduce(enabled=False).run(out)
+
+
+@given(gated_irs(max_nodes=8), st.floats(0.0, 1.2))
+@PROPERTY
+def test_fit_budget_meets_any_budget_the_best_paths_allow(ir, fraction):
+    from dagir.passes.fit_budget import FitBudget
+    start = reduced(discretized(ir), 0.0)
+    floor, full = cost_of(best_paths_only(start))["macs"], cost_of(start)["macs"]
+    budget = max(1, int(floor + fraction * (full - floor)) if fraction <= 1 else int(floor * 0.5))
+    fitted = FitBudget(macs=budget).run(start)
+    verify(fitted)
+    check_task_paths(fitted)
+    record = fitted.meta["fit_budget"]
+    assert record["cost"] == cost_of(fitted)
+    assert record["met"] == (record["cost"]["macs"] <= budget)
+    assert record["met"] or budget < floor  # a budget the best paths meet is always met
+    for task in fitted.task_names:  # every task keeps its best path
+        assert set(best_path(start, task, gate_weights(start, task))) <= set(gate_weights(fitted, task))
+    if fraction >= 1.0 and fraction <= 1.2 and budget >= full:
+        assert record["removed"] == []  # within budget already: nothing removed
+
+
+def test_fit_budget_does_nothing_without_a_budget_and_reads_it_from_the_spec():
+    from dagir.passes.fit_budget import FitBudget
+    ir = reduced(discretized(hand_ir(DIAMOND)), 0.0)
+    assert FitBudget().run(ir).to_dict() == ir.to_dict()
+    options = spec_options(Spec(tasks=[{"name": "a", "kind": "regression"}], search={"budget": {"macs": 1000}}))
+    assert parse_pass("fit-budget", options).macs == 1000

@@ -66,7 +66,7 @@ def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
         "01-build-central.json", "02-flow-restrict.json", "03-insert-read-io.json", "04-legalize-types.json",
         "05-attach-gates.json"]
     assert sorted(p.name for p in (out / "passes" / "after-search").glob("*.json")) == [
-        "01-discretize.json", "02-flow-reduce.json", "03-share-states.json"]
+        "01-discretize.json", "02-flow-reduce.json", "03-fit-budget.json", "04-share-states.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["test"]) == {"digit", "parity"}
     assert 0.0 <= metrics["test"]["digit"]["accuracy"] <= 1.0
@@ -446,3 +446,64 @@ def test_warmup_edge_dropout_trains_sub_networks(tmp_path, tiny_spec, monkeypatc
     run_quietly(tiny_spec, tmp_path / "c", overrides=["train.search.epochs=1"])
     assert drawn == []  # off by default: the warm-up trains the whole supernet
     assert load_spec(tmp_path / "a" / "spec.resolved.yaml").train.warmup.edge_dropout == 0.3
+
+
+TWINS = """\
+name: twins
+seed: 0
+data: {dataset: mmoe_synthetic, options: {correlation: 1.0, dim: 8, samples: 600, noise_std: 0.0}, batch_size: 64}
+tasks:
+  - {name: a, kind: regression}
+  - {name: b, kind: regression}
+network:
+  stem: {channels: 8}
+  central: {nodes: 4, stages: 1, channels: 8, edge_op: mlp}
+  flow_restriction: {max_span: 2}
+  heads: {hidden: 4}
+search:
+  gates: {init_noise: 1.0}
+train:
+  warmup: {epochs: 1, lr: 0.01}
+  search: {epochs: 3, lr: 0.01, gate_lr: 0.2}
+  finetune: {epochs: 0}
+  device: cpu
+"""
+
+
+def test_the_sharing_term_makes_tasks_with_equal_targets_share_more_states(tmp_path):
+    spec = tmp_path / "twins.yaml"
+    spec.write_text(TWINS)  # two tasks with the same target; the gates start apart (init_noise)
+    alone = run_quietly(spec, tmp_path / "alone")["share_states"]
+    shared = run_quietly(spec, tmp_path / "shared", overrides=["search.sharing.weight=50"])["share_states"]
+    assert shared["distinct_states"] < alone["distinct_states"]
+    assert shared["distinct_states"] / shared["task_states"] < alone["distinct_states"] / alone["task_states"]
+    assert load_spec(tmp_path / "shared" / "spec.resolved.yaml").search.sharing.weight == 50
+
+
+def test_a_tasks_squeeze_strength_closes_more_of_its_gates(tmp_path, tiny_spec):
+    from dagir.gates import sigmoid
+
+    def mean_gate(out: Path, task: str) -> float:
+        decisions = read_ir(out / "architecture.json").decisions.values()
+        values = [sigmoid(d.logits[task][0]) for d in decisions if d.kind == "bernoulli" and task in d.logits]
+        return sum(values) / len(values)
+
+    # a light squeeze that closes what the task losses do not hold open (ρ = 4), 20 times harder for
+    # parity (Adam normalises each gate's step: a strength matters against the task loss, not alone)
+    light = ["search.squeeze.rho=4", "search.squeeze.weight=0.1"]
+    run_quietly(tiny_spec, tmp_path / "plain", overrides=light)
+    run_quietly(tiny_spec, tmp_path / "squeezed", overrides=light + ["tasks.1.squeeze=20"])
+    parity_drop = mean_gate(tmp_path / "plain", "parity") - mean_gate(tmp_path / "squeezed", "parity")
+    digit_drop = mean_gate(tmp_path / "plain", "digit") - mean_gate(tmp_path / "squeezed", "digit")
+    assert parity_drop > 0.1 and parity_drop > 10 * abs(digit_drop)
+
+
+def test_a_macs_budget_is_met_by_the_compact_network(tmp_path, tiny_spec):
+    free = run_quietly(tiny_spec, tmp_path / "free")["compact"]["macs"]["total"]
+    budget = int(free * 0.8)
+    metrics = run_quietly(tiny_spec, tmp_path / "fitted", overrides=[f"search.budget.macs={budget}"])
+    assert metrics["compact"]["macs"]["total"] <= budget < free
+    assert metrics["fit_budget"]["met"] and metrics["fit_budget"]["removed"]
+    code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(tmp_path / "c"), "--set", "search.budget.macs=5",
+                            "--set", "pipeline.after_search=[discretize, flow-reduce, share-states]")
+    assert code == 2 and "search.budget: a budget is met by the fit-budget pass" in stderr

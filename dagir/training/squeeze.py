@@ -1,6 +1,7 @@
 """The squeeze loss (DESIGN §4): push every gate to 0 or 1, and remove what no task needs.
 
-`L_sq = λ · [ mean b(a) + ρ · mean c_e · a ]` over all gates `a` of all tasks, where the
+`L_sq = λ · [ mean s_t·b(a) + ρ · mean s_t·c_e·a ]` over all gates `a` of all tasks t (s_t: the
+task's `squeeze` strength, 1 by default), where the
 binarising term `b` is `4a(1-a)` (`binary`) or the binary entropy (`entropy`, MTL-NAS's minimum
 entropy), and the compactness weights `c_e` are 1, or `1 - φ_e/Φ` for the `flow` variant (edges
 that carry little of their task's flow are squeezed hardest). `none` switches the loss off.
@@ -13,10 +14,12 @@ SQUEEZE_KINDS = ("binary", "entropy", "flow", "none")
 
 
 def squeeze_loss(gates: torch.Tensor, *, kind: str, weight: float, rho: float,
-                 compactness_weights: torch.Tensor | None = None) -> torch.Tensor:
+                 compactness_weights: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
     """The squeeze loss of the gate values `gates` (any shape, values in (0, 1)).
 
-    `compactness_weights` (same shape, detached) are required for `kind="flow"`.
+    `compactness_weights` (same shape, detached) are required for `kind="flow"`; `scale` (same
+    shape), if given, multiplies each gate's terms (a task's own squeeze strength).
 
     >>> float(squeeze_loss(torch.tensor([0.0, 1.0]), kind="binary", weight=1.0, rho=0.0))
     0.0
@@ -32,10 +35,11 @@ def squeeze_loss(gates: torch.Tensor, *, kind: str, weight: float, rho: float,
         binarising = 4 * gates * (1 - gates)
     else:
         raise ValueError(f"unknown squeeze kind {kind!r} (known: {', '.join(SQUEEZE_KINDS)})")
+    per_gate = gates
     if kind == "flow":
         if compactness_weights is None:
             raise ValueError("the flow squeeze needs compactness weights 1 - φ_e/Φ")
-        compactness = (compactness_weights.detach() * gates).mean()
-    else:
-        compactness = gates.mean()
-    return weight * (binarising.mean() + rho * compactness)
+        per_gate = compactness_weights.detach() * gates
+    if scale is not None:
+        binarising, per_gate = scale * binarising, scale * per_gate
+    return weight * (binarising.mean() + rho * per_gate.mean())

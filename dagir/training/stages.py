@@ -227,6 +227,7 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
     def follow_progress(progress: float) -> None:
         supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end, schedule=schedule.schedule)
         context.squeeze_weight = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
+        context.sharing_weight = spec.search.sharing.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
 
     def step(batch, epoch: int, index: int) -> tuple[float, float]:
         supernet.train()

@@ -51,8 +51,10 @@ class SearchContext:
     arch_batch: Callable[[int, int], Batch | None] = lambda epoch, index: None
     compactness: Callable[[], Tensor | None] = lambda: None
     squeeze_weight: float = 0.0
+    sharing_weight: float = 0.0
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     weighting: Callable[[Tensor], Tensor] | None = None
+    _pairs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:
         """The task losses of `batch` combined by the run's weighting (`weighted`), or their plain
@@ -61,12 +63,34 @@ class SearchContext:
         loss, _ = multitask_loss(self.forward(inputs), targets, self.tasks, self.weighting if weighted else None)
         return loss
 
-    def regulariser(self, values: Tensor) -> Tensor:
-        """The squeeze (binary, entropy, flow) of gate values or probabilities, at λ now."""
+    def regulariser(self, values: Tensor, owners: Sequence[str]) -> Tensor:
+        """The squeeze (binary, entropy, flow) of gate values or probabilities, at λ now; `owners`
+        names the task of each value (or `*`, shared), whose `squeeze` strength scales it."""
         squeeze = self.squeeze
         weights = self.compactness() if squeeze.kind == "flow" else None
+        strength = {task.name: task.squeeze for task in self.tasks}
+        scale = None
+        if any(value != 1.0 for value in strength.values()):
+            scale = values.new_tensor([strength.get(owner, 1.0) for owner in owners])
         return squeeze_loss(values, kind=squeeze.kind, weight=self.squeeze_weight, rho=squeeze.rho,
-                            compactness_weights=weights)
+                            compactness_weights=weights, scale=scale)
+
+    def sharing(self, slots: Tensor) -> Tensor:
+        """The sharing term (`search.sharing`) of the slot gates, at its weight now: the mean of
+        (g_e,t − g_e,t')² over every edge and pair of the tasks it serves."""
+        if self.sharing_weight == 0:
+            return slots.new_zeros(())
+        if self._pairs is None:
+            by_edge: dict[str, list[int]] = {}
+            for (edge, _task), slot in self.supernet.gates.slots.items():
+                by_edge.setdefault(edge, []).append(slot)
+            pairs = [(a, b) for members in by_edge.values() for i, a in enumerate(members) for b in members[i + 1:]]
+            self._pairs = (torch.tensor([a for a, _ in pairs], dtype=torch.long, device=slots.device),
+                           torch.tensor([b for _, b in pairs], dtype=torch.long, device=slots.device))
+        first, second = self._pairs
+        if first.numel() == 0:
+            return slots.new_zeros(())
+        return self.sharing_weight * (slots[first] - slots[second]).pow(2).mean()
 
     def gate_optimizer(self) -> torch.optim.Optimizer:
         parameters = list(self.supernet.gates.parameters())

@@ -41,7 +41,7 @@ class GradientSearch(SearchStrategy):
         context, table = self.context, self.context.supernet.gates
         table.relaxation = context.stage.arch_relaxation
         task = context.task_loss(batch)
-        squeezed = context.regulariser(table())
+        squeezed = self._regularised(table())
         self._zero()
         (task + squeezed).backward()
         self.gates.step()
@@ -56,7 +56,7 @@ class GradientSearch(SearchStrategy):
             table.tau = context.stage.arch_tau
         try:
             task = context.task_loss(batch)
-            squeezed = context.regulariser(table())
+            squeezed = self._regularised(table())
         finally:
             table.tau = scheduled_tau
         self._zero()
@@ -72,6 +72,11 @@ class GradientSearch(SearchStrategy):
         loss.backward()
         self.weights.step()
         return float(loss.detach())
+
+    def _regularised(self, slots):
+        """The squeeze and the sharing term of the slot gates."""
+        context = self.context
+        return context.regulariser(slots, context.supernet.gates.slot_tasks) + context.sharing(slots)
 
     def _zero(self) -> None:
         self.gates.zero_grad(set_to_none=True)

@@ -48,7 +48,9 @@ class ReinforceSearch(SearchStrategy):
         decay = context.stage.reward_decay
         advantage = 0.0 if self.baseline is None else reward - self.baseline
         self.baseline = reward if self.baseline is None else decay * self.baseline + (1 - decay) * reward
-        squeezed = context.regulariser(table.probabilities())
+        probabilities = table.probabilities()
+        squeezed = (context.regulariser(probabilities, table.value_owners)
+                    + context.sharing(table.slot_values(probabilities)))
         policy = -advantage * table.log_prob(sample) + squeezed
         self.gates.zero_grad(set_to_none=True)
         policy.backward()
