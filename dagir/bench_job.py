@@ -9,7 +9,7 @@ multiply-accumulates and the training time (warm-up + search + fine-tune) are co
 reports mean ± std over seeds, Δ_MTL against the single-task networks (DESIGN §8), and each
 method's per-seed difference from the searched network.
 
-OUT/table.md, table.csv, results.json, comparison.png, and one run folder per method and seed
+OUT/table.md, table.csv and runs.csv (numbers only), results.json, comparison.png, and one run folder per method and seed
 (`<method>-seed<seed>`), each with the spec it ran (`spec.resolved.yaml`). With `resume`, a method
 and seed whose folder holds a finished result of the same spec is not trained again, and an
 interrupted run continues from its checkpoint: a long bench can be stopped and taken up again, or
@@ -151,7 +151,8 @@ def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict
             row[key] = _mean_std([float(r[key]) for r in by_seed.values()])
         row["epochs"] = next(iter(by_seed.values()))["epochs"]  # a method's epochs are the same for every seed
         rows[method] = row
-    return {"metrics": metric_of, "rows": rows, "seeds": sorted({s for r in results.values() for s in r})}
+    return {"metrics": metric_of, "rows": rows, "seeds": sorted({s for r in results.values() for s in r}),
+            "per_seed_delta": per_seed_delta}
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -174,7 +175,6 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
                                                                      "parameters", "MACs", "epochs w+s+f", "steps",
                                                                      "warm-up + search s", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    records = []
     for method, row in rows.items():
         delta = _cell(row["delta_mtl"], 2) if "delta_mtl" in row else "n/a"
         paired = _cell(row["delta_vs_searched"], 2) if row.get("delta_vs_searched", {}).get("n") else "n/a"
@@ -183,19 +183,55 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
                  "n/a" if math.isnan(row["steps"]["mean"]) else f"{row['steps']['mean']:,.0f}",
                  f"{row['search_seconds']['mean']:.0f}", f"{row['seconds']['mean']:.0f}"])
         lines.append("| " + " | ".join(cells) + " |")
-        records.append(cells)
     seeds = ", ".join(str(s) for s in table["seeds"])
     budget = ("Budget: every method trains on the same data and seeds; `epochs w+s+f` are its warm-up, search "
               "and fine-tune epochs (passes over its training split), `steps` its optimiser steps in all, and "
               "the seconds its wall time (warm-up + search: the cost of choosing the architecture).")
     write_text(out / "table.md", f"# {spec.name}: searched network vs baselines (seeds {seeds})\n\n"
                + "\n".join(lines) + f"\n\n{budget}\n")
-    with open(out / "table.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(records)
+    write_csvs(out, table, results)
     write_text(out / "results.json", json.dumps({"table": table, "runs": results}, indent=1, default=float))
     plot_comparison(table, out / "comparison.png")
+
+
+NUMERIC = ("delta_mtl", "delta_vs_searched", "parameters", "macs", "steps", "search_seconds", "seconds")
+
+
+def write_csvs(out: Path, table: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]]) -> None:
+    """`table.csv`: a row per method, every figure a number in its own column (mean and std apart,
+    the epochs per stage); `runs.csv`: a row per method and seed. Both read as they are by pandas."""
+    metric_of, rows = table["metrics"], table["rows"]
+    figures = [f"{task}_{metric}" for task, metric in metric_of.items()] + list(NUMERIC)
+    header = (["method"] + [f"{name}_{part}" for name in figures for part in ("mean", "std")]
+              + ["seeds"] + [f"epochs_{stage}" for stage in STAGES])
+    lines = []
+    for method, row in rows.items():
+        stats = [row[task] for task in metric_of] + [row.get(key, {"mean": math.nan, "std": math.nan}) for key in NUMERIC]
+        lines.append([method] + [_number(stat[part]) for stat in stats for part in ("mean", "std")]
+                     + [row[next(iter(metric_of))]["n"]] + [row["epochs"][stage] for stage in STAGES])
+    _write_csv(out / "table.csv", header, lines)
+    per_seed = ["method", "seed"] + [f"{task}_{metric}" for task, metric in metric_of.items()] + [
+        "delta_mtl", "parameters", "macs", "steps", "search_seconds", "seconds"]
+    lines = [[method, seed] + [_number(run["test"][task][metric]) for task, metric in metric_of.items()]
+             + [_number(table["per_seed_delta"].get(method, {}).get(seed, math.nan))]
+             + [_number(run[key]) for key in ("parameters", "macs", "steps", "search_seconds", "seconds")]
+             for method, by_seed in results.items() for seed, run in sorted(by_seed.items())]
+    _write_csv(out / "runs.csv", per_seed, lines)
+
+
+def _number(value: Any) -> str:
+    """A number as CSV holds it: plain digits, empty for a missing one (NaN)."""
+    value = float(value)
+    return "" if math.isnan(value) else repr(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def _write_csv(path: Path, header: list[str], lines: list[list[Any]]) -> None:
+    import io
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(lines)
+    write_text(path, buffer.getvalue())
 
 
 def plot_comparison(table: dict[str, Any], path: Path) -> None:
