@@ -401,7 +401,10 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     if misfits:
         first = misfits[0]
         raise source.error(("tasks", first.index, first.field), first.message)
-    shape = tuple(info.shape(options))
+    try:
+        shape = info.input_shape(options, spec.data.root)
+    except UserError as err:
+        raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
     if spec.network.input is not None and tuple(spec.network.input.shape) != shape:
         raise source.error(("network", "input", "shape"), f"the data set '{info.name}' gives inputs of shape "
                                                           f"{list(shape)}, not {spec.network.input.shape}; "
@@ -479,13 +482,17 @@ def check_data_root(spec: Spec) -> None:
     """A data set read from disk needs `data.root` to be an existing folder (checked before a run)."""
     from .datasets import dataset_info
 
+    from .datasets import check_root
+    from .errors import UserError
+
     info = dataset_info(spec.data.dataset)
     if info is None or not info.needs_root:
         return
-    if spec.data.root is None:
-        raise spec.error(("data",), f"data set '{info.name}' is read from disk: set data.root to its folder")
-    if not Path(spec.data.root).expanduser().is_dir():
-        raise spec.error(("data", "root"), f"folder {spec.data.root!r} does not exist")
+    try:
+        check_root(info, spec.data.root)
+    except UserError as err:
+        raise spec.error(("data",) if spec.data.root is None else ("data", "root"),
+                         str(err).removeprefix("data.root: ")) from None
 
 
 def input_shape(spec: Spec) -> tuple[int, ...]:
@@ -495,4 +502,4 @@ def input_shape(spec: Spec) -> tuple[int, ...]:
     from .datasets import dataset_info
     info = dataset_info(spec.data.dataset)
     assert info is not None
-    return info.input_shape(spec.data.options)
+    return info.input_shape(spec.data.options, spec.data.root)

@@ -453,10 +453,13 @@ def task_misfits(dataset: "DatasetInfo", tasks: Sequence[TaskLike]) -> list[Task
                 TASK_KINDS[kind].dense for kind in offered.values() if kind in TASK_KINDS) else ""
             misfit("kind", f"task {task.name!r} is {offered[task.name]} in data set '{dataset.name}', "
                            f"not {task.kind}{dense_note}")
-        elif task.name in dataset.task_classes and task.classes is not None \
-                and task.classes != dataset.task_classes[task.name]:
-            misfit("classes", f"task {task.name!r} has {dataset.task_classes[task.name]} classes in data set "
-                              f"'{dataset.name}', not {task.classes}")
+        elif task.name in dataset.task_classes and task.classes is not None and (
+                task.classes < dataset.task_classes[task.name]
+                or (task.classes > dataset.task_classes[task.name] and not dataset.classes_at_least)):
+            seen = dataset.task_classes[task.name]
+            misfit("classes", f"task {task.name!r} has labels 0..{seen - 1} in data set '{dataset.name}': classes must "
+                              f"be at least {seen} (got {task.classes})" if dataset.classes_at_least else
+                              f"task {task.name!r} has {seen} classes in data set '{dataset.name}', not {task.classes}")
         if task.loss is not None and task.loss not in info.losses:
             misfit("loss", f"task {task.name!r}: a {task.kind} task has no loss {task.loss!r} "
                            f"(its losses: {', '.join(info.losses)})")

@@ -49,10 +49,17 @@ class DatasetInfo:
     task_classes: Mapping[str, int] = field(default_factory=dict)
     tasks_for: str | None = None
     options: Mapping[str, Option] = field(default_factory=dict)
+    shape_for: str | None = None  # "module:function" (options, root) -> shape, where the files decide it
+    root_kind: str = "folder"  # what data.root names: a "folder", or a "file or folder"
+    classes_at_least: bool = False  # `task_classes` are the labels seen (largest + 1): a task may declare more
 
-    def input_shape(self, options: Mapping[str, Any] | None = None) -> tuple[int, ...]:
-        """The input shape these options give (checked and filled in; `DataOptionError` if bad)."""
-        return tuple(self.shape(read_options(self.name, options, self.options)))
+    def input_shape(self, options: Mapping[str, Any] | None = None, root: str | None = None) -> tuple[int, ...]:
+        """The input shape these options (and, for data whose files decide it, `root`) give."""
+        resolved = read_options(self.name, options, self.options)
+        if self.shape_for is None:
+            return tuple(self.shape(resolved))
+        module_name, _, function = self.shape_for.partition(":")
+        return tuple(getattr(importlib.import_module(module_name), function)(resolved, root))
 
 
 def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
@@ -134,6 +141,12 @@ REGISTRY: dict[str, DatasetInfo] = {
         needs_root=True, tasks_for="dagir.datasets.omniglot:tasks_for",
         options={"sets": Option(None, object, _check_sets), "alphabets": Option(None, object, _check_alphabets),
                  "size": Option(28, int, between(4, 256)), "test_fraction": _test_fraction()}),
+    "arrays": DatasetInfo(
+        "arrays", _fixed(()), "dagir.datasets.arrays:load",
+        "your own arrays: an .npz file or a folder of .npy files, `inputs` and one array per task",
+        needs_root=True, tasks_for="dagir.datasets.arrays:tasks_for", shape_for="dagir.datasets.arrays:shape_for",
+        root_kind="file or folder", classes_at_least=True,
+        options={"inputs": Option("inputs", str), "split": Option("split", str), "test_fraction": _test_fraction(0.01)}),
     "mmoe_synthetic": DatasetInfo(
         "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
@@ -189,6 +202,15 @@ def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
     return dict(kinds), dict(classes)
 
 
+def check_root(info: DatasetInfo, root: str | None) -> None:
+    """`data.root` names what the data set reads: a folder (or, for generic files, a file too)."""
+    if root is None:
+        raise UserError(f"data set '{info.name}' is read from disk: set data.root to its {info.root_kind}")
+    path = Path(root).expanduser()
+    if not (path.is_dir() or (info.root_kind != "folder" and path.is_file())):
+        raise UserError(f"data.root: {info.root_kind} {root!r} for data set '{info.name}' does not exist")
+
+
 def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str | None = None,
                  val_split: float = 0.1, seed: int = 0) -> "TaskData":
     """Check the options, import the registered loader and call it; `UserError` for an unknown
@@ -196,10 +218,7 @@ def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str 
     info = _info(name)
     resolved = resolve_options(name, options, val_split)
     if info.needs_root:
-        if root is None:
-            raise UserError(f"data set '{name}' is read from disk: set data.root to its folder")
-        if not Path(root).expanduser().is_dir():
-            raise UserError(f"data.root: folder {root!r} for data set '{name}' does not exist")
+        check_root(info, root)
     module_name, _, function = info.loader.partition(":")
     loader = getattr(importlib.import_module(module_name), function)
     return loader(options=resolved, root=root, val_split=val_split, seed=seed)

@@ -1,0 +1,185 @@
+"""`arrays`: a user's own data as NumPy arrays, no code: `data.root` is an `.npz` file or a folder
+of `.npy` files holding `inputs` [N, ...] and one array per task, named after the task.
+
+    data: {dataset: arrays, root: my_data.npz}        # inputs, and e.g. age [N] float, smoker [N] int
+    tasks: [{name: age, kind: regression}, {name: smoker, kind: classification, classes: 2}]
+
+A task's kind comes from its array: integers [N] are classification labels 0..K-1 (K = the largest
+label + 1), floats [N] or [N, 1] a regression target. An optional `split` array (0/1/2 or
+"train"/"val"/"test" per sample) fixes the splits; without one, `test_fraction` of the samples go
+to test and `data.val_split` to validation, drawn with the run's seed. `options.inputs` and
+`options.split` rename the two arrays.
+
+The shapes and kinds are read from the array headers when the spec is loaded (nothing else is
+read but the classification labels), so a spec that does not fit its data is rejected before any
+training. A bad file — a missing or ragged array, NaN or infinite values, a negative label — is a
+`UserError` naming the file, the array and the first bad row. `.npy` files are memory-mapped, so
+their headers are read without the data (the splits are then held in memory: data larger than
+memory does not stream yet).
+"""
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .splits import Split, TaskData, partition
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+class ArraySource:
+    """The arrays under `root` (an `.npz` or a folder of `.npy`): their shapes and dtypes from the
+    headers, and their values on demand (`.npy` memory-mapped)."""
+
+    def __init__(self, root: str | None) -> None:
+        if root is None:
+            raise UserError("data set 'arrays' is read from disk: set data.root to an .npz file or a folder of .npy files")
+        self.path = Path(root).expanduser()
+        if self.path.is_dir():
+            files = sorted(self.path.glob("*.npy"))
+            if not files:
+                raise UserError(f"data.root: folder {str(self.path)!r} holds no .npy files")
+            self.headers = {file.stem: _npy_header(file) for file in files}
+            self._files = {file.stem: file for file in files}
+        elif self.path.is_file():
+            try:
+                with zipfile.ZipFile(self.path) as archive:
+                    self.headers = {Path(name).stem: _header(archive.open(name), f"{self.path}:{name}")
+                                    for name in archive.namelist() if name.endswith(".npy")}
+            except zipfile.BadZipFile:
+                raise UserError(f"{self.path}: not an .npz file (expected a NumPy archive of arrays)") from None
+            self._files = {}
+        else:
+            raise UserError(f"data.root: {str(self.path)!r} does not exist (an .npz file or a folder of .npy files)")
+
+    def where(self, name: str) -> str:
+        return str(self._files[name]) if name in self._files else f"{self.path} (array {name!r})"
+
+    def read(self, name: str) -> np.ndarray:
+        try:
+            if name in self._files:
+                return np.load(self._files[name], mmap_mode="r", allow_pickle=False)
+            with np.load(self.path, allow_pickle=False) as archive:
+                return archive[name]
+        except ValueError as error:  # an object array would need a pickle: never loaded
+            raise UserError(f"{self.where(name)}: cannot read ({error})") from None
+
+
+def _npy_header(file: Path) -> tuple[tuple[int, ...], np.dtype]:
+    with open(file, "rb") as handle:
+        return _header(handle, str(file))
+
+
+def _header(handle, where: str) -> tuple[tuple[int, ...], np.dtype]:
+    readers = {1: np.lib.format.read_array_header_1_0, 2: np.lib.format.read_array_header_2_0}
+    try:
+        major, _ = np.lib.format.read_magic(handle)
+        if major not in readers:
+            raise ValueError(f"format version {major} is not read here; save with numpy.save")
+        shape, _, dtype = readers[major](handle)
+    except ValueError as error:
+        raise UserError(f"{where}: not a NumPy array file ({error})") from None
+    return tuple(shape), dtype
+
+
+def layout(options: Mapping[str, Any], root: str | None) -> tuple[ArraySource, str, list[str]]:
+    """The source, the inputs' name and the task arrays' names, checked against one another."""
+    source = ArraySource(root)
+    inputs = options["inputs"]
+    if inputs not in source.headers:
+        raise UserError(f"{source.path}: no array {inputs!r} for the inputs (arrays: {', '.join(source.headers)}; "
+                        "name another with data.options.inputs)")
+    count = source.headers[inputs][0][0] if source.headers[inputs][0] else 0
+    tasks = [name for name in source.headers if name not in (inputs, options["split"])]
+    for name, (shape, _) in source.headers.items():
+        if not shape or shape[0] != count:
+            raise UserError(f"{source.where(name)}: has {shape[0] if shape else 0} rows, but {inputs!r} has {count}; "
+                            "every array holds one row per sample")
+    return source, inputs, tasks
+
+
+def task_kind(source: ArraySource, name: str) -> tuple[str, int | None]:
+    """`(kind, classes)` of a task array: integer labels are classification, floats regression."""
+    shape, dtype = source.headers[name]
+    if np.issubdtype(dtype, np.integer) and len(shape) == 1:
+        labels = np.asarray(source.read(name))
+        if labels.size and labels.min() < 0:
+            row = int(np.argmax(labels < 0))
+            raise UserError(f"{source.where(name)}: row {row} has label {int(labels[row])}; labels are 0..K-1")
+        return "classification", int(labels.max()) + 1 if labels.size else 1
+    if np.issubdtype(dtype, np.floating) and (len(shape) == 1 or shape[1:] == (1,)):
+        return "regression", None
+    raise UserError(f"{source.where(name)}: a task array is integer labels [N] or a float target [N] or [N, 1] "
+                    f"(got {dtype} {list(shape)})")
+
+
+def tasks_for(options: Mapping[str, Any], root: str | None) -> tuple[dict[str, str], dict[str, int]]:
+    source, _, tasks = layout(options, root)
+    kinds, classes = {}, {}
+    for name in tasks:
+        kinds[name], count = task_kind(source, name)
+        if count is not None:
+            classes[name] = count
+    return kinds, classes
+
+
+def shape_for(options: Mapping[str, Any], root: str | None) -> tuple[int, ...]:
+    source, inputs, _ = layout(options, root)
+    shape = source.headers[inputs][0][1:]
+    if not 1 <= len(shape) <= 3:
+        raise UserError(f"{source.where(inputs)}: inputs are [N, features] or [N, channels, height, width] "
+                        f"(got {list(source.headers[inputs][0])})")
+    return tuple(int(side) for side in shape)
+
+
+def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, seed: int = 0) -> TaskData:
+    source, inputs_name, tasks = layout(options, root)
+    kinds, classes = tasks_for(options, root)
+    inputs = _finite(source, inputs_name, np.array(source.read(inputs_name), dtype=np.float32))  # in memory
+    targets = {}
+    for name in tasks:
+        values = np.asarray(source.read(name))
+        if kinds[name] == "classification":
+            targets[name] = torch.from_numpy(values.astype(np.int64))
+        else:
+            targets[name] = torch.from_numpy(_finite(source, name, values.astype(np.float32)).reshape(-1, 1))
+    parts = _splits(source, options, len(inputs), val_split, seed)
+    tensor = torch.from_numpy(inputs)
+    splits = {name: Split(tensor[rows], {t: v[rows] for t, v in targets.items()}, torch.as_tensor(rows)[:, None])
+              for name, rows in ((n, torch.as_tensor(r, dtype=torch.long)) for n, r in parts.items())}
+    return TaskData("arrays", splits["train"], splits["val"], splits["test"], input_shape=tuple(inputs.shape[1:]),
+                    task_kinds=kinds, task_classes={t: classes.get(t) for t in tasks})
+
+
+def _finite(source: ArraySource, name: str, values: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        raise UserError(f"{source.where(name)}: row {int(np.argmax(bad))} holds NaN or infinity; "
+                        "fill or drop missing values first")
+    return values
+
+
+def _splits(source: ArraySource, options: Mapping[str, Any], count: int, val_split: float,
+            seed: int) -> dict[str, np.ndarray]:
+    name = options["split"]
+    if name not in source.headers:
+        test = options["test_fraction"]
+        return partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
+    raw = codes = np.asarray(source.read(name))
+    if codes.dtype.kind in "US":
+        lookup = np.vectorize(lambda code: SPLIT_CODES.get(str(code), -1))
+        codes = lookup(codes) if codes.size else codes.astype(np.int64)
+    bad = ~np.isin(codes, list(SPLIT_CODES.values()))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(f"{source.where(name)}: row {row} has split {raw[row].item()!r}; use 0/1/2 or train/val/test")
+    parts = {part: np.flatnonzero(codes == code) for part, code in SPLIT_CODES.items()}
+    for part, rows in parts.items():
+        if not len(rows):
+            raise UserError(f"{source.where(name)}: no sample in the {part} split")
+    return parts

@@ -1,0 +1,129 @@
+"""Users' own data with no code (DESIGN §11): the `arrays` format, read from files the tests write."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_cli import dagir
+from test_run import run_quietly
+
+from dagir.datasets import load_dataset
+from dagir.errors import SpecError, UserError
+from dagir.spec import load_spec
+
+SPEC = """\
+name: mine
+data: {{dataset: arrays, root: {root}, batch_size: 64}}
+tasks:
+  - {{name: label, kind: classification, classes: 2}}
+  - {{name: target, kind: regression}}
+network:
+  stem: {{channels: 16}}
+  central: {{nodes: 3, stages: 1, channels: 16, edge_op: mlp}}
+  heads: {{hidden: 16}}
+train:
+  warmup: {{epochs: 4, lr: 0.01}}
+  search: {{epochs: 2, lr: 0.01}}
+  finetune: {{epochs: 4, lr: 0.01}}
+  device: cpu
+"""
+
+
+def planted(rows: int = 1200, seed: int = 0) -> dict[str, np.ndarray]:
+    """A linear rule for a classification task and a linear target for a regression task."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(size=(rows, 10)).astype(np.float32)
+    return {"inputs": inputs, "label": (inputs @ rng.normal(size=10) > 0).astype(np.int64),
+            "target": (inputs @ rng.normal(size=10)).astype(np.float32)}
+
+
+def write_spec(tmp_path: Path, root: Path, extra: str = "") -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC.format(root=root) + extra)
+    return spec
+
+
+@pytest.mark.parametrize("layout", ["npz", "npy-folder"])
+def test_a_run_on_arrays_learns_the_planted_rules(tmp_path, layout):
+    arrays = planted()
+    if layout == "npz":
+        root = tmp_path / "data.npz"
+        np.savez(root, **arrays)
+    else:
+        root = tmp_path / "data"
+        root.mkdir()
+        for name, values in arrays.items():
+            np.save(root / f"{name}.npy", values)
+    metrics = run_quietly(write_spec(tmp_path, root), tmp_path / "out")
+    assert metrics["test"]["label"]["accuracy"] > 0.85
+    assert metrics["test"]["target"]["mae"] < 0.25 * float(arrays["target"].std())
+
+
+def test_the_shape_kinds_and_classes_come_from_the_files(tmp_path):
+    root = tmp_path / "data.npz"
+    np.savez(root, **planted(rows=50))
+    spec = load_spec(write_spec(tmp_path, root))
+    from dagir.spec import input_shape
+    assert input_shape(spec) == (10,)
+    data = load_dataset("arrays", {}, str(root), val_split=0.2, seed=0)
+    assert (len(data.train), len(data.val), len(data.test)) == (30, 10, 10)
+    assert data.task_kinds == {"label": "classification", "target": "regression"}
+    assert data.train.targets["target"].shape == (30, 1)
+
+
+def test_a_split_array_fixes_the_splits(tmp_path):
+    arrays = planted(rows=12)
+    arrays["split"] = np.array(["train"] * 8 + ["val"] * 2 + ["test"] * 2)
+    np.savez(tmp_path / "data.npz", **arrays)
+    data = load_dataset("arrays", {}, str(tmp_path / "data.npz"))
+    assert data.test.source_ids[:, 0].tolist() == [10, 11] and len(data.train) == 8
+
+
+def bad(tmp_path: Path, **changes) -> Path:
+    arrays = planted(rows=40)
+    arrays.update(changes)
+    arrays = {name: value for name, value in arrays.items() if value is not None}
+    np.savez(tmp_path / "data.npz", **arrays)
+    return tmp_path / "data.npz"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"target": None}, "tasks.1.name: data set 'arrays' has no task 'target'"),
+    ({"label": np.zeros(39, dtype=np.int64)}, "(array 'label'): has 39 rows, but 'inputs' has 40"),
+    ({"label": np.array([0, 1, -3] + [0] * 37)}, "(array 'label'): row 2 has label -3"),
+    ({"label": np.array([0, 1, 4] + [0] * 37)}, "tasks.0.classes: task 'label' has labels 0..4 in data set 'arrays': "
+                                                "classes must be at least 5 (got 2)"),
+    ({"inputs": None}, "no array 'inputs' for the inputs"),
+    ({"target": np.zeros((40, 3), dtype=np.float32)}, "a task array is integer labels [N] or a float target"),
+    ({"split": np.array(["train"] * 39 + ["dev"])}, None),  # a bad split is found when the data is read
+])
+def test_bad_arrays_are_rejected_when_the_spec_is_loaded(tmp_path, changes, message):
+    spec = write_spec(tmp_path, bad(tmp_path, **changes))
+    if message is None:
+        load_spec(spec)
+        return
+    with pytest.raises(UserError) as caught:
+        load_spec(spec)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"inputs": np.where(np.arange(400).reshape(40, 10) == 73, np.nan, 1.0).astype(np.float32)},
+     "(array 'inputs'): row 7 holds NaN or infinity"),
+    ({"target": np.where(np.arange(40) == 5, np.inf, 1.0).astype(np.float32)}, "(array 'target'): row 5 holds NaN"),
+    ({"split": np.array(["train"] * 39 + ["dev"])}, "(array 'split'): row 39 has split 'dev'"),
+])
+def test_bad_values_exit_2_naming_the_array_and_row_before_training(tmp_path, changes, message):
+    spec = write_spec(tmp_path, bad(tmp_path, **changes))
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_root_that_is_not_arrays(tmp_path):
+    (tmp_path / "data.npz").write_text("not an archive")
+    with pytest.raises(SpecError, match="not an .npz file"):
+        load_spec(write_spec(tmp_path, tmp_path / "data.npz"))
+    with pytest.raises(SpecError, match=r"data.root: 'file or folder' .*does not exist|does not exist"):
+        load_spec(write_spec(tmp_path, tmp_path / "nothing.npz"))
