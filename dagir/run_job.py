@@ -82,7 +82,8 @@ class Run:
         state = self._start()
         torch.manual_seed(spec.seed)
         check_data_root(spec)
-        data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
+        data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
+                            [task.name for task in spec.tasks])
         self._check_data(data)
         ir = self.ir = self._compile()
 

@@ -393,7 +393,8 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
 
     if info.tasks_for is not None:  # the tasks depend on the data on disk (Omniglot's alphabets)
         try:
-            kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root)
+            kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root,
+                                           [task.name for task in spec.tasks])
         except UserError as err:  # the loader names data.root itself; the location says it once
             raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
         info = replace(info, task_kinds=kinds, task_classes=classes)
@@ -402,7 +403,7 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
         first = misfits[0]
         raise source.error(("tasks", first.index, first.field), first.message)
     try:
-        shape = info.input_shape(options, spec.data.root)
+        shape = info.input_shape(options, spec.data.root, [task.name for task in spec.tasks])
     except UserError as err:
         raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
     if spec.network.input is not None and tuple(spec.network.input.shape) != shape:
@@ -502,4 +503,4 @@ def input_shape(spec: Spec) -> tuple[int, ...]:
     from .datasets import dataset_info
     info = dataset_info(spec.data.dataset)
     assert info is not None
-    return info.input_shape(spec.data.options, spec.data.root)
+    return info.input_shape(spec.data.options, spec.data.root, [task.name for task in spec.tasks])

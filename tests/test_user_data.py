@@ -14,7 +14,7 @@ from dagir.spec import load_spec
 
 SPEC = """\
 name: mine
-data: {{dataset: arrays, root: {root}, batch_size: 64}}
+data: {{dataset: {dataset}, root: {root}, batch_size: 64}}
 tasks:
   - {{name: label, kind: classification, classes: 2}}
   - {{name: target, kind: regression}}
@@ -40,7 +40,7 @@ def planted(rows: int = 1200, seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_spec(tmp_path: Path, root: Path, extra: str = "") -> Path:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(root=root) + extra)
+    spec.write_text(SPEC.format(root=root, dataset="table" if root.suffix == ".csv" else "arrays") + extra)
     return spec
 
 
@@ -127,3 +127,74 @@ def test_a_root_that_is_not_arrays(tmp_path):
         load_spec(write_spec(tmp_path, tmp_path / "data.npz"))
     with pytest.raises(SpecError, match=r"data.root: 'file or folder' .*does not exist|does not exist"):
         load_spec(write_spec(tmp_path, tmp_path / "nothing.npz"))
+
+
+# -- table ----------------------------------------------------------------------------------------
+def write_table(path: Path, rows: int = 1500, seed: int = 1, edit=None) -> Path:
+    """A CSV with five number features and a text one; a linear rule (text labels) and a linear target."""
+    import csv
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 5))
+    colour = rng.choice(["red", "green", "blue"], size=rows)
+    shift = np.select([colour == "red", colour == "green"], [1.5, -1.5], 0.0)
+    lines = [["a", "b", "c", "d", "e", "colour", "label", "target"]] + [
+        [*(f"{v:.5f}" for v in x[i]), colour[i], "yes" if x[i] @ [1, -1, 0.5, 0, 2] + shift[i] > 0 else "no",
+         f"{x[i] @ [0.5, 0.5, -1, 1, 0] + 2 * shift[i]:.5f}"] for i in range(rows)]
+    if edit is not None:
+        edit(lines)
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(lines)
+    return path
+
+
+def test_a_run_on_a_table_learns_the_planted_rules(tmp_path):
+    root = write_table(tmp_path / "t.csv")
+    spec = write_spec(tmp_path, root)
+    from dagir.spec import input_shape
+    assert input_shape(load_spec(spec)) == (8,)  # five numbers and a one-hot of three colours
+    metrics = run_quietly(spec, tmp_path / "out")
+    assert metrics["test"]["label"]["accuracy"] > 0.85
+    assert metrics["test"]["target"]["mae"] < 0.5
+
+
+def test_table_features_are_standardised_with_the_training_split_only(tmp_path):
+    root = write_table(tmp_path / "t.csv", rows=200)
+    data = load_dataset("table", {}, str(root), val_split=0.2, seed=0, tasks=["label", "target"])
+    train = data.train.inputs[:, :5]
+    assert torch_close(train.mean(0), 0.0) and torch_close(train.std(0, unbiased=False), 1.0)
+    assert not torch_close(data.test.inputs[:, :5].mean(0), 0.0)
+    assert set(data.train.inputs[:, 5:].sum(1).tolist()) == {1.0}  # one colour each
+    assert data.task_kinds == {"label": "classification", "target": "regression"}
+    assert data.train.targets["label"].dtype.is_floating_point is False
+
+
+def torch_close(values, expected: float) -> bool:
+    return bool((values - expected).abs().max() < 1e-4)
+
+
+def edit_cell(row: int, column: int, value: str):
+    def edit(lines):
+        lines[row][column] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (edit_cell(5, 2, ""), "t.csv:6: column 'c' has no value"),
+    (edit_cell(9, 6, "NA"), "t.csv:10: column 'label' has no value"),
+    (lambda lines: lines[3].append("1.0"), "t.csv:4: 9 values, but the header names 8 columns"),
+    (lambda lines: [line.pop(7) for line in lines], "tasks.1.name: data set 'table' has no task 'target'"),
+])
+def test_bad_tables_are_rejected_when_the_spec_is_loaded(tmp_path, edit, message):
+    spec = write_spec(tmp_path, write_table(tmp_path / "t.csv", rows=30, edit=edit))
+    with pytest.raises(UserError) as caught:
+        load_spec(spec)
+    assert message in str(caught.value)
+
+
+def test_table_options_name_columns(tmp_path):
+    root = write_table(tmp_path / "t.csv", rows=30)
+    with pytest.raises(SpecError, match="data.options.features names 'f', which is not a column"):
+        load_spec(write_spec(tmp_path, root).parent / "spec.yaml", ["data.options.features=[a, f]"])
+    spec = load_spec(tmp_path / "spec.yaml", ["data.options.features=[a, b, colour]"])
+    from dagir.spec import input_shape
+    assert input_shape(spec) == (5,)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ..errors import UserError
 from .options import Option, at_least, between, check_limit, check_size, check_split_fractions, read_options
@@ -52,14 +52,21 @@ class DatasetInfo:
     shape_for: str | None = None  # "module:function" (options, root) -> shape, where the files decide it
     root_kind: str = "folder"  # what data.root names: a "folder", or a "file or folder"
     classes_at_least: bool = False  # `task_classes` are the labels seen (largest + 1): a task may declare more
+    reads_task_names: bool = False  # its files hold more than the tasks: the spec's task names pick them out
 
-    def input_shape(self, options: Mapping[str, Any] | None = None, root: str | None = None) -> tuple[int, ...]:
+    def input_shape(self, options: Mapping[str, Any] | None = None, root: str | None = None,
+                    tasks: Sequence[str] = ()) -> tuple[int, ...]:
         """The input shape these options (and, for data whose files decide it, `root`) give."""
         resolved = read_options(self.name, options, self.options)
         if self.shape_for is None:
             return tuple(self.shape(resolved))
-        module_name, _, function = self.shape_for.partition(":")
-        return tuple(getattr(importlib.import_module(module_name), function)(resolved, root))
+        return tuple(self.call(self.shape_for, resolved, root, tasks))
+
+    def call(self, target: str, options: Mapping[str, Any], root: str | None, tasks: Sequence[str], **kwargs: Any):
+        """Import `module:function` and call it, with the spec's task names where the data needs them."""
+        module_name, _, function = target.partition(":")
+        extra = {"tasks": tuple(tasks)} if self.reads_task_names else {}
+        return getattr(importlib.import_module(module_name), function)(options, root, **kwargs, **extra)
 
 
 def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
@@ -93,6 +100,16 @@ def _check_alphabets(value: Any) -> str | None:
     if isinstance(value, list) and value and all(isinstance(name, str) for name in value):
         return None
     return "must be null (all), a positive count, or a list of alphabet names"
+
+
+def _names(value: Any) -> str | None:
+    return None if all(isinstance(name, str) for name in value) else "must be a list of column names"
+
+
+def _names_or_null(value: Any) -> str | None:
+    if value is None or (isinstance(value, list) and value and _names(value) is None):
+        return None
+    return "must be null (every column not a task) or a non-empty list of column names"
 
 
 def _test_fraction(low: float = 0.05) -> Option:
@@ -147,6 +164,13 @@ REGISTRY: dict[str, DatasetInfo] = {
         needs_root=True, tasks_for="dagir.datasets.arrays:tasks_for", shape_for="dagir.datasets.arrays:shape_for",
         root_kind="file or folder", classes_at_least=True,
         options={"inputs": Option("inputs", str), "split": Option("split", str), "test_fraction": _test_fraction(0.01)}),
+    "table": DatasetInfo(
+        "table", _fixed(()), "dagir.datasets.table:load",
+        "your own CSV table: a column per task, the other columns (or options.features) the inputs",
+        needs_root=True, tasks_for="dagir.datasets.table:tasks_for", shape_for="dagir.datasets.table:shape_for",
+        root_kind="file or folder", classes_at_least=True, reads_task_names=True,
+        options={"features": Option(None, object, _names_or_null), "regression": Option([], list, _names),
+                 "test_fraction": _test_fraction(0.01)}),
     "mmoe_synthetic": DatasetInfo(
         "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
@@ -186,8 +210,8 @@ def _info(name: str) -> DatasetInfo:
     return info
 
 
-def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
-                  root: str | None = None) -> tuple[dict[str, str], dict[str, int]]:
+def dataset_tasks(name: str, options: Mapping[str, Any] | None = None, root: str | None = None,
+                  tasks: Sequence[str] = ()) -> tuple[dict[str, str], dict[str, int]]:
     """The tasks a data set offers with these options and root: `(task_kinds, task_classes)`.
 
     Static data sets answer from the registry; one with `tasks_for` imports it and asks (for
@@ -196,9 +220,7 @@ def dataset_tasks(name: str, options: Mapping[str, Any] | None = None,
     info = _info(name)
     if info.tasks_for is None:
         return dict(info.task_kinds), dict(info.task_classes)
-    module_name, _, function = info.tasks_for.partition(":")
-    resolved = read_options(name, options, info.options)
-    kinds, classes = getattr(importlib.import_module(module_name), function)(resolved, root)
+    kinds, classes = info.call(info.tasks_for, read_options(name, options, info.options), root, tasks)
     return dict(kinds), dict(classes)
 
 
@@ -212,13 +234,11 @@ def check_root(info: DatasetInfo, root: str | None) -> None:
 
 
 def load_dataset(name: str, options: Mapping[str, Any] | None = None, root: str | None = None,
-                 val_split: float = 0.1, seed: int = 0) -> "TaskData":
+                 val_split: float = 0.1, seed: int = 0, tasks: Sequence[str] = ()) -> "TaskData":
     """Check the options, import the registered loader and call it; `UserError` for an unknown
     name, a bad option or a missing root."""
     info = _info(name)
     resolved = resolve_options(name, options, val_split)
     if info.needs_root:
         check_root(info, root)
-    module_name, _, function = info.loader.partition(":")
-    loader = getattr(importlib.import_module(module_name), function)
-    return loader(options=resolved, root=root, val_split=val_split, seed=seed)
+    return info.call(info.loader, resolved, root, tasks, val_split=val_split, seed=seed)

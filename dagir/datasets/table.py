@@ -1,0 +1,171 @@
+"""`table`: a user's own CSV table, no code: one row per sample, a column per task (named after the
+task), the other columns (or those `options.features` lists) the inputs.
+
+    data: {dataset: table, root: patients.csv}
+    tasks: [{name: stay_days, kind: regression}, {name: outcome, kind: classification, classes: 3}]
+
+A task column is classification when its values are text (classes in sorted order) or integers
+0..K-1, regression when they are numbers with a fraction (list an integer column in
+`options.regression` to regress on it). A feature column of numbers is standardised with the mean
+and standard deviation of the training split only; a column of text is one-hot encoded over its
+categories (the domain of the feature, from every row; no target is read for it).
+The splits are drawn with the run's seed: `test_fraction` for test, `data.val_split` for
+validation. The header and the task columns are read when the spec is loaded; a missing value,
+a ragged row or a missing column is a `UserError` naming the file, the column and the line.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .splits import Split, TaskData, partition
+
+MISSING = {"", "na", "nan", "null", "none", "?"}
+
+
+@dataclass
+class Table:
+    path: Path
+    header: list[str]
+    columns: dict[str, list[str]]
+
+    def line(self, row: int) -> int:
+        """The file's line number of data row `row` (the header is line 1)."""
+        return row + 2
+
+
+def read_table(root: str | None) -> Table:
+    if root is None:
+        raise UserError("data set 'table' is read from disk: set data.root to a CSV file")
+    path = Path(root).expanduser()
+    if not path.is_file():
+        raise UserError(f"data.root: file {str(path)!r} for data set 'table' does not exist")
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserError(f"{path}: cannot read it as CSV ({error})") from None
+    if len(rows) < 2:
+        raise UserError(f"{path}: a table needs a header line and at least one row")
+    header = [name.strip() for name in rows[0]]
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise UserError(f"{path}:{number}: {len(row)} values, but the header names {len(header)} columns")
+    return Table(path, header, {name: [row[i].strip() for row in rows[1:]] for i, name in enumerate(header)})
+
+
+def _numbers(table: Table, column: str) -> np.ndarray | None:
+    """The column as floats, or None when it holds text; a missing value is an error."""
+    values = table.columns[column]
+    for row, value in enumerate(values):
+        if value.lower() in MISSING:
+            raise UserError(f"{table.path}:{table.line(row)}: column {column!r} has no value; fill or drop "
+                            "missing values first")
+    try:
+        return np.array([float(value) for value in values], dtype=np.float64)
+    except ValueError:
+        return None
+
+
+def _feature_columns(table: Table, options: Mapping[str, Any], tasks: tuple[str, ...]) -> list[str]:
+    """The input columns: `options.features`, or every column that is not one of the spec's tasks."""
+    features = options["features"]
+    if features is None:
+        return [name for name in table.header if name not in tasks]
+    missing = [name for name in features if name not in table.columns]
+    if missing:
+        raise UserError(f"{table.path}: data.options.features names {missing[0]!r}, which is not a column "
+                        f"(columns: {', '.join(table.header)})")
+    return list(features)
+
+
+def column_kind(table: Table, column: str, options: Mapping[str, Any]) -> tuple[str, list[str] | None, int | None]:
+    """`(kind, labels, classes)` of a task column: text or integers are classification (text labels
+    in sorted order), numbers with a fraction (or listed in `options.regression`) regression."""
+    numbers = _numbers(table, column)
+    if numbers is None:
+        labels = sorted(set(table.columns[column]))
+        return "classification", labels, len(labels)
+    if not np.all(np.isfinite(numbers)):
+        row = int(np.argmax(~np.isfinite(numbers)))
+        raise UserError(f"{table.path}:{table.line(row)}: column {column!r} is not finite")
+    if column in options["regression"] or not np.all(numbers == np.round(numbers)):
+        return "regression", None, None
+    if numbers.min() < 0:
+        row = int(np.argmax(numbers < 0))
+        raise UserError(f"{table.path}:{table.line(row)}: column {column!r} has label {int(numbers[row])}; integer "
+                        "labels are 0..K-1 (or list the column in data.options.regression)")
+    return "classification", None, int(numbers.max()) + 1
+
+
+def tasks_for(options: Mapping[str, Any], root: str | None,
+              tasks: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, int]]:
+    """The spec's task columns (those the table has), their kinds and class counts."""
+    table = read_table(root)
+    kinds, classes = {}, {}
+    for column in tasks:
+        if column in table.columns:
+            kinds[column], _, count = column_kind(table, column, options)
+            if count is not None:
+                classes[column] = count
+    return kinds, classes
+
+
+def encoded_features(table: Table, columns: list[str]) -> list[tuple[str, np.ndarray | None, list[str] | None]]:
+    """Each feature column as `(name, numbers, None)` or, for text, `(name, None, categories)`."""
+    if not columns:
+        raise UserError(f"{table.path}: no feature columns left once the task columns are taken")
+    encoded = []
+    for column in columns:
+        numbers = _numbers(table, column)
+        if numbers is not None and not np.all(np.isfinite(numbers)):
+            row = int(np.argmax(~np.isfinite(numbers)))
+            raise UserError(f"{table.path}:{table.line(row)}: column {column!r} is not finite")
+        encoded.append((column, numbers, None if numbers is not None else sorted(set(table.columns[column]))))
+    return encoded
+
+
+def shape_for(options: Mapping[str, Any], root: str | None, tasks: tuple[str, ...] = ()) -> tuple[int, ...]:
+    """The input width: one per number column, one per category of a text column."""
+    table = read_table(root)
+    features = encoded_features(table, _feature_columns(table, options, tasks))
+    return (sum(1 if categories is None else len(categories) for _, _, categories in features),)
+
+
+def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, seed: int = 0,
+         tasks: tuple[str, ...] = ()) -> TaskData:
+    table = read_table(root)
+    count = len(table.columns[table.header[0]])
+    test = options["test_fraction"]
+    parts = partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
+    train = parts["train"]
+    blocks = []
+    for column, numbers, categories in encoded_features(table, _feature_columns(table, options, tasks)):
+        if categories is None:  # standardised with the training split's statistics only
+            mean, std = numbers[train].mean(), numbers[train].std()
+            blocks.append(((numbers - mean) / (std if std > 0 else 1.0))[:, None])
+        else:
+            values = table.columns[column]
+            blocks.append(np.array([[value == category for category in categories] for value in values], dtype=np.float64))
+    inputs = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
+    kinds, classes, targets = {}, {}, {}
+    for column in tasks:
+        kind, labels, count_ = column_kind(table, column, options)
+        kinds[column], classes[column] = kind, count_
+        if kind == "regression":
+            targets[column] = torch.tensor(_numbers(table, column), dtype=torch.float32)[:, None]
+        elif labels is not None:
+            index = {label: i for i, label in enumerate(labels)}
+            targets[column] = torch.tensor([index[value] for value in table.columns[column]], dtype=torch.long)
+        else:
+            targets[column] = torch.tensor(_numbers(table, column), dtype=torch.long)
+    splits = {name: Split(inputs[torch.as_tensor(rows)], {t: v[torch.as_tensor(rows)] for t, v in targets.items()},
+                          torch.as_tensor(rows)[:, None]) for name, rows in parts.items()}
+    return TaskData("table", splits["train"], splits["val"], splits["test"], input_shape=(inputs.shape[1],),
+                    task_kinds=kinds, task_classes=classes)
