@@ -151,6 +151,23 @@ def eval_command(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_command(
+    out: Path = typer.Argument(..., metavar="OUT", help="A finished run folder."),
+    fmt: str = typer.Option(..., "--format", help="onnx, torchscript or python."),
+    target: Path = typer.Option(..., "-o", "--out", help="The file to write."),
+) -> None:
+    """Export a run's compact network (ONNX, TorchScript or standalone Python) and check it against PyTorch."""
+    from .export_job import export_run
+
+    report = export_run(out, fmt, target)
+    for task, difference in report["max_abs_difference"].items():
+        _echo(f"  {task:<12} max |export - pytorch| = {difference:.3g}")
+    _echo(f"wrote {report['file']}" + ("" if report["matches"] else " (differs from the PyTorch module)"))
+    if not report["matches"]:
+        raise typer.Exit(1)
+
+
 @app.command("passes")
 def passes_command() -> None:
     """List the registered passes and their options."""

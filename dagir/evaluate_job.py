@@ -13,6 +13,16 @@ from typing import Any
 from .errors import UserError
 
 
+def run_folder_spec(out: Path):
+    """The spec of the finished run in `out`; `UserError` when `out` is not one."""
+    from .spec import load_spec
+
+    for name in ("spec.resolved.yaml", "metrics.json", "compact.json", "compact.safetensors"):
+        if not (Path(out) / name).is_file():
+            raise UserError(f"{out}: not a finished dagir run (missing {name})")
+    return load_spec(Path(out) / "spec.resolved.yaml")
+
+
 def evaluate_run_folder(out: Path) -> dict[str, Any]:
     import torch
 
@@ -23,10 +33,7 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
     from .training.loop import evaluate
 
     out = Path(out)
-    for name in ("spec.resolved.yaml", "metrics.json", "compact.json", "compact.safetensors"):
-        if not (out / name).is_file():
-            raise UserError(f"{out}: not a finished dagir run (missing {name})")
-    spec = load_spec(out / "spec.resolved.yaml")
+    spec = run_folder_spec(out)
     try:
         saved = json.loads((out / "metrics.json").read_text())["test"]
         if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
@@ -36,7 +43,7 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
     dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
     module, _ = load_compact(out, dtype=dtype)
     data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
-                            [task.name for task in spec.tasks])
+                        [task.name for task in spec.tasks])
     test = evaluate(module, data.test, spec.tasks, data, dtype=dtype)
     differences = [abs(test[t][m] - saved.get(t, {}).get(m, math.nan)) for t in test for m in test[t]]
     largest = max((d for d in differences if not math.isnan(d)), default=0.0)
