@@ -29,7 +29,6 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
     from dagir.backends.torch_export import load_compact
 
     from .datasets import load_dataset
-    from .spec import load_spec
     from .training.loop import evaluate
 
     out = Path(out)
