@@ -73,6 +73,9 @@ def run_command(
     resume: bool = typer.Option(False, help="Continue the run in OUT from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start again in an OUT that already holds a run."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
+                                               help="Write TensorBoard events to OUT/tensorboard/ (default: when "
+                                               "the tensorboard package is installed)."),
 ) -> None:
     """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export."""
     from .run_folder import locked_folder, prepare_run_folder
@@ -82,7 +85,7 @@ def run_command(
     spec = load_spec(spec_path, overrides or [])
     with locked_folder(out, "run"):  # before anything in OUT is touched
         prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
-        metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo).execute()
+        metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard).execute()
     _print_metrics(metrics)
     _echo(f"wrote {out}")
 
@@ -166,6 +169,17 @@ def export_command(
     _echo(f"wrote {report['file']}" + ("" if report["matches"] else " (differs from the PyTorch module)"))
     if not report["matches"]:
         raise typer.Exit(1)
+
+
+@app.command("report")
+def report_command(
+    out: Path = typer.Argument(..., metavar="OUT", help="A finished run folder, or a bench folder."),
+    target: Optional[Path] = typer.Option(None, "-o", "--out", help="The HTML file (default OUT/report.html)."),
+) -> None:
+    """One self-contained HTML page of a run or a bench: metrics, sharing, curves, gates, every pass."""
+    from .report_job import write_report
+
+    _echo(f"wrote {write_report(out, target)}")
 
 
 @app.command("passes")

@@ -48,7 +48,7 @@ def dump_ir(ir: IR, stem: Path, *, draw: bool) -> None:
     stem.with_suffix(".json").write_text(ir.to_json())
     if draw:
         from dagir.backends.graphviz_dot import render, to_dot
-        render(to_dot(ir), stem)
+        render(to_dot(ir), stem, formats=("svg", "png"))
 
 
 def compile_to_folder(spec: Spec, out: Path, options: CompileOptions,

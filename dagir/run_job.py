@@ -70,22 +70,50 @@ class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
     def __init__(self, spec: Spec, out: Path, *, resume: bool = False, progress: bool = True,
-                 echo: Echo = print) -> None:
+                 echo: Echo = print, tensorboard: bool | None = None) -> None:
+        """`tensorboard`: write OUT/tensorboard/ (True: required; None: when the package is installed)."""
         self.spec, self.out, self.resume, self.progress, self.echo = spec, Path(out), resume, progress, echo
+        self.tensorboard = tensorboard
         self.device = pick_device(spec.train.device)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=progress, echo=echo)
 
     # -- the method ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        spec = self.spec
         state = self._start()
+        self.runner.board = self._open_board()
+        try:
+            return self._execute(state)
+        finally:
+            if self.runner.board is not None:
+                self.runner.board.close()
+
+    def _open_board(self):
+        from .training.board import RunBoard, tensorboard_available
+        if self.tensorboard is False:
+            return None
+        if not tensorboard_available():
+            if self.tensorboard:
+                raise UserError("--tensorboard needs the tensorboard package: pip install 'dagir[tensorboard]'")
+            self.echo("note: tensorboard is not installed, so no OUT/tensorboard/ (pip install 'dagir[tensorboard]')")
+            return None
+        return RunBoard(self.out / "tensorboard", purge_step=len(self.runner.history) + 1 if self.resume else None)
+
+    def _images(self, folder: Path, prefix: str) -> None:
+        board = self.runner.board
+        if board is not None:
+            for png in sorted(folder.glob("*.png")):
+                board.image(f"{prefix}/{png.stem}", png)
+
+    def _execute(self, state: dict[str, Any] | None) -> dict[str, Any]:
+        spec = self.spec
         torch.manual_seed(spec.seed)
         check_data_root(spec)
         data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
                             [task.name for task in spec.tasks])
         self._check_data(data)
         ir = self.ir = self._compile()
+        self._images(self.out / "passes" / "before-search", "passes/before-search")
 
         from dagir.backends.torch_supernet import import_gates_from_module, lower_supernet
         runner = self.runner
@@ -107,6 +135,7 @@ class Run:
         write_text(self.out / "architecture.json", searched.to_json())
         plot_gate_heatmaps(searched, self.out / "gates.png")
         compact_ir = self._post_search(searched)
+        self._images(self.out / "passes" / "after-search", "passes/after-search")
 
         from dagir.backends.torch_compact import lower_compact
         compact = lower_compact(compact_ir, supernet).to(self.device)
@@ -220,6 +249,16 @@ class Run:
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))
         plot_curves(runner.history, self.out / "curves.png")
+        if runner.board is not None:
+            from .ir_text import format_ir
+            board = runner.board
+            for name in ("gates", "curves"):
+                board.image(f"run/{name}", self.out / f"{name}.png")
+            board.text("run/compact_architecture", format_ir(compact_ir))
+            board.text("run/spec", self.spec.resolved_yaml())
+            for task, values in test.items():
+                for metric, value in values.items():
+                    board.writer.add_scalar(f"test/{task}/{metric}", value, len(runner.history))
         save_checkpoint(self.checkpoint_path, {"stage": "done", "epoch": 0, "step": 0, "history": runner.history,
                                                "stage_seconds": runner.stage_seconds,
                                                "stage_steps": runner.stage_steps})

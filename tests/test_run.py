@@ -507,3 +507,27 @@ def test_a_macs_budget_is_met_by_the_compact_network(tmp_path, tiny_spec):
     code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(tmp_path / "c"), "--set", "search.budget.macs=5",
                             "--set", "pipeline.after_search=[discretize, flow-reduce, share-states]")
     assert code == 2 and "search.budget: a budget is met by the fit-budget pass" in stderr
+
+
+def test_a_run_writes_tensorboard_events_of_every_stage(tmp_path, tiny_spec):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--no-progress", "--tensorboard")
+    assert code == 0, stderr
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "histograms": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    history = json.loads((out / "history.json").read_text())
+    loss = events.Scalars("train/loss")
+    assert [e.value for e in loss] == pytest.approx([row["train/loss"] for row in history])
+    assert {"val/digit/accuracy", "val/parity/accuracy", "search/tau", "test/digit/accuracy"} <= set(tags["scalars"])
+    assert any(tag.startswith("lr/search/") for tag in tags["scalars"])
+    assert {"gates/digit", "gates/parity"} <= set(tags["histograms"])
+    assert "passes/before-search/05-attach-gates" in tags["images"] and "run/gates" in tags["images"]
+    assert any("compact_architecture" in tag for tag in tags["tensors"])
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(tmp_path / "quiet"), "--no-progress", "--no-tensorboard",
+                            "--set", "train.warmup.epochs=1", "--set", "train.search.epochs=1")
+    assert code == 0, stderr
+    assert not (tmp_path / "quiet" / "tensorboard").exists()
