@@ -391,12 +391,13 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     except DataOptionError as err:
         raise source.error(err.field, f"{err.message} (data set '{err.dataset}')") from None
 
+    data_field = ("data", "dataset") if info.plugin is not None else ("data", "root")  # where the data's errors point
     if info.tasks_for is not None:  # the tasks depend on the data on disk (Omniglot's alphabets)
         try:
             kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root,
                                            [task.name for task in spec.tasks])
         except UserError as err:  # the loader names data.root itself; the location says it once
-            raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
+            raise source.error(data_field, str(err).removeprefix("data.root: ")) from None
         info = replace(info, task_kinds=kinds, task_classes=classes)
     misfits = task_misfits(info, spec.tasks)
     if misfits:
@@ -405,7 +406,7 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     try:
         shape = info.input_shape(options, spec.data.root, [task.name for task in spec.tasks])
     except UserError as err:
-        raise source.error(("data", "root"), str(err).removeprefix("data.root: ")) from None
+        raise source.error(data_field, str(err).removeprefix("data.root: ")) from None
     if spec.network.input is not None and tuple(spec.network.input.shape) != shape:
         raise source.error(("network", "input", "shape"), f"the data set '{info.name}' gives inputs of shape "
                                                           f"{list(shape)}, not {spec.network.input.shape}; "

@@ -198,3 +198,133 @@ def test_table_options_name_columns(tmp_path):
     spec = load_spec(tmp_path / "spec.yaml", ["data.options.features=[a, b, colour]"])
     from dagir.spec import input_shape
     assert input_shape(spec) == (5,)
+
+
+# -- images ---------------------------------------------------------------------------------------
+IMAGES_SPEC = """\
+name: pictures
+data: {{dataset: images, root: {root}, batch_size: 32, options: {{channels: 1}}}}
+tasks:
+  - {{name: brighter, kind: classification, classes: 2}}
+  - {{name: level, kind: regression}}
+network:
+  stem: {{channels: 8}}
+  central: {{nodes: 2, stages: 1, channels: 8}}
+  heads: {{hidden: 8}}
+train:
+  warmup: {{epochs: 6, lr: 0.01}}
+  search: {{epochs: 1, lr: 0.01}}
+  finetune: {{epochs: 3, lr: 0.01}}
+  device: cpu
+"""
+
+
+def write_images(folder: Path, count: int = 400, seed: int = 0, edit=None) -> Path:
+    """8x8 grey images: `brighter` says whether the left half is brighter, `level` the mean brightness."""
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["file,brighter,level"]
+    for i in range(count):
+        left, right = rng.uniform(0.1, 0.9, size=2)
+        pixels = np.concatenate([np.full((8, 4), left), np.full((8, 4), right)], axis=1)
+        pixels = np.clip(pixels + rng.normal(0, 0.03, size=(8, 8)), 0, 1)
+        Image.fromarray((pixels * 255).astype(np.uint8), mode="L").save(folder / f"{i}.png")
+        lines.append(f"{i}.png,{'yes' if left > right else 'no'},{pixels.mean():.5f}")
+    if edit is not None:
+        edit(lines)
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_run_on_an_image_folder_learns_the_planted_rules(tmp_path):
+    root = write_images(tmp_path / "pictures")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(IMAGES_SPEC.format(root=root))
+    from dagir.spec import input_shape
+    assert input_shape(load_spec(spec)) == (1, 8, 8)
+    metrics = run_quietly(spec, tmp_path / "out")
+    assert metrics["test"]["brighter"]["accuracy"] > 0.85
+    assert metrics["test"]["level"]["mae"] < 0.05  # the level spreads over about 0.23 (its std)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda lines: lines.__setitem__(3, "missing.png,yes,0.5"), "labels.csv:4: image 'missing.png' does not exist"),
+    (lambda lines: lines.__setitem__(0, "name,brighter,level"), "no column 'file' naming the image files"),
+    (lambda lines: lines.__setitem__(2, "1.png,yes,"), "labels.csv:3: column 'level' has no value"),
+])
+def test_bad_image_folders_are_rejected_naming_the_line(tmp_path, edit, message):
+    root = write_images(tmp_path / "pictures", count=12, edit=edit)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(IMAGES_SPEC.format(root=root))
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
+
+
+def test_images_of_different_sizes_need_a_size(tmp_path):
+    from PIL import Image
+    root = write_images(tmp_path / "pictures", count=12)
+    Image.new("L", (10, 6)).save(root / "5.png")
+    with pytest.raises(UserError, match=r"labels.csv:7: image is 6x10, the first 8x8; set data.options.size"):
+        load_dataset("images", {"channels": 1}, str(root), tasks=["brighter"])
+    data = load_dataset("images", {"channels": 1, "size": [4, 4]}, str(root), tasks=["brighter"])
+    assert data.train.inputs.shape[1:] == (1, 4, 4) and float(data.train.inputs.max()) <= 1.0
+
+
+# -- plugins --------------------------------------------------------------------------------------
+PLUGIN = '''
+import torch
+from dagir.datasets.splits import Split, TaskData
+
+def planted(options, root, val_split, seed):
+    g = torch.Generator().manual_seed(options.get("seed", 0))
+    x = torch.randn(600, 6, generator=g)
+    label = (x[:, 0] > x[:, 1]).long()
+    def split(rows):
+        return Split(x[rows], {"label": label[rows]}, torch.arange(len(x))[rows][:, None])
+    return TaskData("mine", split(slice(0, 400)), split(slice(400, 500)), split(slice(500, 600)), (6,),
+                    {"label": "classification"}, {"label": 2})
+
+def broken(options, root, val_split, seed):
+    raise RuntimeError("the disk is on fire")
+'''
+
+PLUGIN_SPEC = """\
+name: plugged
+data: {{dataset: "{target}", options: {{seed: 3}}}}
+tasks:
+  - {{name: label, kind: classification, classes: 2}}
+network:
+  stem: {{channels: 8}}
+  central: {{nodes: 2, stages: 1, channels: 8, edge_op: mlp}}
+  heads: {{hidden: 8}}
+train: {{warmup: {{epochs: 3, lr: 0.02}}, search: {{epochs: 1}}, finetune: {{epochs: 2, lr: 0.01}}, device: cpu}}
+"""
+
+
+@pytest.fixture()
+def plugin_module(tmp_path, monkeypatch):
+    (tmp_path / "my_data.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_plugin_function_is_a_data_set(plugin_module, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(PLUGIN_SPEC.format(target="my_data:planted"))
+    from dagir.spec import input_shape
+    assert input_shape(load_spec(spec)) == (6,)
+    assert run_quietly(spec, tmp_path / "out")["test"]["label"]["accuracy"] > 0.85
+
+
+@pytest.mark.parametrize("target, message", [
+    ("my_data:broken", "data.dataset: data set 'my_data:broken' failed: RuntimeError: the disk is on fire"),
+    ("my_data:absent", "data.dataset: module 'my_data' has no function 'absent'"),
+    ("no_such_module:load", "data.dataset: cannot import the data set's module 'no_such_module'"),
+])
+def test_a_broken_plugin_is_reported_at_data_dataset(plugin_module, tmp_path, target, message):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(PLUGIN_SPEC.format(target=target))
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert message in str(caught.value)

@@ -53,11 +53,12 @@ class DatasetInfo:
     root_kind: str = "folder"  # what data.root names: a "folder", or a "file or folder"
     classes_at_least: bool = False  # `task_classes` are the labels seen (largest + 1): a task may declare more
     reads_task_names: bool = False  # its files hold more than the tasks: the spec's task names pick them out
+    plugin: str | None = None  # a user's "module:function" (`dagir.datasets.plugin`): options pass as they are
 
     def input_shape(self, options: Mapping[str, Any] | None = None, root: str | None = None,
                     tasks: Sequence[str] = ()) -> tuple[int, ...]:
         """The input shape these options (and, for data whose files decide it, `root`) give."""
-        resolved = read_options(self.name, options, self.options)
+        resolved = self.read(options)
         if self.shape_for is None:
             return tuple(self.shape(resolved))
         return tuple(self.call(self.shape_for, resolved, root, tasks))
@@ -66,7 +67,13 @@ class DatasetInfo:
         """Import `module:function` and call it, with the spec's task names where the data needs them."""
         module_name, _, function = target.partition(":")
         extra = {"tasks": tuple(tasks)} if self.reads_task_names else {}
+        if self.plugin is not None:
+            extra = {"target": self.plugin}
         return getattr(importlib.import_module(module_name), function)(options, root, **kwargs, **extra)
+
+    def read(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The options checked and filled in (a plugin's pass as they are: it checks its own)."""
+        return dict(options or {}) if self.plugin is not None else read_options(self.name, options, self.options)
 
 
 def _fixed(shape: tuple[int, ...]) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
@@ -171,6 +178,14 @@ REGISTRY: dict[str, DatasetInfo] = {
         root_kind="file or folder", classes_at_least=True, reads_task_names=True,
         options={"features": Option(None, object, _names_or_null), "regression": Option([], list, _names),
                  "test_fraction": _test_fraction(0.01)}),
+    "images": DatasetInfo(
+        "images", _fixed(()), "dagir.datasets.images:load",
+        "your own images: a folder of image files and labels.csv with a file column and a column per task",
+        needs_root=True, tasks_for="dagir.datasets.images:tasks_for", shape_for="dagir.datasets.images:shape_for",
+        classes_at_least=True, reads_task_names=True,
+        options={"labels": Option("labels.csv", str), "file_column": Option("file", str),
+                 "size": Option(None, object, check_size), "channels": Option(3, int, _one_of(1, 3)),
+                 "regression": Option([], list, _names), "test_fraction": _test_fraction(0.01)}),
     "mmoe_synthetic": DatasetInfo(
         "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
@@ -184,7 +199,16 @@ REGISTRY: dict[str, DatasetInfo] = {
 
 
 def dataset_info(name: str) -> DatasetInfo | None:
-    return REGISTRY.get(name)
+    """A built-in data set, or a plugin (`module:function` or an installed entry point), or None."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    from .plugin import plugin_target
+    target = plugin_target(name)
+    if target is None:
+        return None
+    return DatasetInfo(name, _fixed(()), "dagir.datasets.plugin:load", f"the plugin {target}",
+                       tasks_for="dagir.datasets.plugin:tasks_for", shape_for="dagir.datasets.plugin:shape_for",
+                       root_kind="file or folder", plugin=target)
 
 
 def known_datasets() -> list[str]:
@@ -198,13 +222,14 @@ def resolve_options(name: str, options: Mapping[str, Any] | None, val_split: flo
     and test fractions that leave no training data; answers without reading any data.
     """
     info = _info(name)
-    resolved = read_options(name, options, info.options)
-    check_split_fractions(name, val_split, resolved.get("test_fraction", 0.0))
+    resolved = info.read(options)
+    if info.plugin is None:
+        check_split_fractions(name, val_split, resolved.get("test_fraction", 0.0))
     return resolved
 
 
 def _info(name: str) -> DatasetInfo:
-    info = REGISTRY.get(name)
+    info = dataset_info(name)
     if info is None:
         raise UserError(f"unknown dataset {name!r} (known: {', '.join(known_datasets())})")
     return info
@@ -220,7 +245,7 @@ def dataset_tasks(name: str, options: Mapping[str, Any] | None = None, root: str
     info = _info(name)
     if info.tasks_for is None:
         return dict(info.task_kinds), dict(info.task_classes)
-    kinds, classes = info.call(info.tasks_for, read_options(name, options, info.options), root, tasks)
+    kinds, classes = info.call(info.tasks_for, info.read(options), root, tasks)
     return dict(kinds), dict(classes)
 
 
