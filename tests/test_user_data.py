@@ -328,3 +328,21 @@ def test_a_broken_plugin_is_reported_at_data_dataset(plugin_module, tmp_path, ta
     with pytest.raises(SpecError) as caught:
         load_spec(spec)
     assert message in str(caught.value)
+
+
+def test_the_penguins_run_through_the_table_format_on_the_same_data(tmp_path):
+    import importlib.util
+    import torch
+    path = Path(__file__).parent.parent / "examples" / "penguins_table.py"
+    loader = importlib.util.spec_from_file_location("penguins_table", path)
+    example = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(example)
+    spec = load_spec(example.write_table_example(tmp_path))
+    generic = load_dataset("table", spec.data.options, spec.data.root, 0.1, 0, [t.name for t in spec.tasks])
+    built_in = load_dataset("penguins", {}, None, 0.1, 0)
+    assert len(built_in.train) + len(built_in.val) + len(built_in.test) == 333
+    for part in ("train", "val", "test"):
+        a, b = getattr(generic, part), getattr(built_in, part)
+        assert torch.equal(a.inputs, b.inputs)
+        assert all(torch.equal(a.targets[t], b.targets[t]) for t in b.targets)
+    assert generic.target_scales == pytest.approx(built_in.target_scales)

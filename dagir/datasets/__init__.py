@@ -186,6 +186,11 @@ REGISTRY: dict[str, DatasetInfo] = {
         options={"labels": Option("labels.csv", str), "file_column": Option("file", str),
                  "size": Option(None, object, check_size), "channels": Option(3, int, _one_of(1, 3)),
                  "regression": Option([], list, _names), "test_fraction": _test_fraction(0.01)}),
+    "penguins": DatasetInfo(
+        "penguins", _fixed((6,)), "dagir.datasets.penguins:load",
+        "Palmer penguins (the palmerpenguins package's CSV): species, sex and body mass from island and measurements",
+        {"species": "classification", "sex": "classification", "body_mass_g": "regression"},
+        task_classes={"species": 3, "sex": 2}, options={"test_fraction": _test_fraction()}),
     "mmoe_synthetic": DatasetInfo(
         "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import Split, TaskData, partition
-from .table import Table, column_kind, read_table
+from .splits import TaskData, partition
+from .table import Table, column_kind, read_table, split_task_data, task_targets
 
 
 def _table(options: Mapping[str, Any], root: str | None) -> tuple[Path, Table]:
@@ -83,21 +83,7 @@ def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, s
             image = image.resize((width, height))
         values = np.asarray(image, dtype=np.float32) / 255.0
         pixels[row] = values[None] if channels == 1 else values.transpose(2, 0, 1)
-    kinds, classes, targets = {}, {}, {}
-    for column in tasks:
-        kind, labels, classes[column] = column_kind(table, column, options)
-        kinds[column] = kind
-        values = table.columns[column]
-        if kind == "regression":
-            targets[column] = torch.tensor([float(v) for v in values], dtype=torch.float32)[:, None]
-        elif labels is not None:
-            targets[column] = torch.tensor([labels.index(v) for v in values], dtype=torch.long)
-        else:
-            targets[column] = torch.tensor([int(float(v)) for v in values], dtype=torch.long)
     test = options["test_fraction"]
     parts = partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
-    inputs = torch.from_numpy(pixels)
-    splits = {name: Split(inputs[torch.as_tensor(rows)], {t: v[torch.as_tensor(rows)] for t, v in targets.items()},
-                          torch.as_tensor(rows)[:, None]) for name, rows in parts.items()}
-    return TaskData("images", splits["train"], splits["val"], splits["test"], input_shape=(channels, height, width),
-                    task_kinds=kinds, task_classes=classes)
+    targets = task_targets(table, tasks, options, parts["train"])
+    return split_task_data("images", torch.from_numpy(pixels), targets, parts)

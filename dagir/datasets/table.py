@@ -140,32 +140,62 @@ def shape_for(options: Mapping[str, Any], root: str | None, tasks: tuple[str, ..
 
 def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, seed: int = 0,
          tasks: tuple[str, ...] = ()) -> TaskData:
-    table = read_table(root)
+    return build(read_table(root), options, val_split, seed, tasks)
+
+
+def build(table: Table, options: Mapping[str, Any], val_split: float, seed: int, tasks: tuple[str, ...],
+          name: str = "table") -> TaskData:
+    """The `TaskData` of a read table: seeded splits, encoded features, the tasks' targets."""
     count = len(table.columns[table.header[0]])
     test = options["test_fraction"]
     parts = partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
-    train = parts["train"]
     blocks = []
     for column, numbers, categories in encoded_features(table, _feature_columns(table, options, tasks)):
         if categories is None:  # standardised with the training split's statistics only
-            mean, std = numbers[train].mean(), numbers[train].std()
+            mean, std = numbers[parts["train"]].mean(), numbers[parts["train"]].std()
             blocks.append(((numbers - mean) / (std if std > 0 else 1.0))[:, None])
         else:
             values = table.columns[column]
             blocks.append(np.array([[value == category for category in categories] for value in values], dtype=np.float64))
     inputs = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
-    kinds, classes, targets = {}, {}, {}
+    targets = task_targets(table, tasks, options, parts["train"])
+    return split_task_data(name, inputs, targets, parts)
+
+
+@dataclass
+class Targets:
+    """The tasks' targets of a table, with their kinds and classes; a regression target is stored
+    standardised with the training split's mean (`offsets`) and deviation (`scales`), and the
+    metrics convert it back (`TaskData.target_scales`)."""
+
+    values: dict[str, torch.Tensor]
+    kinds: dict[str, str]
+    classes: dict[str, int | None]
+    scales: dict[str, float]
+    offsets: dict[str, float]
+
+
+def task_targets(table: Table, tasks: tuple[str, ...], options: Mapping[str, Any], train: np.ndarray) -> Targets:
+    out = Targets({}, {}, {}, {}, {})
     for column in tasks:
-        kind, labels, count_ = column_kind(table, column, options)
-        kinds[column], classes[column] = kind, count_
+        kind, labels, out.classes[column] = column_kind(table, column, options)
+        out.kinds[column] = kind
         if kind == "regression":
-            targets[column] = torch.tensor(_numbers(table, column), dtype=torch.float32)[:, None]
+            numbers = _numbers(table, column)
+            mean, std = float(numbers[train].mean()), float(numbers[train].std()) or 1.0
+            out.values[column] = torch.tensor((numbers - mean) / std, dtype=torch.float32)[:, None]
+            out.scales[column], out.offsets[column] = std, mean
         elif labels is not None:
             index = {label: i for i, label in enumerate(labels)}
-            targets[column] = torch.tensor([index[value] for value in table.columns[column]], dtype=torch.long)
+            out.values[column] = torch.tensor([index[value] for value in table.columns[column]], dtype=torch.long)
         else:
-            targets[column] = torch.tensor(_numbers(table, column), dtype=torch.long)
-    splits = {name: Split(inputs[torch.as_tensor(rows)], {t: v[torch.as_tensor(rows)] for t, v in targets.items()},
-                          torch.as_tensor(rows)[:, None]) for name, rows in parts.items()}
-    return TaskData("table", splits["train"], splits["val"], splits["test"], input_shape=(inputs.shape[1],),
-                    task_kinds=kinds, task_classes=classes)
+            out.values[column] = torch.tensor(_numbers(table, column), dtype=torch.long)
+    return out
+
+
+def split_task_data(name: str, inputs: torch.Tensor, targets: Targets, parts: dict[str, np.ndarray]) -> TaskData:
+    splits = {part: Split(inputs[torch.as_tensor(rows)], {t: v[torch.as_tensor(rows)] for t, v in targets.values.items()},
+                          torch.as_tensor(rows)[:, None]) for part, rows in parts.items()}
+    return TaskData(name, splits["train"], splits["val"], splits["test"], input_shape=tuple(inputs.shape[1:]),
+                    task_kinds=targets.kinds, task_classes=targets.classes, target_scales=targets.scales,
+                    target_offsets=targets.offsets)
