@@ -6,19 +6,14 @@ import sys
 
 import pytest
 from test_cli import dagir
-from test_run import run_quietly
+from test_run import short_tiny_run
 
 BLOCK_DAGIR = "import sys; sys.modules['dagir'] = None  # any import of dagir fails\n"
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    from test_run import TINY
-    folder = tmp_path_factory.mktemp("export")
-    spec = folder / "tiny.yaml"
-    spec.write_text(TINY)
-    run_quietly(spec, folder / "run", overrides=["train.warmup.epochs=1", "train.search.epochs=1"])
-    return folder / "run"
+    return short_tiny_run(tmp_path_factory.mktemp("finished_run"))
 
 
 def without_dagir(code: str) -> subprocess.CompletedProcess:

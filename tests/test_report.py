@@ -8,18 +8,14 @@ import subprocess
 
 import pytest
 from test_cli import dagir
-from test_run import TINY, run_quietly
+from test_run import short_tiny_run
 
 IMAGE = re.compile(r"<img alt='([^']*)' src='data:(image/png|image/svg\+xml);base64,([A-Za-z0-9+/=]+)'>")
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("report")
-    spec = folder / "tiny.yaml"
-    spec.write_text(TINY)
-    run_quietly(spec, folder / "run", overrides=["train.warmup.epochs=1", "train.search.epochs=1"])
-    return folder / "run"
+    return short_tiny_run(tmp_path_factory.mktemp("run_folder"))
 
 
 def test_a_run_report_embeds_every_picture_and_the_results(run_folder):

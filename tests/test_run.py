@@ -53,6 +53,14 @@ def run_quietly(spec_path: Path, out: Path, *, resume: bool = False, overrides=(
     return Run(spec, out, resume=resume, progress=False, echo=lambda text: None).execute()
 
 
+def short_tiny_run(folder: Path) -> Path:
+    """A finished tiny run (one warm-up and one search epoch) in `folder/run`, for tests of what a run gives."""
+    spec = folder / "tiny.yaml"
+    spec.write_text(TINY)
+    run_quietly(spec, folder / "run", overrides=["train.warmup.epochs=1", "train.search.epochs=1"])
+    return folder / "run"
+
+
 def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
     out = tmp_path / "run"
     code, stdout, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--no-progress")
