@@ -55,7 +55,8 @@ class GateAggregation(nn.Module):
     """Input-dependent soft sharing (MTNAS, MMoE): a linear layer on the query gives one routing
     logit per input, and a softmax over the inputs present weights them: `Σ_i w_i · input_i`. The
     query is the globally pooled concatenation of the inputs (zeros in an empty slot), or, with
-    `query_width`, the (pooled) tensor passed as `query` (the network input, as MMoE's gates see).
+    `query_width`, the (pooled) tensor passed as `query` (the network input, as MMoE's gates see);
+    with `query_width=0` there is none, and the logits are the layer's bias (a task's own gate).
 
     An input is absent from the softmax when its slot is empty, or when its gate (`gates[i]`, one
     value per stacked state, or one for all) is exactly 0: an edge left out of a route (a hard or
@@ -71,8 +72,11 @@ class GateAggregation(nn.Module):
     def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
         filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        joined = torch.cat(filled, dim=1) if query is None else query
-        pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
+        if self.config["query_width"] == 0:  # a task's own gate: softmax(W e_t), a learned logit per input
+            pooled = present.new_zeros(present.shape[0], 0)
+        else:
+            joined = torch.cat(filled, dim=1) if query is None else query
+            pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
         logits = self.route(pooled)
         rows = logits.shape[0]
         absent = torch.zeros_like(logits, dtype=torch.bool)

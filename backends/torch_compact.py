@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states
-from dagir.ir import IR, Edge, Node, TensorType
+from dagir.ir import IR, Edge, Node, TensorType, gate_query_width
 
 from .torch_aggregations import GateAggregation, NddrAggregation
 from .torch_ops import build_op
@@ -144,7 +144,7 @@ def _aggregation_module(node: Node, inputs: int, network_input: TensorType) -> n
     if node.aggregation == "nddr":
         return NddrAggregation(inputs, width, image)
     if node.aggregation == "gate":
-        return GateAggregation(inputs, width, network_input.channels if node.query == "input" else None)
+        return GateAggregation(inputs, width, gate_query_width(node, network_input))
     raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
 
 

@@ -50,7 +50,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, fx, nn
 
-from dagir.ir import IR, Edge, Node, TensorType
+from dagir.ir import IR, Edge, Node, TensorType, gate_query_width
 from dagir.task_states import state_owner
 
 from .torch_gates import GateTable, import_logits
@@ -77,7 +77,7 @@ def aggregation_module_name(node: Node) -> str:
 
 def node_aggregation(node: Node, in_edges: list[Edge], network_input: TensorType) -> nn.Module | None:
     """The aggregation module of `node` over its in-edges (in `IR.in_edges()` order)."""
-    query_width = network_input.channels if node.query == "input" else None
+    query_width = gate_query_width(node, network_input)
     return build_aggregation(node.aggregation, len(in_edges), node.input_type,
                              own=[edge.kind != "cross" for edge in in_edges], fusion=node.fusion,
                              query_width=query_width)

@@ -105,7 +105,7 @@ class Node:
     task: str | None = None
     aggregation: Aggregation = "sum"
     fusion: tuple[float, float] | None = None
-    query: Literal["inputs", "input"] = "inputs"
+    query: Literal["inputs", "input", "task"] = "inputs"
 
     @property
     def input_type(self) -> TensorType:
@@ -207,6 +207,15 @@ class Decision:
         return replace(self, logits={owner: tuple(float(v) for v in values) for owner, values in logits.items()})
 
 
+def gate_query_width(node: Node, network_input: TensorType) -> int | None:
+    """The width of a `gate` node's own query: the network input's channels (`query="input"`), 0
+    for a task's own gate (`query="task"`: no query, a learned logit per input), or None when it
+    looks at the inputs it mixes (`query="inputs"`, and every other aggregation)."""
+    if node.aggregation != "gate" or node.query == "inputs":
+        return None
+    return 0 if node.query == "task" else network_input.channels
+
+
 @dataclass
 class IR:
     """The graph: tasks, nodes by name, edges by `(src, dst)`, and graph-level facts.
@@ -270,9 +279,8 @@ class IR:
         self.decisions[edge.name] = replace(decision, logits={**decision.logits, owner: (float(logit),)})
 
     def query_width(self, node: Node) -> int | None:
-        """The width of a `gate` node's own query (the network input's channels for
-        `query="input"`); None when it looks at the inputs it mixes."""
-        return self.input_node().type.channels if node.aggregation == "gate" and node.query == "input" else None
+        """The width of a `gate` node's own query (see `gate_query_width`)."""
+        return gate_query_width(node, self.input_node().type)
 
     def decision_of_edge(self) -> dict[EdgeKey, Decision]:
         """The decision governing each governed edge (the verifier checks there is at most one)."""

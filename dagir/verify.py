@@ -45,6 +45,8 @@ def check_structure(ir: IR) -> None:
             raise fail(f"node stored under {name!r} is named {node.name!r}", [name])
         if node.kind not in NODE_KINDS or node.aggregation not in AGGREGATIONS:
             raise fail(f"node {name!r} has unknown kind or aggregation", [name])
+        if node.query == "task" and node.task is None:  # a shared state cannot depend on the task
+            raise fail(f"node {name!r} gates on its task (query='task') but serves no single task", [name])
     task_names = ir.task_names
     if len(set(task_names)) != len(task_names):
         raise fail("task names are not unique", task_names)

@@ -25,7 +25,10 @@ class BuildRouting(StagedBuild):
     route (`route_<node>`): every non-empty set of at most `route_size` (None: all) of the previous
     layer's experts; per task for the towers, and for the experts shared by every task, unless
     `expert_scope=task`. The gate's `query` is the block's input features (`inputs`, the pooled
-    route inputs) or the network input (`input`).
+    route inputs), the network input (`input`), or the task (`task`): a tower's gate is then
+    softmax(W e_t) for a learned embedding e_t of its task, which, as the tower serves one task, is
+    a learned logit per input (`GateAggregation` with `query_width=0`); a shared expert's state
+    cannot depend on the task, so its gate keeps the `inputs` query.
 
     `search=false` builds every route open with no decision: with one layer and `query=input`,
     that is MMoE (Ma et al., 2018): shared experts, a softmax gate per task on the input over all
@@ -38,7 +41,7 @@ class BuildRouting(StagedBuild):
     width: int | None = Field(None, ge=1)
     route_size: int | None = Field(None, ge=1)
     expert_scope: Literal["shared", "task"] = "shared"
-    query: Literal["inputs", "input"] = "inputs"
+    query: Literal["inputs", "input", "task"] = "inputs"
     search: bool = True
     init: float = 0.0
 
@@ -65,7 +68,7 @@ class BuildRouting(StagedBuild):
             for name in current:
                 out.add_node(Node(name, "hidden", expert_type, in_type=reads, op=_expert_op(reads, expert_type),
                                   index=layer, stage=0, aggregation="gate" if len(previous) > 1 else "sum",
-                                  query=self.query))
+                                  query="inputs" if self.query == "task" else self.query))
                 for source in previous:
                     out.add_edge(Edge(source, name, "read_in" if layer == 1 else "internal", Op("identity"),
                                       _serving(tasks)))

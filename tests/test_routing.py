@@ -4,7 +4,9 @@ sampled routes, the compact network with the argmax routes, and a short REINFORC
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from dagir.backends.reference import evaluate_reference
 from dagir.backends.torch_compact import lower_compact
 from dagir.backends.torch_supernet import count_parameters, head_parameters, lower_supernet, weight_parameters
 from dagir.compact_cost import compact_parameters
+from dagir.errors import VerificationError
 from dagir.ir_stats import count_parameters as ir_parameters
 from dagir.ir import IR
 from dagir.ir_io import read_ir
@@ -42,7 +45,7 @@ def routing_spaces(draw):
     experts = draw(st.integers(1, 3))
     options = (f"layers={draw(st.integers(1, 3))}, experts={experts}, "
                f"route_size={draw(st.integers(1, experts))}, expert_scope={draw(st.sampled_from(['shared', 'task']))}, "
-               f"query={draw(st.sampled_from(['inputs', 'input']))}")
+               f"query={draw(st.sampled_from(['inputs', 'input', 'task']))}")
     ir = build(routing_spec(draw(st.integers(1, 3)), draw(st.booleans())), options)
     rng = random.Random(draw(st.integers(0, 2 ** 16)))
     for name, decision in ir.decisions.items():
@@ -222,3 +225,17 @@ def test_drawings_show_each_blocks_routes_and_the_chosen_one():
     assert "tower_t0\\nhidden [4] · gate\\n3 routes" in to_dot(ir)
     chosen = PassManager(parse_pipeline(["discretize"], needs_build=False)).run(ir)
     assert "3 routes\\nt0 ← e1_2" in to_dot(chosen)
+
+
+def test_a_task_query_gives_each_tower_a_learned_weighting_and_leaves_the_experts_on_their_inputs():
+    from dagir.verify import verify
+    ir = build(routing_spec(2, image=False), "layers=2, experts=3, query=task")
+    assert ir.nodes["tower_t0"].query == "task" and ir.nodes["e2_1"].query == "inputs"
+    assert ir.query_width(ir.nodes["tower_t0"]) == 0
+    module = lower_supernet(ir)
+    tower = module.get_submodule("node_tower_t0")
+    assert tower.route.weight.numel() == 0 and tower.route.bias.numel() == 3  # one learned logit per expert
+    shared = ir.copy()
+    shared.nodes["e2_1"] = replace(shared.nodes["e2_1"], query="task")
+    with pytest.raises(VerificationError, match="gates on its task .* but serves no single task"):
+        verify(shared)
