@@ -233,7 +233,7 @@ class TrainSpec(Strict):
     search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
     finetune: StageSpec = Field(default_factory=lambda: StageSpec(epochs=2, lr=5e-4))
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["float32", "float64", "bfloat16"] = "float32"
+    precision: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     checkpoint_every: int = Field(200, ge=1)
     loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
     select: Literal["last", "best"] = "last"  # the final stage keeps its last epoch, or its best on validation

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -539,3 +540,20 @@ def test_a_run_writes_tensorboard_events_of_every_stage(tmp_path, tiny_spec):
                             "--set", "train.warmup.epochs=1", "--set", "train.search.epochs=1")
     assert code == 0, stderr
     assert not (tmp_path / "quiet" / "tensorboard").exists()
+
+
+def test_float16_trains_with_a_gradient_scaler_that_skips_overflowing_steps(tmp_path, tiny_spec, monkeypatch):
+    metrics = run_quietly(tiny_spec, tmp_path / "half", overrides=["train.precision=float16"])
+    history = json.loads((tmp_path / "half" / "history.json").read_text())
+    assert all(math.isfinite(v) for task in metrics["test"].values() for v in task.values())
+    assert "train/skipped_steps" in history[-1]
+    real_loss = training_loop.multitask_loss
+
+    def huge(*args, **kwargs):  # gradients past float16's range: the scaler must skip, not crash
+        loss, parts = real_loss(*args, **kwargs)
+        return loss.float() * 1e6, parts
+
+    patch_loss(monkeypatch, huge)
+    run_quietly(tiny_spec, tmp_path / "overflow", overrides=["train.precision=float16"])
+    history = json.loads((tmp_path / "overflow" / "history.json").read_text())
+    assert history[-1]["train/skipped_steps"] > 0

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..datasets.splits import Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
+from .precision import Precision
 from ..tasks import MetricMeter, task_loss
 
 Batch = tuple[Tensor, dict[str, Tensor]]
@@ -85,14 +86,17 @@ StepFunction = Callable[[Batch, int, int], tuple[float, float]]
 
 
 def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer: torch.optim.Optimizer,
-                    tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None) -> StepFunction:
+                    tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None,
+                    precision: Precision | None = None) -> StepFunction:
     """One plain optimisation step on the weighted task losses (warm-up, fine-tune, baselines)."""
+    precision = precision or Precision()
+
     def step(batch: Batch, epoch: int, index: int) -> tuple[float, float]:
         inputs, targets = batch
         loss, _ = multitask_loss(forward(inputs), targets, tasks, weighting)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.backward(loss)
+        precision.step(optimizer)
         return float(loss.detach()), 0.0
     return step
 
@@ -162,14 +166,16 @@ class StageLoop:
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: TaskData,
              batch_size: int = 512, device: torch.device | None = None,
-             dtype: torch.dtype = torch.float32) -> dict[str, dict[str, float]]:
-    """Every task's metrics on `split`, in eval mode."""
+             dtype: torch.dtype = torch.float32, precision: Precision | None = None) -> dict[str, dict[str, float]]:
+    """Every task's metrics on `split`, in eval mode (under the run's autocast, as it trains)."""
     was_training = model.training
     model.eval()
     meters = {t.name: MetricMeter(t.kind, scale=data.scale(t.name)) for t in tasks}
     device = device or torch.device("cpu")
+    precision = precision or Precision()
     for inputs, targets in split.batches(batch_size):
-        outputs = model(inputs.to(device=device, dtype=dtype))
+        with precision.autocast():
+            outputs = model(inputs.to(device=device, dtype=dtype))
         for task in tasks:
             meters[task.name].update(outputs[task.name].float().cpu(), targets[task.name])
     model.train(was_training)

@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .schedules import set_learning_rates, squeeze_ramp, temperature
+from .precision import Precision
 from .weighting import make_weighting
 
 Echo = Callable[[str], None]
@@ -72,9 +73,8 @@ class StageRunner:
                  history: list[dict[str, Any]] | None = None, stage_seconds: dict[str, float] | None = None) -> None:
         self.spec, self.device, self.checkpoint_path, self.progress, self.echo = (
             spec, device, checkpoint_path, progress, echo)
-        # bfloat16 runs float32 weights under autocast
-        self.dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
-        self.autocast = spec.train.precision == "bfloat16"
+        self.precision = Precision(spec.train.precision, device)  # bfloat16, float16: float32 weights, autocast
+        self.dtype = self.precision.dtype
         self.history: list[dict[str, Any]] = list(history or [])
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
@@ -83,11 +83,12 @@ class StageRunner:
         self.board = None  # a `RunBoard` when the run writes TensorBoard events
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        with self.precision.autocast():
             return model(inputs.to(self.dtype))
 
     def evaluate(self, model: nn.Module, split: Split, data: TaskData) -> dict[str, dict[str, float]]:
-        return evaluate(model, split, self.spec.tasks, data, device=self.device, dtype=self.dtype)
+        return evaluate(model, split, self.spec.tasks, data, device=self.device, dtype=self.dtype,
+                        precision=self.precision)
 
     def run(self, name: str, stage: StageSpec, split: Split, step: StepFunction, model: nn.Module,
             optimizers: Sequence[torch.optim.Optimizer], data: TaskData, state: dict[str, Any] | None, *,
@@ -107,6 +108,8 @@ class StageRunner:
             row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
                    "train/loss": totals.loss / max(totals.steps, 1),
                    "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val")}
+            if self.precision.scaler.is_enabled():
+                row["train/skipped_steps"] = self.precision.skipped  # float16 steps skipped so far
             if self.weighting is not None:
                 self.weighting.end_epoch()
                 row.update({f"weight/{t.name}": w for t, w in zip(self.spec.tasks, self.weighting.weights())})
@@ -124,6 +127,8 @@ class StageRunner:
                        "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps}
             if self.weighting is not None:
                 payload["weighting"] = self.weighting.state_dict()
+            if self.precision.scaler.is_enabled():
+                payload["precision"] = self.precision.state_dict()
             if best is not None:
                 payload["best_epoch"] = best.state_dict()
             save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
@@ -133,13 +138,14 @@ class StageRunner:
             if follow_progress is not None:
                 follow_progress(progress)
 
-        if self.weighting is not None:
-            train_step, weighting = step, self.weighting
+        train_step, weighting, precision = step, self.weighting, self.precision
 
-            def step(batch, epoch: int, index: int) -> tuple[float, float]:
-                result = train_step(batch, epoch, index)
-                weighting.after_step()
-                return result
+        def step(batch, epoch: int, index: int) -> tuple[float, float]:
+            result = train_step(batch, epoch, index)
+            if weighting is not None:
+                weighting.after_step(precision)
+            precision.update()
+            return result
 
         spec = self.spec
         loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
@@ -156,6 +162,8 @@ class StageRunner:
             position = Position(state["epoch"], state["step"])
             if self.weighting is not None and "weighting" in state:
                 self.weighting.load_state_dict(state["weighting"])
+            if "precision" in state:
+                self.precision.load_state_dict(state["precision"])
             if best is not None and "best_epoch" in state:
                 best.load_state_dict(state["best_epoch"])
             raw = state.get("totals") or {}
@@ -182,7 +190,7 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
     network.train()
     optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
     step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks,
-                           runner.weighting)
+                           runner.weighting, runner.precision)
     if stage.edge_dropout > 0:  # each step trains a sub-network drawn per (seed, epoch, step); validation the whole
         from .search import step_generator
         whole_step = step
@@ -222,7 +230,7 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
 
     context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(supernet, inputs),
                             weights, head_parameters(supernet), spec.seed, arch_batch, compactness,
-                            weighting=runner.weighting)
+                            weighting=runner.weighting, precision=runner.precision)
     strategy = make_strategy(context)
     if state is not None:
         strategy.load_state_dict(state.get("strategy", {}))
@@ -284,6 +292,6 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
         compact.train()
         return runner.forward(compact, inputs)
 
-    step = supervised_step(forward, optimizer, runner.spec.tasks, runner.weighting)
+    step = supervised_step(forward, optimizer, runner.spec.tasks, runner.weighting, runner.precision)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
                save_extra=lambda: {"supernet": supernet.state_dict()})

@@ -36,10 +36,14 @@ class LossWeighting:
     def __call__(self, losses: Tensor) -> Tensor:
         return self.scalarizer(losses)
 
-    def after_step(self) -> None:
-        """Step the scalarizer's own parameters (UW's log-variances) with the gradient the step left."""
+    def after_step(self, precision=None) -> None:
+        """Step the scalarizer's own parameters (UW's log-variances) with the gradient the step left
+        (through the run's `Precision`, which unscales float16 gradients)."""
         if self.optimizer is not None:
-            self.optimizer.step()
+            if precision is not None:
+                precision.step(self.optimizer)
+            else:
+                self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
     def end_epoch(self) -> None:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ...spec import SearchStageSpec, SqueezeSpec, TaskSpec
 from ..loop import Batch, multitask_loss
+from ..precision import Precision
 from ..squeeze import squeeze_loss
 
 Forward = Callable[[Tensor], Mapping[str, Tensor]]
@@ -54,6 +55,7 @@ class SearchContext:
     sharing_weight: float = 0.0
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     weighting: Callable[[Tensor], Tensor] | None = None
+    precision: Precision = field(default_factory=Precision)
     _pairs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:

@@ -43,9 +43,10 @@ class GradientSearch(SearchStrategy):
         task = context.task_loss(batch)
         squeezed = self._regularised(table())
         self._zero()
-        (task + squeezed).backward()
-        self.gates.step()
-        self.weights.step()
+        precision = context.precision
+        precision.backward(task + squeezed)
+        precision.step(self.gates)
+        precision.step(self.weights)
         return float(task.detach()), float(squeezed.detach())
 
     def _architecture(self, batch: Batch) -> tuple[float, float]:
@@ -60,8 +61,8 @@ class GradientSearch(SearchStrategy):
         finally:
             table.tau = scheduled_tau
         self._zero()
-        (task + squeezed).backward()
-        self.gates.step()
+        context.precision.backward(task + squeezed)
+        context.precision.step(self.gates)
         return float(task.detach()), float(squeezed.detach())
 
     def _weights(self, batch: Batch) -> float:
@@ -69,8 +70,8 @@ class GradientSearch(SearchStrategy):
         table.relaxation = context.stage.weight_relaxation
         loss = context.task_loss(batch)
         self._zero()
-        loss.backward()
-        self.weights.step()
+        context.precision.backward(loss)
+        context.precision.step(self.weights)
         return float(loss.detach())
 
     def _regularised(self, slots):

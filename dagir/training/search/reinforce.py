@@ -38,8 +38,8 @@ class ReinforceSearch(SearchStrategy):
         try:
             loss = context.task_loss(batch)
             self.weights.zero_grad(set_to_none=True)
-            loss.backward()
-            self.weights.step()
+            context.precision.backward(loss)
+            context.precision.step(self.weights)
             held_out = context.arch_batch(epoch, index)
             with torch.no_grad():
                 reward = -float(context.task_loss(batch if held_out is None else held_out, weighted=False))
@@ -53,8 +53,8 @@ class ReinforceSearch(SearchStrategy):
                     + context.sharing(table.slot_values(probabilities)))
         policy = -advantage * table.log_prob(sample) + squeezed
         self.gates.zero_grad(set_to_none=True)
-        policy.backward()
-        self.gates.step()
+        context.precision.backward(policy)
+        context.precision.step(self.gates)
         return float(loss.detach()), float(squeezed.detach())
 
     def state_dict(self) -> dict[str, Any]:
