@@ -69,6 +69,38 @@ def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: boo
 STAGES = ("warmup", "search", "finetune")
 
 
+def _run_in_pool(pending: list[tuple[str, int, Spec, Path]], workers: int, *, echo: Echo,
+                 resume: bool) -> dict[tuple[str, int], dict[str, Any]]:
+    """The pending (method, seed) runs in a pool of `workers` local processes (spawned, each with
+    torch limited to its share of the cores: threads fighting over cores slow small runs tenfold).
+    Each run writes its own folder, as in a sequential bench, so the table is the same."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                             initializer=_limit_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(_pooled_run, seeded, folder, resume): (name, seed) for name, seed, seeded, folder in pending}
+        for name, seed, _, _ in pending:
+            echo(f"== {name}, seed {seed}: queued on {workers} workers")
+        for future in as_completed(futures):
+            name, seed = futures[future]
+            results[(name, seed)] = future.result()  # a worker's UserError is raised here, as in a sequential bench
+            echo(f"== {name}, seed {seed}: finished")
+    return results
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
+def _pooled_run(spec: Spec, folder: Path, resume: bool) -> dict[str, Any]:
+    return run_method(spec, folder, progress=False, echo=lambda text: None, resume=resume)
+
+
 def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """The bench's row for a run, from its metrics.json and its spec: test metrics, size, and the
     budget it spent (epochs and optimiser steps per stage, seconds: in all and for warm-up + search,
@@ -96,17 +128,18 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
 
 
 def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[int], progress: bool = True,
-              echo: Echo = print, resume: bool = False) -> dict[str, Any]:
+              echo: Echo = print, resume: bool = False, workers: int = 1) -> dict[str, Any]:
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
     the comparison table and plot."""
     resolved = resolve_methods(spec, methods)
     with locked_folder(out, "bench"):
-        return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume)
+        return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume, workers=workers)
 
 
 def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[int], *, progress: bool, echo: Echo,
-             resume: bool) -> dict[str, Any]:
+             resume: bool, workers: int = 1) -> dict[str, Any]:
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
+    pending: list[tuple[str, int, Spec, Path]] = []
     for seed in seeds:
         for name, method_of in resolved.items():
             seeded = with_seed(method_of, seed)
@@ -115,9 +148,16 @@ def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[i
             if finished is not None:
                 echo(f"== {name}, seed {seed}: finished in {folder}, not trained again")
                 results[name][seed] = finished
-                continue
+            else:
+                pending.append((name, seed, seeded, folder))
+    if workers <= 1:
+        for name, seed, seeded, folder in pending:
             echo(f"== {name}, seed {seed}")
             results[name][seed] = run_method(seeded, folder, progress=progress, echo=echo, resume=resume)
+    else:
+        for (name, seed), result in _run_in_pool(pending, workers, echo=echo, resume=resume).items():
+            results[name][seed] = result
+    results = {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
     table = summarise(spec, results)
     write_results(out, spec, table, results)
     return table

@@ -116,6 +116,8 @@ def bench_command(
     resume: bool = typer.Option(False, "--resume", help="Keep the finished methods and seeds in OUT; train "
                                 "only the rest (an interrupted searched run continues from its checkpoint)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Run the (method, seed) runs in this many local "
+                                "processes, the cores shared among them."),
 ) -> None:
     """The searched network against the baselines on the same data: metrics, Δ_MTL, parameters, MACs."""
     from .bench_job import run_bench
@@ -133,7 +135,8 @@ def bench_command(
         extra.append(f"bench.seeds={seeds}")
     spec = load_spec(spec_path, extra)
     seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
-    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo, resume=resume)
+    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo, resume=resume,
+              workers=workers)
     _echo((out / "table.md").read_text())
     _echo(f"wrote {out}")
 

@@ -172,3 +172,22 @@ def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
         changed += [key for key, value in method.resolved_dict()["search"].items()
                     if value != base.resolved_dict()["search"][key]]
         assert len(changed) == 1, (name, changed)
+
+
+def test_a_bench_over_worker_processes_gives_the_same_table(tmp_path):
+    spec, out = tiny_bench(tmp_path)
+    common = ("bench", str(spec), "--methods", "searched,hard_sharing", "--seeds", "2", "--no-progress",
+              "--set", "train.search.epochs=1")
+    code, _, stderr = dagir(*common, "-o", str(tmp_path / "one"))
+    assert code == 0, stderr
+    code, stdout, stderr = dagir(*common, "-o", str(tmp_path / "pool"), "--workers", "2")
+    assert code == 0, stderr
+    assert "queued on 2 workers" in stdout
+    one, pool = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "pool"))
+    for method in ("searched", "hard_sharing"):
+        for seed in ("3", "4"):
+            for task in ("digit", "parity"):
+                assert pool["runs"][method][seed]["test"][task]["accuracy"] == pytest.approx(
+                    one["runs"][method][seed]["test"][task]["accuracy"], rel=1e-5)
+            assert pool["runs"][method][seed]["parameters"] == one["runs"][method][seed]["parameters"]
+    assert list(pool["runs"]["searched"]) == ["3", "4"]  # in seed order, whatever order they finished in
