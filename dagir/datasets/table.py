@@ -31,6 +31,9 @@ MISSING = {"", "na", "nan", "null", "none", "?"}
 
 @dataclass
 class Table:
+    """A CSV read as text: its header and each column's values (stripped). `table`, `images` (its
+    labels) and `penguins` read theirs this way; numbers are parsed where a column is used."""
+
     path: Path
     header: list[str]
     columns: dict[str, list[str]]
