@@ -28,7 +28,7 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
 
     from dagir.backends.torch_export import load_compact
 
-    from .datasets import load_dataset
+    from .datasets import load_spec_data
     from .training.loop import evaluate
 
     out = Path(out)
@@ -41,8 +41,7 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
         raise UserError(f"{out / 'metrics.json'}: not a dagir metrics file") from None
     dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
     module, _ = load_compact(out, dtype=dtype)
-    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
-                        [task.name for task in spec.tasks])
+    data = load_spec_data(spec)
     test = evaluate(module, data.test, spec.tasks, data, dtype=dtype)
     differences = [abs(test[t][m] - saved.get(t, {}).get(m, math.nan)) for t in test for m in test[t]]
     largest = max((d for d in differences if not math.isnan(d)), default=0.0)

@@ -53,9 +53,8 @@ def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str
 
 def example_inputs(spec, batch: int) -> torch.Tensor:
     """A batch of the run's own test inputs (the shape and range the network was trained on)."""
-    from .datasets import load_dataset
-    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
-                        [task.name for task in spec.tasks])
+    from .datasets import load_spec_data
+    data = load_spec_data(spec)
     return data.test.inputs[:batch].to(torch.float32)
 
 

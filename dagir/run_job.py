@@ -22,7 +22,7 @@ from typing import Any, Callable
 import torch
 
 from .compile_job import dump_ir
-from .datasets import load_dataset
+from .datasets import load_spec_data
 from .errors import UserError
 from .ir import IR
 from .ir_stats import edges_per_task
@@ -109,8 +109,7 @@ class Run:
         spec = self.spec
         torch.manual_seed(spec.seed)
         check_data_root(spec)
-        data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed,
-                            [task.name for task in spec.tasks])
+        data = load_spec_data(spec)
         self._check_data(data)
         ir = self.ir = self._compile()
         self._images(self.out / "passes" / "before-search", "passes/before-search")

@@ -254,6 +254,14 @@ def dataset_tasks(name: str, options: Mapping[str, Any] | None = None, root: str
     return dict(kinds), dict(classes)
 
 
+def load_spec_data(spec) -> "TaskData":
+    """The data a spec's run trains and evaluates on: its data set, options, root, split and seed,
+    and its task names (for data sets whose files hold more than the tasks)."""
+    data = spec.data
+    return load_dataset(data.dataset, data.options, data.root, data.val_split, spec.seed,
+                        [task.name for task in spec.tasks])
+
+
 def check_root(info: DatasetInfo, root: str | None) -> None:
     """`data.root` names what the data set reads: a folder (or, for generic files, a file too)."""
     if root is None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import Split, TaskData, partition
+from .splits import Split, TaskData, seeded_splits
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -169,7 +169,7 @@ def _splits(source: ArraySource, options: Mapping[str, Any], count: int, val_spl
     name = options["split"]
     if name not in source.headers:
         test = options["test_fraction"]
-        return partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
+        return seeded_splits(count, test, val_split, seed)
     raw = codes = np.asarray(source.read(name))
     if codes.dtype.kind in "US":
         lookup = np.vectorize(lambda code: SPLIT_CODES.get(str(code), -1))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import TaskData, partition
+from .splits import TaskData, seeded_splits
 from .table import Table, column_kind, read_table, split_task_data, task_targets
 
 
@@ -84,6 +84,6 @@ def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, s
         values = np.asarray(image, dtype=np.float32) / 255.0
         pixels[row] = values[None] if channels == 1 else values.transpose(2, 0, 1)
     test = options["test_fraction"]
-    parts = partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
+    parts = seeded_splits(count, test, val_split, seed)
     targets = task_targets(table, tasks, options, parts["train"])
     return split_task_data("images", torch.from_numpy(pixels), targets, parts)

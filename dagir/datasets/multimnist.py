@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import Split, TaskData, partition, seeded_rng
+from .splits import Split, TaskData, seeded_splits, seeded_rng
 
 DIGIT_SIZE = 28
 SUM_OFFSET = 9.0  # the mean of the sum of two uniform digits
@@ -48,8 +48,7 @@ def load(options: Mapping[str, Any], root: str | None = None, val_split: float =
     """
     images, labels = source_digits()
     test_fraction = options["test_fraction"]
-    parts = partition(len(images), {"test": test_fraction, "val": val_split,
-                                    "train": 1.0 - test_fraction - val_split}, seed=seed)
+    parts = seeded_splits(len(images), test_fraction, val_split, seed)
     sizes = {"train": options["train_size"], "val": options["val_size"], "test": options["test_size"]}
     rng = seeded_rng(seed, stream=1)  # a stream apart from the partition's
     splits = {name: compose_split(images, labels, parts[name], sizes[name], options["canvas"], rng)

@@ -146,6 +146,12 @@ def partition(count: int, fractions: Mapping[str, float], seed: int) -> dict[str
     return parts
 
 
+def seeded_splits(count: int, test_fraction: float, val_split: float, seed: int) -> dict[str, np.ndarray]:
+    """The seeded test, validation and training rows of `count` samples (the training part takes the rest)."""
+    return partition(count, {"test": test_fraction, "val": val_split, "train": 1.0 - test_fraction - val_split},
+                     seed=seed)
+
+
 def seeded_rng(seed: int, stream: int = 0) -> np.random.Generator:
     """A numpy generator for `seed` (any integer, negative too); `stream` gives independent draws."""
     return np.random.default_rng([seed % 2**63, stream])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import Split, TaskData, partition
+from .splits import Split, TaskData, seeded_splits
 
 MISSING = {"", "na", "nan", "null", "none", "?"}
 
@@ -151,7 +151,7 @@ def build(table: Table, options: Mapping[str, Any], val_split: float, seed: int,
     """The `TaskData` of a read table: seeded splits, encoded features, the tasks' targets."""
     count = len(table.columns[table.header[0]])
     test = options["test_fraction"]
-    parts = partition(count, {"test": test, "val": val_split, "train": 1.0 - test - val_split}, seed=seed)
+    parts = seeded_splits(count, test, val_split, seed)
     blocks = []
     for column, numbers, categories in encoded_features(table, _feature_columns(table, options, tasks)):
         if categories is None:  # standardised with the training split's statistics only

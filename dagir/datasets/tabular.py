@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import Split, TaskData, partition, seeded_rng
+from .splits import Split, TaskData, seeded_splits, seeded_rng
 
 TASK_KINDS = {"a": "regression", "b": "regression"}
 
@@ -72,8 +72,7 @@ def load(options: Mapping[str, Any], root: str | None = None, val_split: float =
     test_fraction = options["test_fraction"]
     data = generate(options["samples"], options["dim"], options["correlation"], options["sin_terms"],
                     options["scale"], options["noise_std"], options["generator_seed"])
-    parts = partition(options["samples"], {"test": test_fraction, "val": val_split,
-                                            "train": 1.0 - test_fraction - val_split}, seed=seed)
+    parts = seeded_splits(options["samples"], test_fraction, val_split, seed)
     splits = {name: Split(torch.from_numpy(data["x"][rows]),
                           {task: torch.from_numpy(data[task][rows]).unsqueeze(1) for task in TASK_KINDS},
                           torch.from_numpy(rows.astype(np.int64)).unsqueeze(1))

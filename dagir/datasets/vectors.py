@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .splits import Split, TaskData, partition
+from .splits import Split, TaskData, partition, seeded_splits
 
 
 def load_digits(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
@@ -31,8 +31,7 @@ def load_digits(options: Mapping[str, Any], root: str | None = None, val_split: 
     bunch = sklearn_digits()
     inputs = (bunch.data / 16.0).astype(np.float32)  # pixel counts 0..16
     labels = bunch.target.astype(np.int64)
-    parts = partition(len(labels), {"test": test_fraction, "val": val_split,
-                                    "train": 1.0 - test_fraction - val_split}, seed=seed)
+    parts = seeded_splits(len(labels), test_fraction, val_split, seed)
     splits = {name: _digit_split(inputs, labels, indices, with_large=True) for name, indices in parts.items()}
     return TaskData("digits", splits["train"], splits["val"], splits["test"], input_shape=(64,),
                     task_kinds={"digit": "classification", "parity": "classification",
