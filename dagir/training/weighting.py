@@ -12,12 +12,15 @@ state goes into the checkpoint, so a resumed run weighs exactly as an uninterrup
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import Tensor
 
 from ..spec import LossWeightingSpec
+
+if TYPE_CHECKING:
+    from .precision import Precision
 
 WEIGHTINGS: tuple[str, ...] = ("sum", "uw", "dwa")
 
@@ -36,14 +39,11 @@ class LossWeighting:
     def __call__(self, losses: Tensor) -> Tensor:
         return self.scalarizer(losses)
 
-    def after_step(self, precision=None) -> None:
+    def after_step(self, precision: "Precision") -> None:
         """Step the scalarizer's own parameters (UW's log-variances) with the gradient the step left
         (through the run's `Precision`, which unscales float16 gradients)."""
         if self.optimizer is not None:
-            if precision is not None:
-                precision.step(self.optimizer)
-            else:
-                self.optimizer.step()
+            precision.step(self.optimizer)
             self.optimizer.zero_grad(set_to_none=True)
 
     def end_epoch(self) -> None:
