@@ -1,14 +1,17 @@
 """Users' own data with no code (DESIGN §11): the `arrays` format, read from files the tests write."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_cli import dagir
 from test_run import run_quietly
 
 from dagir.datasets import load_dataset
+from dagir.datasets.splits import MappedRows
 from dagir.errors import SpecError, UserError
 from dagir.spec import load_spec
 
@@ -40,7 +43,7 @@ def planted(rows: int = 1200, seed: int = 0) -> dict[str, np.ndarray]:
 
 def write_spec(tmp_path: Path, root: Path, extra: str = "") -> Path:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(SPEC.format(root=root, dataset="table" if root.suffix == ".csv" else "arrays") + extra)
+    spec.write_text(SPEC.format(root=root, dataset="table" if root.suffix in (".csv", ".parquet") else "arrays") + extra)
     return spec
 
 
@@ -58,6 +61,49 @@ def test_a_run_on_arrays_learns_the_planted_rules(tmp_path, layout):
     metrics = run_quietly(write_spec(tmp_path, root), tmp_path / "out")
     assert metrics["test"]["label"]["accuracy"] > 0.85
     assert metrics["test"]["target"]["mae"] < 0.25 * float(arrays["target"].std())
+
+
+def npy_folder(folder: Path, arrays: dict[str, np.ndarray]) -> Path:
+    folder.mkdir()
+    for name, values in arrays.items():
+        np.save(folder / f"{name}.npy", values)
+    return folder
+
+
+def test_streamed_inputs_stay_on_disk_and_train_exactly_as_in_memory(tmp_path):
+    root = npy_folder(tmp_path / "data", planted(rows=600))
+    streamed = load_dataset("arrays", {"in_memory": False}, str(root), val_split=0.1, seed=3)
+    held = load_dataset("arrays", {"in_memory": True}, str(root), val_split=0.1, seed=3)
+    assert isinstance(streamed.train.inputs, MappedRows) and isinstance(held.train.inputs, torch.Tensor)
+    rest, part = streamed.train.hold_out(0.25, seed=1)
+    assert isinstance(part.inputs, MappedRows)  # holding out a search split reads nothing
+    expected_rest, expected_part = held.train.hold_out(0.25, seed=1)
+    assert torch.equal(part.inputs[slice(0, len(part))], expected_part.inputs)
+    generator = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    for (x, y), (ex, ey) in zip(rest.batches(64, shuffle=True, generator=generator()),
+                                expected_rest.batches(64, shuffle=True, generator=generator()), strict=True):
+        assert torch.equal(x, ex) and torch.equal(y["label"], ey["label"])
+    spec = write_spec(tmp_path, root)
+    runs = {mode: run_quietly(spec, tmp_path / mode, overrides=[f"data.options.in_memory={mode}"])
+            for mode in ("true", "false")}
+    assert runs["true"]["test"] == runs["false"]["test"]
+
+
+def test_a_nan_deep_in_a_streamed_file_is_found_at_its_row(tmp_path):
+    from dagir.datasets.arrays import ArraySource, _check_finite
+    inputs = np.ones((5000, 4), dtype=np.float32)
+    inputs[4321, 2] = np.nan
+    source = ArraySource(str(npy_folder(tmp_path / "data", {"inputs": inputs})))
+    with pytest.raises(UserError, match="row 4321 holds NaN"):
+        _check_finite(source, "inputs", source.read("inputs"), chunk_bytes=1000)
+
+
+def test_in_memory_takes_only_auto_true_or_false(tmp_path):
+    spec = write_spec(tmp_path, npy_folder(tmp_path / "data", planted(rows=50)),
+                      "").read_text().replace("batch_size: 64", "batch_size: 64, options: {in_memory: 1}")
+    (tmp_path / "spec.yaml").write_text(spec)
+    with pytest.raises(SpecError, match="data.options.in_memory.*must be one of auto, True, False"):
+        load_spec(tmp_path / "spec.yaml")
 
 
 def test_the_shape_kinds_and_classes_come_from_the_files(tmp_path):
@@ -189,6 +235,46 @@ def test_bad_tables_are_rejected_when_the_spec_is_loaded(tmp_path, edit, message
     with pytest.raises(UserError) as caught:
         load_spec(spec)
     assert message in str(caught.value)
+
+
+def as_parquet(csv_path: Path, blank: tuple[int, str] | None = None) -> Path:
+    """The CSV as a typed Parquet file (numbers as float64, text as strings); `blank` = (row, column) made null."""
+    pyarrow = pytest.importorskip("pyarrow")
+    from pyarrow import csv, parquet
+    table = csv.read_csv(csv_path)
+    if blank is not None:
+        row, name = blank
+        values = table.column(name).to_pylist()
+        values[row] = None
+        table = table.set_column(table.column_names.index(name), name, pyarrow.array(values))
+    parquet.write_table(table, csv_path.with_suffix(".parquet"))
+    return csv_path.with_suffix(".parquet")
+
+
+def test_a_parquet_table_reads_as_its_csv(tmp_path):
+    csv_path = write_table(tmp_path / "t.csv", rows=200)
+    from_csv = load_dataset("table", {}, str(csv_path), val_split=0.2, seed=0, tasks=["label", "target"])
+    from_parquet = load_dataset("table", {}, str(as_parquet(csv_path)), val_split=0.2, seed=0,
+                                tasks=["label", "target"])
+    for part in ("train", "val", "test"):
+        expected, got = from_csv.splits()[part], from_parquet.splits()[part]
+        assert torch.equal(got.inputs, expected.inputs)
+        assert all(torch.equal(got.targets[t], expected.targets[t]) for t in ("label", "target"))
+    assert from_parquet.task_kinds == from_csv.task_kinds
+
+
+def test_a_missing_parquet_value_names_the_file_column_and_row(tmp_path):
+    root = as_parquet(write_table(tmp_path / "t.csv", rows=30), blank=(5, "c"))
+    with pytest.raises(UserError, match=r"t.parquet, row 5: column 'c' has no value"):
+        load_spec(write_spec(tmp_path, root))
+
+
+def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
+    root = tmp_path / "t.parquet"
+    root.write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    code, _, stderr = dagir("compile", str(write_spec(tmp_path, root)), "-o", str(tmp_path / "out"))
+    assert code == 2 and "pip install 'dagir[parquet]'" in stderr and "Traceback" not in stderr, stderr
 
 
 def test_table_options_name_columns(tmp_path):

@@ -91,7 +91,8 @@ def _resized_image(native: tuple[int, int]) -> Callable[[Mapping[str, Any]], tup
 
 
 def _one_of(*allowed: Any) -> Callable[[Any], str | None]:
-    return lambda value: None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
+    kinds = {(type(choice), choice) for choice in allowed}  # typed: 1 is not True, nor 7.0 seven
+    return lambda value: None if (type(value), value) in kinds else f"must be one of {', '.join(map(str, allowed))}"
 
 
 def _check_sets(value: Any) -> str | None:
@@ -170,10 +171,11 @@ REGISTRY: dict[str, DatasetInfo] = {
         "your own arrays: an .npz file or a folder of .npy files, `inputs` and one array per task",
         needs_root=True, tasks_for="dagir.datasets.arrays:tasks_for", shape_for="dagir.datasets.arrays:shape_for",
         root_kind="file or folder", classes_at_least=True,
-        options={"inputs": Option("inputs", str), "split": Option("split", str), "test_fraction": _test_fraction(0.01)}),
+        options={"inputs": Option("inputs", str), "split": Option("split", str), "test_fraction": _test_fraction(0.01),
+                 "in_memory": Option("auto", object, _one_of("auto", True, False))}),
     "table": DatasetInfo(
         "table", _fixed(()), "dagir.datasets.table:load",
-        "your own CSV table: a column per task, the other columns (or options.features) the inputs",
+        "your own CSV or Parquet table: a column per task, the other columns (or options.features) the inputs",
         needs_root=True, tasks_for="dagir.datasets.table:tasks_for", shape_for="dagir.datasets.table:shape_for",
         root_kind="file or folder", classes_at_least=True, reads_task_names=True,
         options={"features": Option(None, object, _names_or_null), "regression": Option([], list, _names),

@@ -13,12 +13,17 @@ to test and `data.val_split` to validation, drawn with the run's seed. `options.
 The shapes and kinds are read from the array headers when the spec is loaded (nothing else is
 read but the classification labels), so a spec that does not fit its data is rejected before any
 training. A bad file — a missing or ragged array, NaN or infinite values, a negative label — is a
-`UserError` naming the file, the array and the first bad row. `.npy` files are memory-mapped, so
-their headers are read without the data (the splits are then held in memory: data larger than
-memory does not stream yet).
+`UserError` naming the file, the array and the first bad row.
+
+Inputs larger than memory stream: `.npy` files are memory-mapped, and with `options.in_memory:
+false` (or `auto`, the default, when the inputs file is over a quarter of the memory available)
+the splits keep the inputs on disk (`MappedRows`) and training reads one batch of rows at a time.
+The values, and so the run, are the same either way. An `.npz` archive is always read into memory;
+save the inputs as a `.npy` in a folder to stream them. The targets are always held in memory.
 """
 from __future__ import annotations
 
+import os
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .splits import Split, TaskData, seeded_splits
+from .splits import MappedRows, Split, TaskData, seeded_splits
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -56,6 +61,14 @@ class ArraySource:
             self._files = {}
         else:
             raise UserError(f"data.root: {str(self.path)!r} does not exist (an .npz file or a folder of .npy files)")
+
+    def mappable(self, name: str) -> bool:
+        """Whether array `name` is a `.npy` file, read from disk a row at a time."""
+        return name in self._files
+
+    def nbytes(self, name: str) -> int:
+        shape, dtype = self.headers[name]
+        return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
     def where(self, name: str) -> str:
         return str(self._files[name]) if name in self._files else f"{self.path} (array {name!r})"
@@ -140,28 +153,55 @@ def shape_for(options: Mapping[str, Any], root: str | None) -> tuple[int, ...]:
 def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, seed: int = 0) -> TaskData:
     source, inputs_name, tasks = layout(options, root)
     kinds, classes = tasks_for(options, root)
-    inputs = _finite(source, inputs_name, np.array(source.read(inputs_name), dtype=np.float32))  # in memory
+    raw = source.read(inputs_name)
+    _check_finite(source, inputs_name, raw)
+    if _streams(source, inputs_name, options["in_memory"]):
+        inputs: Any = MappedRows(raw)
+    else:
+        inputs = torch.from_numpy(np.array(raw, dtype=np.float32))
     targets = {}
     for name in tasks:
         values = np.asarray(source.read(name))
         if kinds[name] == "classification":
             targets[name] = torch.from_numpy(values.astype(np.int64))
         else:
-            targets[name] = torch.from_numpy(_finite(source, name, values.astype(np.float32)).reshape(-1, 1))
+            values = values.astype(np.float32)
+            _check_finite(source, name, values)
+            targets[name] = torch.from_numpy(values.reshape(-1, 1))
     parts = _splits(source, options, len(inputs), val_split, seed)
-    tensor = torch.from_numpy(inputs)
-    splits = {name: Split(tensor[rows], {t: v[rows] for t, v in targets.items()}, torch.as_tensor(rows)[:, None])
-              for name, rows in ((n, torch.as_tensor(r, dtype=torch.long)) for n, r in parts.items())}
-    return TaskData("arrays", splits["train"], splits["val"], splits["test"], input_shape=tuple(inputs.shape[1:]),
+    splits = {name: Split(inputs, targets, torch.arange(len(inputs))[:, None]).subset(rows)
+              for name, rows in parts.items()}
+    return TaskData("arrays", splits["train"], splits["val"], splits["test"], input_shape=tuple(raw.shape[1:]),
                     task_kinds=kinds, task_classes={t: classes.get(t) for t in tasks})
 
 
-def _finite(source: ArraySource, name: str, values: np.ndarray) -> np.ndarray:
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        raise UserError(f"{source.where(name)}: row {int(np.argmax(bad))} holds NaN or infinity; "
-                        "fill or drop missing values first")
-    return values
+def _streams(source: ArraySource, name: str, in_memory: bool | str) -> bool:
+    """Whether the inputs stay on disk: asked for, or (`auto`) a `.npy` over a quarter of free memory."""
+    if not source.mappable(name) or in_memory is True:
+        return False
+    return in_memory is False or source.nbytes(name) > available_memory() // 4
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux and macOS; unknown elsewhere counts as plenty)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2 ** 62
+
+
+def _check_finite(source: ArraySource, name: str, values: np.ndarray, chunk_bytes: int = 64 * 2 ** 20) -> None:
+    """A `UserError` at the first row holding NaN or infinity; read `chunk_bytes` at a time, so a
+    memory-mapped array is checked without being held in memory."""
+    if not np.issubdtype(values.dtype, np.floating):
+        return
+    row_bytes = max(values[:1].nbytes, 1)
+    step = max(chunk_bytes // row_bytes, 1)
+    for start in range(0, len(values), step):
+        bad = ~np.isfinite(np.asarray(values[start:start + step]).reshape(min(step, len(values) - start), -1)).all(axis=1)
+        if bad.any():
+            raise UserError(f"{source.where(name)}: row {start + int(np.argmax(bad))} holds NaN or infinity; "
+                            "fill or drop missing values first")
 
 
 def _splits(source: ArraySource, options: Mapping[str, Any], count: int, val_split: float,

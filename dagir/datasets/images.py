@@ -39,7 +39,7 @@ def _open(base: Path, table: Table, row: int, options: Mapping[str, Any]):
     name = table.columns[options["file_column"]][row]
     path = base / name
     if not path.is_file():
-        raise UserError(f"{table.path}:{table.line(row)}: image {name!r} does not exist under {base}")
+        raise UserError(f"{table.where(row)}: image {name!r} does not exist under {base}")
     try:
         image = Image.open(path)
         image.load()
@@ -78,7 +78,7 @@ def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, s
         image = _open(base, table, row, options)
         if image.size != (width, height):
             if options["size"] is None:
-                raise UserError(f"{table.path}:{table.line(row)}: image is {image.size[1]}x{image.size[0]}, the first "
+                raise UserError(f"{table.where(row)}: image is {image.size[1]}x{image.size[0]}, the first "
                                 f"{height}x{width}; set data.options.size to resize them all")
             image = image.resize((width, height))
         values = np.asarray(image, dtype=np.float32) / 255.0

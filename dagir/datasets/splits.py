@@ -1,9 +1,11 @@
 """What every loader returns, and the plumbing loaders share.
 
-A loader returns a `TaskData`: three `Split`s (train, validation, test) held as in-memory tensors,
-plus what the rest of dagir needs to know about the tasks (kind, number of classes, target scale).
-The data sets here are small, so training iterates minibatches straight from the tensors
-(`Split.batches`) instead of going through a `DataLoader`, which would cost a Python call per sample.
+A loader returns a `TaskData`: three `Split`s (train, validation, test) plus what the rest of
+dagir needs to know about the tasks (kind, number of classes, target scale). A split's inputs are an
+in-memory tensor, or `MappedRows` over a memory-mapped array when the data may be larger than
+memory: rows are then read from disk a batch at a time. Training iterates minibatches straight from
+the split (`EpochBatches`, `Split.batches`) instead of going through a `DataLoader`, which would
+cost a Python call per sample.
 
 `partition` splits indices deterministically; a loader's options are declared and checked in
 `dagir.datasets.options`, before the loader runs.
@@ -11,7 +13,7 @@ The data sets here are small, so training iterates minibatches straight from the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +21,47 @@ import torch
 from ..errors import UserError
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class MappedRows:
+    """Rows `rows` of an array on disk (a read-only `numpy.memmap` [N, ...]), read only when a batch
+    asks for them: the inputs of a split larger than memory. Indexing with a slice or index tensor
+    returns those rows as a float32 tensor; `select` returns a lazy view of some rows.
+
+    >>> rows = MappedRows(np.arange(12, dtype=np.float64).reshape(6, 2), np.array([5, 0, 3]))
+    >>> len(rows), rows.shape, rows[torch.tensor([2, 0])].tolist(), len(rows.select(torch.tensor([1])))
+    (3, (3, 2), [[6.0, 7.0], [10.0, 11.0]], 1)
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray | None = None) -> None:
+        self.array = array
+        self.rows = np.arange(len(array)) if rows is None else np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def select(self, rows: torch.Tensor | np.ndarray) -> "MappedRows":
+        return MappedRows(self.array, self.rows[np.asarray(rows, dtype=np.int64)])
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        wanted = self.rows[rows] if isinstance(rows, slice) else self.rows[rows.cpu().numpy()]
+        order = np.argsort(wanted, kind="stable")  # read the file in ascending order, then restore the batch's
+        values = np.empty((len(wanted), *self.array.shape[1:]), dtype=np.float32)
+        values[order] = self.array[wanted[order]]
+        return torch.from_numpy(values)
+
+    def to(self, device: torch.device | str) -> "MappedRows":
+        """Stays on disk: each batch is moved to `device` as it is read."""
+        return self
+
+
+Inputs = torch.Tensor | MappedRows
 
 
 @dataclass
@@ -29,7 +72,7 @@ class Split:
     loader's raw data), so tests can check that no source example appears in two splits.
     """
 
-    inputs: torch.Tensor
+    inputs: Inputs
     targets: dict[str, torch.Tensor]
     source_ids: torch.Tensor
 
@@ -49,7 +92,8 @@ class Split:
     def subset(self, rows: torch.Tensor | np.ndarray) -> "Split":
         """The samples at `rows`, in that order."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        return Split(self.inputs[rows.to(self.inputs.device)],
+        inputs = self.inputs.select(rows) if isinstance(self.inputs, MappedRows) else self.inputs[rows.to(self.inputs.device)]
+        return Split(inputs,
                      {name: t[rows.to(t.device)] for name, t in self.targets.items()}, self.source_ids[rows])
 
     def hold_out(self, fraction: float, seed: int) -> tuple["Split", "Split"]:
@@ -109,19 +153,32 @@ def iterate_batches(split: Split, batch_size: int, shuffle: bool = False,
     >>> [len(x) for x, _ in iterate_batches(split, 2)]
     [2, 2, 1]
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    count = len(split)
-    order = torch.randperm(count, generator=generator) if shuffle else None
-    if order is not None:
-        order = order.to(split.inputs.device)
-    stop = count - count % batch_size if drop_last else count
-    for start in range(0, stop, batch_size):
-        if order is None:
-            rows: slice | torch.Tensor = slice(start, start + batch_size)
-        else:
-            rows = order[start:start + batch_size]
-        yield split.inputs[rows], {name: target[rows] for name, target in split.targets.items()}
+    return iter(EpochBatches(split, batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last))
+
+
+class EpochBatches(Sequence[Batch]):
+    """One epoch's minibatches of `split`, cut when asked for (batch `i` is read when indexed, so an
+    epoch of a split larger than memory is never held at once). The order is fixed when the epoch
+    is made: a permutation from `generator` with `shuffle`, else the split's own order."""
+
+    def __init__(self, split: Split, batch_size: int, shuffle: bool = False,
+                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+        self.split, self.batch_size = split, batch_size
+        self.order = torch.randperm(len(split), generator=generator).to(split.inputs.device) if shuffle else None
+        self.count = len(split) // batch_size if drop_last else -(-len(split) // batch_size)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> Batch:  # type: ignore[override]
+        if not -self.count <= index < self.count:
+            raise IndexError(f"batch {index} of {self.count}")
+        start = (index % self.count) * self.batch_size
+        rows: slice | torch.Tensor = (slice(start, start + self.batch_size) if self.order is None
+                                      else self.order[start:start + self.batch_size])
+        return self.split.inputs[rows], {name: target[rows] for name, target in self.split.targets.items()}
 
 
 # -- helpers for loaders --------------------------------------------------------------------------

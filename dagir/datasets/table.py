@@ -1,7 +1,7 @@
-"""`table`: a user's own CSV table, no code: one row per sample, a column per task (named after the
-task), the other columns (or those `options.features` lists) the inputs.
+"""`table`: a user's own CSV or Parquet table, no code: one row per sample, a column per task (named
+after the task), the other columns (or those `options.features` lists) the inputs.
 
-    data: {dataset: table, root: patients.csv}
+    data: {dataset: table, root: patients.csv}      # or patients.parquet (pip install 'dagir[parquet]')
     tasks: [{name: stay_days, kind: regression}, {name: outcome, kind: classification, classes: 3}]
 
 A task column is classification when its values are text (classes in sorted order) or integers
@@ -11,7 +11,9 @@ and standard deviation of the training split only; a column of text is one-hot e
 categories (the domain of the feature, from every row; no target is read for it).
 The splits are drawn with the run's seed: `test_fraction` for test, `data.val_split` for
 validation. The header and the task columns are read when the spec is loaded; a missing value,
-a ragged row or a missing column is a `UserError` naming the file, the column and the line.
+a ragged row or a missing column is a `UserError` naming the file, the column and the line (the
+row, for Parquet, which has no lines). A Parquet file is read with pyarrow, an optional extra, and
+its cells go through the same text path as a CSV's, so both formats read alike.
 """
 from __future__ import annotations
 
@@ -38,17 +40,21 @@ class Table:
     header: list[str]
     columns: dict[str, list[str]]
 
-    def line(self, row: int) -> int:
-        """The file's line number of data row `row` (the header is line 1)."""
-        return row + 2
+    def where(self, row: int) -> str:
+        """Where data row `row` is: `file:line` of a CSV (the header is line 1), `file, row N` of Parquet."""
+        if self.path.suffix.lower() == ".parquet":
+            return f"{self.path}, row {row}"
+        return f"{self.path}:{row + 2}"
 
 
 def read_table(root: str | None) -> Table:
     if root is None:
-        raise UserError("data set 'table' is read from disk: set data.root to a CSV file")
+        raise UserError("data set 'table' is read from disk: set data.root to a CSV or Parquet file")
     path = Path(root).expanduser()
     if not path.is_file():
         raise UserError(f"data.root: file {str(path)!r} for data set 'table' does not exist")
+    if path.suffix.lower() == ".parquet":
+        return _read_parquet(path)
     try:
         with open(path, newline="") as handle:
             rows = list(csv.reader(handle))
@@ -63,12 +69,29 @@ def read_table(root: str | None) -> Table:
     return Table(path, header, {name: [row[i].strip() for row in rows[1:]] for i, name in enumerate(header)})
 
 
+def _read_parquet(path: Path) -> Table:
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow: pip install 'dagir[parquet]' "
+                        "(or save the table as CSV)") from None
+    try:
+        read = parquet.read_table(path)
+    except Exception as error:  # pyarrow raises its own ArrowInvalid, OSError and more for a bad file
+        raise UserError(f"{path}: cannot read it as Parquet ({error})") from None
+    if read.num_rows < 1:
+        raise UserError(f"{path}: a table needs at least one row")
+    columns = {name.strip(): ["" if value is None else str(value).strip() for value in read.column(name).to_pylist()]
+               for name in read.column_names}
+    return Table(path, list(columns), columns)
+
+
 def _numbers(table: Table, column: str) -> np.ndarray | None:
     """The column as floats, or None when it holds text; a missing value is an error."""
     values = table.columns[column]
     for row, value in enumerate(values):
         if value.lower() in MISSING:
-            raise UserError(f"{table.path}:{table.line(row)}: column {column!r} has no value; fill or drop "
+            raise UserError(f"{table.where(row)}: column {column!r} has no value; fill or drop "
                             "missing values first")
     try:
         return np.array([float(value) for value in values], dtype=np.float64)
@@ -97,12 +120,12 @@ def column_kind(table: Table, column: str, options: Mapping[str, Any]) -> tuple[
         return "classification", labels, len(labels)
     if not np.all(np.isfinite(numbers)):
         row = int(np.argmax(~np.isfinite(numbers)))
-        raise UserError(f"{table.path}:{table.line(row)}: column {column!r} is not finite")
+        raise UserError(f"{table.where(row)}: column {column!r} is not finite")
     if column in options["regression"] or not np.all(numbers == np.round(numbers)):
         return "regression", None, None
     if numbers.min() < 0:
         row = int(np.argmax(numbers < 0))
-        raise UserError(f"{table.path}:{table.line(row)}: column {column!r} has label {int(numbers[row])}; integer "
+        raise UserError(f"{table.where(row)}: column {column!r} has label {int(numbers[row])}; integer "
                         "labels are 0..K-1 (or list the column in data.options.regression)")
     return "classification", None, int(numbers.max()) + 1
 
@@ -129,7 +152,7 @@ def encoded_features(table: Table, columns: list[str]) -> list[tuple[str, np.nda
         numbers = _numbers(table, column)
         if numbers is not None and not np.all(np.isfinite(numbers)):
             row = int(np.argmax(~np.isfinite(numbers)))
-            raise UserError(f"{table.path}:{table.line(row)}: column {column!r} is not finite")
+            raise UserError(f"{table.where(row)}: column {column!r} is not finite")
         encoded.append((column, numbers, None if numbers is not None else sorted(set(table.columns[column]))))
     return encoded
 

@@ -14,13 +14,12 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..datasets.splits import Split, TaskData
+from ..datasets.splits import Batch, EpochBatches, Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
 from .precision import Precision
 from ..tasks import MetricMeter, task_loss
 
-Batch = tuple[Tensor, dict[str, Tensor]]
 
 
 class DivergedError(UserError):
@@ -58,9 +57,10 @@ def epoch_order_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + sum(map(ord, stage)) * 10_007 + epoch) % (2 ** 62)
 
 
-def epoch_batches(split: Split, batch_size: int, seed: int) -> list[Batch]:
+def epoch_batches(split: Split, batch_size: int, seed: int) -> EpochBatches:
+    """The shuffled batches of one training epoch, in an order fixed by `seed`, read lazily."""
     generator = torch.Generator().manual_seed(seed)
-    return list(split.batches(batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size))
+    return EpochBatches(split, batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size)
 
 
 @dataclass
@@ -135,12 +135,12 @@ class StageLoop:
         position = start or Position()
         for epoch in range(position.epoch, self.epochs):
             batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch))
-            batches = batches[:self.steps_in_epoch()]
+            count = min(len(batches), self.steps_in_epoch())
             running = totals if (totals is not None and epoch == position.epoch) else EpochTotals()
             first = position.step if epoch == position.epoch else 0
-            bar = tqdm(total=len(batches), initial=first, desc=f"{self.name} {epoch + 1}/{self.epochs}",
+            bar = tqdm(total=count, initial=first, desc=f"{self.name} {epoch + 1}/{self.epochs}",
                        disable=not self.progress, leave=False, unit="step", dynamic_ncols=True)
-            for step in range(first, len(batches)):
+            for step in range(first, count):
                 inputs, targets = batches[step]
                 batch = (inputs.to(self.device), {k: v.to(self.device) for k, v in targets.items()})
                 if self.before_step is not None:
@@ -155,7 +155,7 @@ class StageLoop:
                 running.steps += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{running.loss / running.steps:.4f}")
-                if (step + 1) % self.checkpoint_every == 0 and step + 1 < len(batches):
+                if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
                     self.checkpoint(Position(epoch, step + 1), running)
             bar.close()
             self.end_of_epoch(epoch, running)
