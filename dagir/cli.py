@@ -5,6 +5,7 @@ Exit codes: 0 success, 2 bad input (one clear message, no traceback), 1 internal
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -77,15 +78,28 @@ def run_command(
                                                help="Write TensorBoard events to OUT/tensorboard/ (default: when "
                                                "the tensorboard package is installed)."),
 ) -> None:
-    """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export."""
+    """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export.
+
+    Under `torchrun --nproc_per_node=N -m dagir run ...` the run is data parallel over N processes;
+    rank 0 alone writes OUT and speaks."""
     from .run_folder import locked_folder, prepare_run_folder
     from .run_job import Run
     from .spec import load_spec
+    from .training.distributed import join_world, leave_world
 
     spec = load_spec(spec_path, overrides or [])
-    with locked_folder(out, "run"):  # before anything in OUT is touched
-        prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
-        metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard).execute()
+    world = join_world(spec.train.device)
+    try:
+        if not world.main:
+            world.agree(None)  # rank 0 checks and prepares OUT; every rank stops if that fails
+            Run(spec, out, resume=resume, world=world).execute()
+            return
+        with locked_folder(out, "run"):  # before anything in OUT is touched
+            world.agree(lambda: prepare_run_folder(spec, out, resume=resume, overwrite=overwrite))
+            metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard,
+                          world=world).execute()
+    finally:
+        leave_world(world)
     _print_metrics(metrics)
     _echo(f"wrote {out}")
 
@@ -227,7 +241,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="dagir")
     except UserError as err:
-        typer.echo(f"dagir: error: {err}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone reports
+            typer.echo(f"dagir: error: {err}", err=True)
         sys.exit(2)
     except VerificationError as err:
         typer.echo(f"dagir: internal error: {err}", err=True)

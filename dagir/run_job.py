@@ -12,10 +12,14 @@ OUT/
   supernet.py, supernet.rewrites.json (the lowering's named rewrites: edge fusion), architecture.json (the searched IR with its gates), compact.json (the compact IR)
   compact.py + compact.safetensors (the exported network), gates.png, curves.png
   checkpoints/latest.pt (after each stage and every `checkpoint_every` steps)
+
+Under torchrun every rank runs this same job (`dagir.training.distributed`): rank 0 in OUT, the
+others in a scratch folder they discard, reading OUT's checkpoint when they resume.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +36,7 @@ from .run_folder import write_text
 from .spec import Spec, check_data_root
 from .training import stages
 from .training.checkpoint import load_checkpoint, save_checkpoint
+from .training.distributed import World, scratch_folder
 from .training.plots import plot_curves, plot_gate_heatmaps
 from .training.schedules import temperature
 from .training.stages import StageRunner
@@ -39,12 +44,17 @@ from .training.stages import StageRunner
 Echo = Callable[[str], None]
 
 
-def pick_device(choice: str) -> torch.device:
+def _quiet(text: str) -> None:
+    """The echo of ranks other than 0: rank 0 alone speaks."""
+
+
+def pick_device(choice: str, world: World = World()) -> torch.device:
+    """The run's device: `cpu`, `cuda` (this rank's GPU under torchrun) or `auto`."""
     if choice == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for, but no CUDA device is available")
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", world.local_rank) if choice == "cuda" and world.distributed else torch.device(choice)
 
 
 def effective_gates(ir: IR, tau: float) -> IR:
@@ -70,23 +80,30 @@ class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
     def __init__(self, spec: Spec, out: Path, *, resume: bool = False, progress: bool = True,
-                 echo: Echo = print, tensorboard: bool | None = None) -> None:
-        """`tensorboard`: write OUT/tensorboard/ (True: required; None: when the package is installed)."""
+                 echo: Echo = print, tensorboard: bool | None = None, world: World = World()) -> None:
+        """`tensorboard`: write OUT/tensorboard/ (True: required; None: when the package is installed).
+        `world`: this process's rank under torchrun; a rank other than 0 writes nothing into OUT."""
         self.spec, self.out, self.resume, self.progress, self.echo = spec, Path(out), resume, progress, echo
-        self.tensorboard = tensorboard
-        self.device = pick_device(spec.train.device)
+        self.tensorboard, self.world = tensorboard, world
+        self.resume_path = self.out / "checkpoints" / "latest.pt"
+        if not world.main:
+            self.out, self.progress, self.echo, self.tensorboard = Path(scratch_folder(world)), False, _quiet, False
+        self.device = pick_device(spec.train.device, world)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
-        self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=progress, echo=echo)
+        self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
+                                  world=world)
 
     # -- the method ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
-        state = self._start()
-        self.runner.board = self._open_board()
         try:
+            state = self._start()
+            self.runner.board = self._open_board()
             return self._execute(state)
         finally:
             if self.runner.board is not None:
                 self.runner.board.close()
+            if not self.world.main:
+                shutil.rmtree(self.out, ignore_errors=True)
 
     def _open_board(self):
         from .training.board import RunBoard, tensorboard_available
@@ -116,7 +133,8 @@ class Run:
 
         from dagir.backends.torch_supernet import import_gates_from_module, lower_supernet
         runner = self.runner
-        supernet = lower_supernet(ir, dtype=runner.dtype).to(self.device)
+        supernet = runner.precision.model(lower_supernet(ir, dtype=runner.dtype).to(self.device))
+        self.world.broadcast_module(supernet)  # the same initial weights on every rank
         write_text(self.out / "supernet.py", supernet.code)
         write_text(self.out / "supernet.rewrites.json", json.dumps(getattr(supernet, "rewrites", {}), indent=1))
         stage = state["stage"] if state else "warmup"
@@ -137,27 +155,33 @@ class Run:
         self._images(self.out / "passes" / "after-search", "passes/after-search")
 
         from dagir.backends.torch_compact import lower_compact
-        compact = lower_compact(compact_ir, supernet).to(self.device)
-        stages.finetune(runner, compact, supernet, data, state)
-        return self._finish(compact, compact_ir, searched, supernet, data)
+        compact = runner.precision.model(lower_compact(compact_ir, supernet).to(self.device))
+        self.world.broadcast_module(compact)
+        served = stages.finetune(runner, compact, supernet, data, state)
+        return self._finish(compact, compact_ir, searched, supernet, data, served)
 
     def _start(self) -> dict[str, Any] | None:
-        out = self.out
+        out = self.resume_path.parent.parent  # OUT, on every rank
         if self.resume:
-            state = load_checkpoint(self.checkpoint_path)
+            state = load_checkpoint(self.resume_path)
+            trained_on = int(state.get("world_size", 1))
+            if trained_on != self.world.size:
+                raise UserError(f"{out}: this run was trained on {trained_on} process(es), and --resume needs the "
+                                f"same: run it again with {trained_on} (torchrun --nproc_per_node={trained_on}), "
+                                f"not {self.world.size}; or start again with --overwrite")
             self.runner.history = list(state.get("history", []))
             self.runner.stage_seconds = dict(state.get("stage_seconds", {}))
             self.runner.stage_steps = dict(state.get("stage_steps", {}))
             if state["stage"] == "done":
                 raise UserError(f"{out}: this run is already finished (metrics.json holds its results)")
-            self.echo(f"resuming from {self.checkpoint_path}: {resume_position(state, self.spec)}")
+            self.echo(f"resuming from {self.resume_path}: {resume_position(state, self.spec)}")
             return state
-        if self.checkpoint_path.exists():
+        if self.resume_path.exists():
             raise UserError(f"{out}: already holds a run; continue it with --resume, or pass "
                             "--overwrite to start again")
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "spec.resolved.yaml", self.spec.resolved_yaml())
+            self.out.mkdir(parents=True, exist_ok=True)  # OUT, or a rank's scratch folder
+            write_text(self.out / "spec.resolved.yaml", self.spec.resolved_yaml())
         except OSError as err:
             raise UserError(f"{out}: cannot write the output folder ({err.strerror or err})") from None
         return None
@@ -215,7 +239,7 @@ class Run:
         return weights
 
     # -- results ------------------------------------------------------------------------------
-    def _finish(self, compact, compact_ir: IR, searched: IR, supernet, data) -> dict[str, Any]:
+    def _finish(self, compact, compact_ir: IR, searched: IR, supernet, data, served=None) -> dict[str, Any]:
         from dagir.backends.torch_export import export_compact
         from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                                    weight_parameters)
@@ -224,7 +248,7 @@ class Run:
         from .ir_stats import count_macs
 
         runner = self.runner
-        test = runner.evaluate(compact, data.test, data)
+        test = runner.evaluate(compact, data.test, data, served)
         export_compact(compact, compact_ir, self.out)
         discretize = compact_ir.meta.get("discretize", {})
         metrics = {
@@ -244,6 +268,7 @@ class Run:
             "stage_seconds": runner.stage_seconds,
             "stage_steps": runner.stage_steps,
             "selected_epoch": runner.selected,
+            "world_size": self.world.size,
         }
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))
@@ -260,5 +285,5 @@ class Run:
                     board.writer.add_scalar(f"test/{task}/{metric}", value, len(runner.history))
         save_checkpoint(self.checkpoint_path, {"stage": "done", "epoch": 0, "step": 0, "history": runner.history,
                                                "stage_seconds": runner.stage_seconds,
-                                               "stage_steps": runner.stage_steps})
+                                               "stage_steps": runner.stage_steps, "world_size": self.world.size})
         return metrics

@@ -237,6 +237,8 @@ class TrainSpec(Strict):
     checkpoint_every: int = Field(200, ge=1)
     loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
     select: Literal["last", "best"] = "last"  # the final stage keeps its last epoch, or its best on validation
+    compile: bool = False  # torch.compile the compact network for fine-tuning and evaluation
+    channels_last: bool = False  # image inputs and conv weights in channels-last memory order
 
 
 class PipelineSpec(Strict):

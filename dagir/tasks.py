@@ -240,6 +240,18 @@ class MetricMeter:
         with torch.no_grad():
             getattr(self, f"_update_{self.kind}")(output.detach(), target.detach())
 
+    def reduce(self, sum_: "Callable[[torch.Tensor], torch.Tensor]") -> None:
+        """Sum the sums with other processes' (`sum_` all-reduces a tensor in place): a run on
+        several processes evaluates a share of the split on each. Every process calls this once,
+        with the same sums (the same updates were made on each)."""
+        import torch
+
+        for name in sorted(self.sums):
+            value = self.sums[name]
+            tensor = value.clone() if hasattr(value, "detach") else torch.tensor(value, dtype=torch.float64)
+            summed = sum_(tensor)
+            self.sums[name] = summed if hasattr(value, "detach") else float(summed)
+
     def compute(self) -> dict[str, float]:
         """The metrics so far; NaN where nothing valid was seen."""
         return getattr(self, f"_compute_{self.kind}")()

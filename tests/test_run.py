@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from test_cli import dagir
 
 import dagir.training.search as search_strategies
@@ -557,3 +558,57 @@ def test_float16_trains_with_a_gradient_scaler_that_skips_overflowing_steps(tmp_
     run_quietly(tiny_spec, tmp_path / "overflow", overrides=["train.precision=float16"])
     history = json.loads((tmp_path / "overflow" / "history.json").read_text())
     assert history[-1]["train/skipped_steps"] > 0
+
+
+CONV_TINY = TINY.replace("data: {dataset: digits, batch_size: 32}",
+                         "data: {dataset: multimnist, batch_size: 32, options: {canvas: 28, train_size: 256, "
+                         "val_size: 64, test_size: 64}}").replace(
+    "  - {name: digit, kind: classification, classes: 10}\n  - {name: parity, kind: classification, classes: 2}",
+    "  - {name: left, kind: classification, classes: 10}\n  - {name: right, kind: classification, classes: 10}").replace(
+    "  stem: {channels: 16}", "  stem: {channels: 8, stride: 2}").replace(
+    "channels: [16, 12], edge_op: mlp", "channels: [8, 8], edge_op: conv")
+
+
+def test_a_compiled_compact_network_trains_as_the_plain_one(tmp_path, tiny_spec):
+    plain = run_quietly(tiny_spec, tmp_path / "plain")
+    compiled = run_quietly(tiny_spec, tmp_path / "compiled", overrides=["train.compile=true"])
+    weights = [load_file(tmp_path / name / "compact.safetensors") for name in ("plain", "compiled")]
+    assert weights[0].keys() == weights[1].keys()  # the export holds the plain module's names, not the compiled one's
+    assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-4  # fused kernels' rounding
+    assert compiled["test"] == plain["test"]
+
+
+def test_channels_last_computes_what_the_plain_supernet_does(tmp_path):
+    from dagir.backends.torch_supernet import lower_supernet
+    from dagir.pipeline import compile_spec
+    from dagir.training.precision import Precision
+    spec = tmp_path / "conv.yaml"
+    spec.write_text(CONV_TINY)
+    ir, precision = compile_spec(load_spec(spec)), Precision(channels_last=True)
+
+    def supernet(channels_last: bool):
+        torch.manual_seed(0)
+        model = lower_supernet(ir)
+        model.gates.mode = "soft"
+        return precision.model(model) if channels_last else model
+
+    plain, fast = supernet(False), supernet(True)
+    assert fast.state_dict()["edge_h2_h3.conv.weight"].is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(16, 1, 28, 28)
+    assert precision.inputs(x).is_contiguous(memory_format=torch.channels_last)
+    outputs = plain(x), fast(precision.inputs(x))
+    for task in ("left", "right"):
+        torch.testing.assert_close(outputs[1][task], outputs[0][task], rtol=1e-5, atol=1e-5)
+    sum(outputs[0].values()).sum().backward()
+    sum(outputs[1].values()).sum().backward()
+    expected = dict(plain.named_parameters())
+    for name, parameter in fast.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, expected[name].grad, rtol=1e-4, atol=1e-4)
+
+
+def test_a_channels_last_run_on_images(tmp_path):
+    spec = tmp_path / "conv.yaml"
+    spec.write_text(CONV_TINY)
+    metrics = run_quietly(spec, tmp_path / "run", overrides=["train.channels_last=true"])
+    assert set(metrics["test"]) == {"left", "right"} and metrics["compact"]["edges"] > 0

@@ -13,7 +13,7 @@ cost a Python call per sample.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -162,10 +162,13 @@ class EpochBatches(Sequence[Batch]):
     is made: a permutation from `generator` with `shuffle`, else the split's own order."""
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False,
-                 generator: torch.Generator | None = None, drop_last: bool = False) -> None:
+                 generator: torch.Generator | None = None, drop_last: bool = False,
+                 shard: Callable[[Any], Any] | None = None) -> None:
+        """`shard(rows)`: the part of each batch's rows this process takes (a run on several
+        processes takes every `world size`-th row of the batch the 1-process run would take)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-        self.split, self.batch_size = split, batch_size
+        self.split, self.batch_size, self.shard = split, batch_size, shard
         self.order = torch.randperm(len(split), generator=generator).to(split.inputs.device) if shuffle else None
         self.count = len(split) // batch_size if drop_last else -(-len(split) // batch_size)
 
@@ -178,6 +181,8 @@ class EpochBatches(Sequence[Batch]):
         start = (index % self.count) * self.batch_size
         rows: slice | torch.Tensor = (slice(start, start + self.batch_size) if self.order is None
                                       else self.order[start:start + self.batch_size])
+        if self.shard is not None:
+            rows = self.shard(rows if isinstance(rows, torch.Tensor) else torch.arange(rows.start, min(rows.stop, len(self.split))))
         return self.split.inputs[rows], {name: target[rows] for name, target in self.split.targets.items()}
 
 

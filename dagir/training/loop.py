@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..datasets.splits import Batch, EpochBatches, Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
+from .distributed import World
 from .precision import Precision
 from ..tasks import MetricMeter, task_loss
 
@@ -57,10 +58,12 @@ def epoch_order_seed(seed: int, stage: str, epoch: int) -> int:
     return (seed * 1_000_003 + sum(map(ord, stage)) * 10_007 + epoch) % (2 ** 62)
 
 
-def epoch_batches(split: Split, batch_size: int, seed: int) -> EpochBatches:
-    """The shuffled batches of one training epoch, in an order fixed by `seed`, read lazily."""
+def epoch_batches(split: Split, batch_size: int, seed: int, world: World = World()) -> EpochBatches:
+    """The shuffled batches of one training epoch, in an order fixed by `seed`, read lazily (this
+    rank's share of each, in a run on several processes)."""
     generator = torch.Generator().manual_seed(seed)
-    return EpochBatches(split, batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size)
+    return EpochBatches(split, batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size,
+                        shard=world.shard if world.distributed else None)
 
 
 @dataclass
@@ -123,6 +126,7 @@ class StageLoop:
     progress: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     before_step: Callable[[float], None] | None = None
+    world: World = field(default_factory=World)
 
     def steps_in_epoch(self) -> int:
         full = len(self.split) // self.batch_size if len(self.split) > self.batch_size else 1
@@ -134,7 +138,8 @@ class StageLoop:
     def run(self, start: Position | None = None, totals: EpochTotals | None = None) -> None:
         position = start or Position()
         for epoch in range(position.epoch, self.epochs):
-            batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch))
+            batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch),
+                                    self.world)
             count = min(len(batches), self.steps_in_epoch())
             running = totals if (totals is not None and epoch == position.epoch) else EpochTotals()
             first = position.step if epoch == position.epoch else 0
@@ -158,6 +163,7 @@ class StageLoop:
                 if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
                     self.checkpoint(Position(epoch, step + 1), running)
             bar.close()
+            running.loss, running.squeeze = self.world.mean(running.loss), self.world.mean(running.squeeze)
             self.end_of_epoch(epoch, running)
             self.checkpoint(Position(epoch + 1, 0), EpochTotals())
             totals = None
@@ -166,19 +172,23 @@ class StageLoop:
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: TaskData,
              batch_size: int = 512, device: torch.device | None = None,
-             dtype: torch.dtype = torch.float32, precision: Precision | None = None) -> dict[str, dict[str, float]]:
-    """Every task's metrics on `split`, in eval mode (under the run's autocast, as it trains)."""
+             dtype: torch.dtype = torch.float32, precision: Precision | None = None,
+             world: World = World()) -> dict[str, dict[str, float]]:
+    """Every task's metrics on `split`, in eval mode (under the run's autocast, as it trains); in a
+    run on several processes each rank takes its share of every batch, and the sums are reduced."""
     was_training = model.training
     model.eval()
     meters = {t.name: MetricMeter(t.kind, scale=data.scale(t.name)) for t in tasks}
     device = device or torch.device("cpu")
     precision = precision or Precision()
-    for inputs, targets in split.batches(batch_size):
+    for inputs, targets in EpochBatches(split, batch_size, shard=world.shard if world.distributed else None):
         with precision.autocast():
-            outputs = model(inputs.to(device=device, dtype=dtype))
+            outputs = model(precision.inputs(inputs.to(device=device, dtype=dtype)))
         for task in tasks:
             meters[task.name].update(outputs[task.name].float().cpu(), targets[task.name])
     model.train(was_training)
+    for meter in meters.values() if world.distributed else ():
+        meter.reduce(world.sum_)
     return {name: meter.compute() for name, meter in meters.items()}
 
 

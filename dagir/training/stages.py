@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .schedules import set_learning_rates, squeeze_ramp, temperature
+from .distributed import World
 from .precision import Precision
 from .weighting import make_weighting
 
@@ -70,39 +71,45 @@ class StageRunner:
     """Runs a stage's loop in a run folder: device, precision, checkpoints, resume, history."""
 
     def __init__(self, spec: Spec, device: torch.device, checkpoint_path, *, progress: bool, echo: Echo,
-                 history: list[dict[str, Any]] | None = None, stage_seconds: dict[str, float] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None, stage_seconds: dict[str, float] | None = None,
+                 world: World = World()) -> None:
         self.spec, self.device, self.checkpoint_path, self.progress, self.echo = (
             spec, device, checkpoint_path, progress, echo)
-        self.precision = Precision(spec.train.precision, device)  # bfloat16, float16: float32 weights, autocast
+        self.world = world  # this process's rank among the run's processes (0 of 1 but under torchrun)
+        self.precision = Precision(spec.train.precision, device, world, spec.train.channels_last)  # autocast etc.
         self.dtype = self.precision.dtype
         self.history: list[dict[str, Any]] = list(history or [])
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
-        self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device)  # None: the plain sum
+        self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
         self.selected: dict[str, int] = {}  # the epoch (1-based) `train.select: best` kept, per stage
         self.board = None  # a `RunBoard` when the run writes TensorBoard events
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
         with self.precision.autocast():
-            return model(inputs.to(self.dtype))
+            return model(self.precision.inputs(inputs))
 
-    def evaluate(self, model: nn.Module, split: Split, data: TaskData) -> dict[str, dict[str, float]]:
-        return evaluate(model, split, self.spec.tasks, data, device=self.device, dtype=self.dtype,
-                        precision=self.precision)
+    def evaluate(self, model: nn.Module, split: Split, data: TaskData,
+                 served: nn.Module | None = None) -> dict[str, dict[str, float]]:
+        """Every task's metrics on `split`; `served` is `model` as it computes (torch.compile'd)."""
+        self.world.average_buffers(model)  # one model on every rank: batch-norm statistics agree
+        return evaluate(model if served is None else served, split, self.spec.tasks, data, device=self.device, dtype=self.dtype,
+                        precision=self.precision, world=self.world)
 
     def run(self, name: str, stage: StageSpec, split: Split, step: StepFunction, model: nn.Module,
             optimizers: Sequence[torch.optim.Optimizer], data: TaskData, state: dict[str, Any] | None, *,
             scheduled: Sequence[torch.optim.Optimizer] | None = None,
             follow_progress: Callable[[float], None] | None = None,
-            save_extra: Callable[[], dict[str, Any]] | None = None) -> None:
+            save_extra: Callable[[], dict[str, Any]] | None = None, served: nn.Module | None = None) -> None:
         """Run (or, from `state`, resume) stage `name`. `scheduled` (default: all `optimizers`)
         follow `stage.lr_schedule`; `follow_progress(progress)`, if given, runs before every step
-        too (the search's τ and λ); `save_extra()` adds to every checkpoint."""
+        too (the search's τ and λ); `save_extra()` adds to every checkpoint; `served` is the
+        model as it computes, where that is not `model` itself (torch.compile'd)."""
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
         best = BestEpoch(self.spec.tasks) if self.spec.train.select == "best" and name == final_stage(self.spec) else None
 
         def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
-            metrics = self.evaluate(model, data.val, data)
+            metrics = self.evaluate(model, data.val, data, served)
             if best is not None:
                 best.offer(epoch, metrics, model)
             row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
@@ -124,7 +131,8 @@ class StageRunner:
             payload = {"stage": name, "epoch": position.epoch, "step": position.step,
                        "totals": totals.as_dict(), "model": model.state_dict(),
                        "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
-                       "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps}
+                       "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps,
+                       "world_size": self.world.size}
             if self.weighting is not None:
                 payload["weighting"] = self.weighting.state_dict()
             if self.precision.scaler.is_enabled():
@@ -150,7 +158,7 @@ class StageRunner:
         spec = self.spec
         loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
                          checkpoint, end_of_epoch, spec.train.checkpoint_every, self.progress, self.device,
-                         before_step=before_step)
+                         before_step=before_step, world=self.world)
         self.stage_steps[name] = loop.total_steps()
         position, totals = None, None
         if state is not None:
@@ -270,7 +278,8 @@ def search_splits(runner: StageRunner, train: Split):
     def arch_batch(epoch: int, index: int):
         if epoch not in cache:  # the held-out batches of an epoch, in an order fixed by (seed, epoch)
             cache.clear()
-            cache[epoch] = epoch_batches(held, spec.data.batch_size, epoch_order_seed(spec.seed, "search-arch", epoch))
+            cache[epoch] = epoch_batches(held, spec.data.batch_size, epoch_order_seed(spec.seed, "search-arch", epoch),
+                                         runner.world)
         inputs, targets = cache[epoch][index % len(cache[epoch])]
         return inputs.to(runner.device), {k: v.to(runner.device) for k, v in targets.items()}
 
@@ -278,7 +287,7 @@ def search_splits(runner: StageRunner, train: Split):
 
 
 def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data: TaskData,
-             state: dict[str, Any] | None) -> None:
+             state: dict[str, Any] | None) -> nn.Module:
     """Train Θ of the kept edges, the heads and batch norm (statistics included) of the compact
     network. Batch norm re-learns what the discretised network feeds it: the warm-up statistics
     were gathered with every edge on. A module the compact network calls on several states has a
@@ -287,11 +296,19 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     optimizer = make_optimizer(list(compact.parameters()), stage)
     if state is not None:
         compact.load_state_dict(state["model"])
+    served = serving(runner, compact)
 
     def forward(inputs):
         compact.train()
-        return runner.forward(compact, inputs)
+        return runner.forward(served, inputs)
 
     step = supervised_step(forward, optimizer, runner.spec.tasks, runner.weighting, runner.precision)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
-               save_extra=lambda: {"supernet": supernet.state_dict()})
+               save_extra=lambda: {"supernet": supernet.state_dict()}, served=served)
+    return served
+
+
+def serving(runner: StageRunner, compact: nn.Module) -> nn.Module:
+    """The compact network as fine-tuning and evaluation call it: `torch.compile`d with
+    `train.compile` (sharing its parameters; checkpoints and the export keep the plain module)."""
+    return torch.compile(compact) if runner.spec.train.compile else compact

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from ..spec import LossWeightingSpec
+from .distributed import World
 
 if TYPE_CHECKING:
     from .precision import Precision
@@ -28,10 +29,11 @@ WEIGHTINGS: tuple[str, ...] = ("sum", "uw", "dwa")
 class LossWeighting:
     """A scalarizer of the stacked task losses, with what it needs between steps and epochs."""
 
-    def __init__(self, spec: LossWeightingSpec, tasks: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, spec: LossWeightingSpec, tasks: int, device: torch.device | str = "cpu",
+                 world: World = World()) -> None:
         from torchjd.scalarization import DWA, UW
 
-        self.kind = spec.kind
+        self.kind, self.world = spec.kind, world
         self.scalarizer = (UW(tasks) if spec.kind == "uw" else DWA(temperature=spec.temperature)).to(device)
         parameters = list(self.scalarizer.parameters())
         self.optimizer = torch.optim.Adam(parameters, lr=spec.lr) if parameters else None
@@ -48,6 +50,9 @@ class LossWeighting:
 
     def end_epoch(self) -> None:
         if self.kind == "dwa":
+            losses = self.scalarizer._loss_sum  # this rank's; every rank weighs by the epoch's mean over ranks
+            if self.world.distributed and losses is not None:
+                self.scalarizer._loss_sum = self.world.sum_(losses.detach().clone()) / self.world.size
             self.scalarizer.step()
 
     def weights(self) -> list[float]:
@@ -76,6 +81,7 @@ class LossWeighting:
             setattr(self.scalarizer, name, value)
 
 
-def make_weighting(spec: LossWeightingSpec, tasks: int, device: torch.device | str = "cpu") -> LossWeighting | None:
+def make_weighting(spec: LossWeightingSpec, tasks: int, device: torch.device | str = "cpu",
+                   world: World = World()) -> LossWeighting | None:
     """The run's weighting, or None for the plain sum."""
-    return None if spec.kind == "sum" else LossWeighting(spec, tasks, device)
+    return None if spec.kind == "sum" else LossWeighting(spec, tasks, device, world)

@@ -43,6 +43,7 @@ class ReinforceSearch(SearchStrategy):
             held_out = context.arch_batch(epoch, index)
             with torch.no_grad():
                 reward = -float(context.task_loss(batch if held_out is None else held_out, weighted=False))
+            reward = context.precision.world.mean(reward)  # every rank's baseline and advantage agree
         finally:
             table.mode = "soft"
         decay = context.stage.reward_decay
