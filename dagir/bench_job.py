@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -101,6 +102,55 @@ def _pooled_run(spec: Spec, folder: Path, resume: bool) -> dict[str, Any]:
     return run_method(spec, folder, progress=False, echo=lambda text: None, resume=resume)
 
 
+@dataclass(frozen=True)
+class RayRequest:
+    """Where a bench's runs go on Ray: the cluster (`address`, else Ray's own environment or a
+    local Ray) and what each run asks for."""
+
+    address: str | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def check(self) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'dagir[ray]'") from None
+
+
+def _run_on_ray(pending: list[tuple[str, int, Spec, Path]], request: RayRequest, *, echo: Echo,
+                resume: bool) -> dict[tuple[str, int], dict[str, Any]]:
+    """The pending runs as Ray tasks, each asking for `request.cpus` CPUs and `request.gpus` GPUs,
+    each writing its own run folder as a local bench does (on a cluster, OUT must be a path every
+    node shares). torch in a task uses the CPUs it asked for."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=request.address, include_dashboard=False, log_to_driver=False)
+    threads = max(1, int(request.cpus))
+    remote = ray.remote(num_cpus=request.cpus, num_gpus=request.gpus, max_retries=0)(_ray_run)
+    tasks = {remote.remote(seeded, folder, resume, threads): (name, seed) for name, seed, seeded, folder in pending}
+    for name, seed, _, _ in pending:
+        echo(f"== {name}, seed {seed}: queued on Ray")
+    results: dict[tuple[str, int], dict[str, Any]] = {}
+    waiting = list(tasks)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        name, seed = tasks[done[0]]
+        try:
+            results[(name, seed)] = ray.get(done[0])
+        except ray.exceptions.RayTaskError as error:  # a run's UserError, raised here as in a local bench
+            cause = error.as_instanceof_cause()
+            raise cause if isinstance(cause, UserError) else UserError(f"{name}, seed {seed}: {error}") from None
+        echo(f"== {name}, seed {seed}: finished")
+    return results
+
+
+def _ray_run(spec: Spec, folder: Path, resume: bool, threads: int) -> dict[str, Any]:
+    _limit_threads(threads)
+    return _pooled_run(spec, folder, resume)
+
+
 def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """The bench's row for a run, from its metrics.json and its spec: test metrics, size, and the
     budget it spent (epochs and optimiser steps per stage, seconds: in all and for warm-up + search,
@@ -128,16 +178,21 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
 
 
 def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[int], progress: bool = True,
-              echo: Echo = print, resume: bool = False, workers: int = 1) -> dict[str, Any]:
+              echo: Echo = print, resume: bool = False, workers: int = 1,
+              ray: RayRequest | None = None) -> dict[str, Any]:
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
-    the comparison table and plot."""
+    the comparison table and plot. The runs go one after another, to `workers` local processes, or
+    (`ray`) to a Ray cluster; the table is the same whichever ran them."""
     resolved = resolve_methods(spec, methods)
+    if ray is not None:
+        ray.check()  # before OUT is touched: Ray installed
     with locked_folder(out, "bench"):
-        return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume, workers=workers)
+        return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume, workers=workers,
+                        ray=ray)
 
 
 def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[int], *, progress: bool, echo: Echo,
-             resume: bool, workers: int = 1) -> dict[str, Any]:
+             resume: bool, workers: int = 1, ray: RayRequest | None = None) -> dict[str, Any]:
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
     pending: list[tuple[str, int, Spec, Path]] = []
     for seed in seeds:
@@ -150,7 +205,10 @@ def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[i
                 results[name][seed] = finished
             else:
                 pending.append((name, seed, seeded, folder))
-    if workers <= 1:
+    if ray is not None:
+        for (name, seed), result in _run_on_ray(pending, ray, echo=echo, resume=resume).items():
+            results[name][seed] = result
+    elif workers <= 1:
         for name, seed, seeded, folder in pending:
             echo(f"== {name}, seed {seed}")
             results[name][seed] = run_method(seeded, folder, progress=progress, echo=echo, resume=resume)

@@ -132,9 +132,15 @@ def bench_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     workers: int = typer.Option(1, "--workers", min=1, help="Run the (method, seed) runs in this many local "
                                 "processes, the cores shared among them."),
+    executor: str = typer.Option("local", "--executor", help="Where the runs go: 'local' (this machine, "
+                                 "--workers processes) or 'ray' (a Ray cluster; pip install 'dagir[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster's address (default: "
+                                              "Ray's own environment, RAY_ADDRESS, or a local Ray)."),
+    cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", min=0.01, help="CPUs each run asks Ray for."),
+    gpus_per_run: float = typer.Option(0.0, "--gpus-per-run", min=0.0, help="GPUs each run asks Ray for."),
 ) -> None:
     """The searched network against the baselines on the same data: metrics, Δ_MTL, parameters, MACs."""
-    from .bench_job import run_bench
+    from .bench_job import RayRequest, run_bench
     from .spec import load_spec
 
     from .methods import ABLATIONS
@@ -147,10 +153,13 @@ def bench_command(
         extra.append(f"bench.methods=[{methods}]")
     if seeds:
         extra.append(f"bench.seeds={seeds}")
+    if executor not in ("local", "ray"):
+        raise UserError(f"--executor: '{executor}' is not one of local, ray")
     spec = load_spec(spec_path, extra)
     seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
+    ray = RayRequest(ray_address, cpus_per_run, gpus_per_run) if executor == "ray" else None
     run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo, resume=resume,
-              workers=workers)
+              workers=workers, ray=ray)
     _echo((out / "table.md").read_text())
     _echo(f"wrote {out}")
 

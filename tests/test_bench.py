@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -174,15 +176,16 @@ def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
         assert len(changed) == 1, (name, changed)
 
 
-def test_a_bench_over_worker_processes_gives_the_same_table(tmp_path):
+def bench_elsewhere_gives_the_same_table(tmp_path: Path, *how: str, says: str) -> None:
+    """A tiny 2-seed bench run one after another and run as `how` writes the same results."""
     spec, out = tiny_bench(tmp_path)
     common = ("bench", str(spec), "--methods", "searched,hard_sharing", "--seeds", "2", "--no-progress",
               "--set", "train.search.epochs=1")
     code, _, stderr = dagir(*common, "-o", str(tmp_path / "one"))
     assert code == 0, stderr
-    code, stdout, stderr = dagir(*common, "-o", str(tmp_path / "pool"), "--workers", "2")
+    code, stdout, stderr = dagir(*common, "-o", str(tmp_path / "pool"), *how)
     assert code == 0, stderr
-    assert "queued on 2 workers" in stdout
+    assert says in stdout
     one, pool = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "pool"))
     for method in ("searched", "hard_sharing"):
         for seed in ("3", "4"):
@@ -191,3 +194,21 @@ def test_a_bench_over_worker_processes_gives_the_same_table(tmp_path):
                     one["runs"][method][seed]["test"][task]["accuracy"], rel=1e-5)
             assert pool["runs"][method][seed]["parameters"] == one["runs"][method][seed]["parameters"]
     assert list(pool["runs"]["searched"]) == ["3", "4"]  # in seed order, whatever order they finished in
+
+
+def test_a_bench_over_worker_processes_gives_the_same_table(tmp_path):
+    bench_elsewhere_gives_the_same_table(tmp_path, "--workers", "2", says="queued on 2 workers")
+
+
+def test_a_bench_on_ray_gives_the_same_table(tmp_path):
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dagir[ray]'")
+    bench_elsewhere_gives_the_same_table(tmp_path, "--executor", "ray", "--cpus-per-run", "1", says="queued on Ray")
+
+
+def test_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    spec, out = tiny_bench(tmp_path)
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--executor", "ray", "--no-progress")
+    assert code == 2 and "pip install 'dagir[ray]'" in stderr and not out.exists(), stderr
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--executor", "slurm", "--no-progress")
+    assert code == 2 and "--executor: 'slurm' is not one of local, ray" in stderr
