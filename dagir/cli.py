@@ -77,6 +77,8 @@ def run_command(
     tensorboard: Optional[bool] = typer.Option(None, "--tensorboard/--no-tensorboard",
                                                help="Write TensorBoard events to OUT/tensorboard/ (default: when "
                                                "the tensorboard package is installed)."),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI", help="Log the run to MLflow at this "
+                                         "tracking URI too (pip install 'dagir[mlflow]')."),
 ) -> None:
     """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export.
 
@@ -97,7 +99,7 @@ def run_command(
         with locked_folder(out, "run"):  # before anything in OUT is touched
             world.agree(lambda: prepare_run_folder(spec, out, resume=resume, overwrite=overwrite))
             metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard,
-                          world=world).execute()
+                          world=world, mlflow=mlflow).execute()
     finally:
         leave_world(world)
     _print_metrics(metrics)

@@ -80,14 +80,17 @@ class Run:
     """One run of the method in an output folder; `execute()` does (or resumes) all of it."""
 
     def __init__(self, spec: Spec, out: Path, *, resume: bool = False, progress: bool = True,
-                 echo: Echo = print, tensorboard: bool | None = None, world: World = World()) -> None:
+                 echo: Echo = print, tensorboard: bool | None = None, world: World = World(),
+                 mlflow: str | None = None) -> None:
         """`tensorboard`: write OUT/tensorboard/ (True: required; None: when the package is installed).
+        `mlflow`: a tracking URI to log the run to (`dagir.training.tracking`).
         `world`: this process's rank under torchrun; a rank other than 0 writes nothing into OUT."""
         self.spec, self.out, self.resume, self.progress, self.echo = spec, Path(out), resume, progress, echo
-        self.tensorboard, self.world = tensorboard, world
+        self.tensorboard, self.world, self.mlflow = tensorboard, world, mlflow
         self.resume_path = self.out / "checkpoints" / "latest.pt"
         if not world.main:
             self.out, self.progress, self.echo, self.tensorboard = Path(scratch_folder(world)), False, _quiet, False
+            self.mlflow = None
         self.device = pick_device(spec.train.device, world)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
@@ -97,28 +100,34 @@ class Run:
     def execute(self) -> dict[str, Any]:
         try:
             state = self._start()
-            self.runner.board = self._open_board()
+            self.runner.board = self._open_boards()
             return self._execute(state)
         finally:
-            if self.runner.board is not None:
+            if self.runner.board:
                 self.runner.board.close()
             if not self.world.main:
                 shutil.rmtree(self.out, ignore_errors=True)
 
-    def _open_board(self):
-        from .training.board import RunBoard, tensorboard_available
-        if self.tensorboard is False:
-            return None
-        if not tensorboard_available():
+    def _open_boards(self):
+        """What the run logs to as it goes: TensorBoard (when installed, unless turned off), MLflow."""
+        from .training.board import Boards, RunBoard, tensorboard_available
+        boards = []
+        if self.mlflow is not None:
+            from .training.tracking import MlflowBoard
+            boards.append(MlflowBoard(self.mlflow, self.out, self.spec.resolved_dict(), self.spec.name,
+                                      resume=self.resume))
+        if self.tensorboard is not False and not tensorboard_available():
             if self.tensorboard:
                 raise UserError("--tensorboard needs the tensorboard package: pip install 'dagir[tensorboard]'")
             self.echo("note: tensorboard is not installed, so no OUT/tensorboard/ (pip install 'dagir[tensorboard]')")
-            return None
-        return RunBoard(self.out / "tensorboard", purge_step=len(self.runner.history) + 1 if self.resume else None)
+        elif self.tensorboard is not False:
+            boards.append(RunBoard(self.out / "tensorboard",
+                                   purge_step=len(self.runner.history) + 1 if self.resume else None))
+        return Boards(boards)
 
     def _images(self, folder: Path, prefix: str) -> None:
         board = self.runner.board
-        if board is not None:
+        if board:
             for png in sorted(folder.glob("*.png")):
                 board.image(f"{prefix}/{png.stem}", png)
 
@@ -273,7 +282,7 @@ class Run:
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))
         plot_curves(runner.history, self.out / "curves.png")
-        if runner.board is not None:
+        if runner.board:
             from .ir_text import format_ir
             board = runner.board
             for name in ("gates", "curves"):
@@ -282,7 +291,9 @@ class Run:
             board.text("run/spec", self.spec.resolved_yaml())
             for task, values in test.items():
                 for metric, value in values.items():
-                    board.writer.add_scalar(f"test/{task}/{metric}", value, len(runner.history))
+                    board.scalar(f"test/{task}/{metric}", value, len(runner.history))
+            for name in ("metrics.json", "compact.json"):
+                board.artifact(self.out / name)
         save_checkpoint(self.checkpoint_path, {"stage": "done", "epoch": 0, "step": 0, "history": runner.history,
                                                "stage_seconds": runner.stage_seconds,
                                                "stage_steps": runner.stage_steps, "world_size": self.world.size})

@@ -69,6 +69,28 @@ class RunBoard:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, "    " + text.replace("\n", "\n    "), step)  # indented: shown as code
 
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        self.writer.add_scalar(tag, value, step)
+
+    def artifact(self, path: Path) -> None:
+        """A file of the run (TensorBoard has no place for one: the run folder holds it)."""
+
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class Boards:
+    """Every board a run writes to (TensorBoard, MLflow), called as one; each call goes to all."""
+
+    def __init__(self, boards: Sequence[Any]) -> None:
+        self.boards = list(boards)
+
+    def __bool__(self) -> bool:
+        return bool(self.boards)
+
+    def __getattr__(self, method: str):
+        def every(*args, **kwargs) -> None:
+            for board in self.boards:
+                getattr(board, method)(*args, **kwargs)
+        return every

@@ -83,7 +83,7 @@ class StageRunner:
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
         self.selected: dict[str, int] = {}  # the epoch (1-based) `train.select: best` kept, per stage
-        self.board = None  # a `RunBoard` when the run writes TensorBoard events
+        self.board = None  # the run's `Boards` (TensorBoard, MLflow) when it logs to any
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
         with self.precision.autocast():
@@ -121,7 +121,7 @@ class StageRunner:
                 self.weighting.end_epoch()
                 row.update({f"weight/{t.name}": w for t, w in zip(self.spec.tasks, self.weighting.weights())})
             self.history.append(row)
-            if self.board is not None:
+            if self.board:
                 self.board.epoch(row, row["epoch_global"], optimizers, model)
             shown = "  ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val/"))
             self.echo(f"{name} epoch {epoch + 1}/{stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
