@@ -183,6 +183,8 @@ def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32, batched: bool 
     gated.graph.set_codegen(_WarmupDispatch())
     module = _graph_module(Supernet, root, gated.graph, "Supernet")
     object.__setattr__(module, "warmup_module", _graph_module(fx.GraphModule, root, warmup.graph, "SupernetWarmup"))
+    from .torch_sampled import SampledForward
+    object.__setattr__(module, "sampled_forward", SampledForward(ir, module))
     module.aggregation_slots = gated.aggregation_slots
     module.rewrites = {"fuse-edges": {graph_name: [[edge.name for edge in members] for members in built.fusion]
                                       for graph_name, built in (("search", gated), ("warmup", warmup))}}
@@ -202,10 +204,17 @@ def _graph_module(cls: type, root: nn.Module, graph: fx.Graph, class_name: str) 
 
 class Supernet(fx.GraphModule):
     """The generated supernet; in "ones" mode `forward` runs `warmup_module`, the same submodules
-    planned without gates (each state the tasks share computed once)."""
+    planned without gates (each state the tasks share computed once); in "fixed" mode, only the
+    sampled network, each distinct state once (`backends.torch_sampled`; `distinct_states = False`
+    runs fixed gates through the task-batched graph instead, for comparison)."""
+
+    distinct_states = True
 
     def forward_ones(self, x: Tensor) -> Any:
         return self.__dict__["warmup_module"](x)
+
+    def forward_fixed(self, x: Tensor) -> Any:
+        return self.__dict__["sampled_forward"](x)
 
 
 class _WarmupDispatch(fx.graph.CodeGen):
@@ -214,7 +223,9 @@ class _WarmupDispatch(fx.graph.CodeGen):
     def gen_fn_def(self, free_vars: list[str], maybe_return_annotation: str, **kwargs: Any) -> str:
         return super().gen_fn_def(free_vars, maybe_return_annotation, **kwargs) + (
             "\n    if self.gates.mode == 'ones':  # warm-up: states the tasks share are computed once"
-            "\n        return self.forward_ones(x)")
+            "\n        return self.forward_ones(x)"
+            "\n    if self.gates.mode == 'fixed' and self.distinct_states:  # a sample: its edges, each state once"
+            "\n        return self.forward_fixed(x)")
 
 
 def _needed_states(ir: IR, plan: Plan) -> set[int]:

@@ -239,3 +239,69 @@ def test_a_task_query_gives_each_tower_a_learned_weighting_and_leaves_the_expert
     shared.nodes["e2_1"] = replace(shared.nodes["e2_1"], query="task")
     with pytest.raises(VerificationError, match="gates on its task .* but serves no single task"):
         verify(shared)
+
+
+def edge_calls(module: torch.nn.Module, x: torch.Tensor) -> tuple[int, dict]:
+    """How many times `module(x)` runs an edge op (`edge_*` submodules), and its outputs."""
+    calls = {"n": 0}
+    handles = [child.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+               for name, child in module.named_children() if name.startswith("edge_")]
+    try:
+        outputs = module(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls["n"], outputs
+
+
+def routes_values(supernet, choose) -> torch.Tensor:
+    """Option values with `choose(decision, owner)` the chosen option of every decision and owner."""
+    return torch.tensor([1.0 if option == choose(name, owner) else 0.0
+                         for name, owner, option in supernet.gates.value_names], dtype=torch.float64)
+
+
+def test_a_sample_computes_each_distinct_state_once_as_the_compact_network_does():
+    ir = build(routing_spec(3, image=False, width=6), "layers=2, experts=3, route_size=2, expert_scope=task")
+    supernet = lower_supernet(ir, dtype=torch.float64).eval()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    agreed = {name: 2 for name in ir.decisions}  # every task draws the same route for every block
+    supernet.gates.fix(routes_values(supernet, lambda name, owner: agreed[name]))
+    supernet.gates.mode = "fixed"
+    calls, outputs = edge_calls(supernet, x)
+    # the oracle: the compact network of that sample, whose share-states pass computes each state once
+    chosen = ir.copy()
+    for name, decision in chosen.decisions.items():
+        chosen.decisions[name] = decision.with_logits(
+            {owner: [9.0 if k == agreed[name] else -9.0 for k in range(len(decision.options))]
+             for owner in decision.logits})
+    reduced = PassManager(parse_pipeline(["discretize", "flow-reduce{enabled=false}", "share-states"],
+                                         needs_build=False)).run(chosen)
+    compact_calls, expected = edge_calls(lower_compact(reduced, supernet, dtype=torch.float64).eval(), x)
+    assert calls == compact_calls
+    torch.testing.assert_close(outputs, expected)
+    # tasks drawing different routes hold different states, and those are computed apart
+    supernet.gates.fix(routes_values(supernet, lambda name, owner: int(owner[1:]) if owner.startswith("t") else 2))
+    assert edge_calls(supernet, x)[0] > calls
+    supernet.distinct_states = False  # the task-batched graph runs every edge, whatever the sample
+    assert edge_calls(supernet, x)[0] > calls
+
+
+def test_an_edge_outside_the_sample_is_not_run_and_gets_no_gradient():
+    ir = build(routing_spec(2, image=True, width=4), "layers=2, experts=3, route_size=1")
+    supernet = lower_supernet(ir, dtype=torch.float64).train()
+    supernet.gates.fix(routes_values(supernet, lambda name, owner: 0))  # each block reads its first expert only
+    supernet.gates.mode = "fixed"
+    running = {name: buffer.clone() for name, buffer in supernet.named_buffers() if "running_mean" in name}
+    sum(output.sum() for output in supernet(torch.randn(4, 1, 6, 6, dtype=torch.float64)).values()).backward()
+    drawn = {key for decision in ir.decisions.values() for key in decision.options[0]}
+    read = {src for src, _ in drawn}
+    idle = [name for name, node in ir.nodes.items() if name.startswith("e") and node.op is not None and name not in read]
+    assert idle  # with routes of one expert, some experts are read by no block
+    buffers = dict(supernet.named_buffers())
+    for name in idle:  # an expert no drawn route reads: its block is not run
+        module = f"op_{name}"
+        assert all(p.grad is None for p in supernet.get_submodule(module).parameters()), name
+        moved = [n for n in running if n.startswith(module + ".") and not torch.equal(running[n], buffers[n])]
+        assert not moved, moved  # its batch norm saw no state it does not feed
+    assert all(p.grad is not None for name in read if name.startswith("e")
+               for p in supernet.get_submodule(f"op_{name}").parameters())
