@@ -37,9 +37,10 @@ each such state is computed once; its `forward` switches to it (`forward_ones`) 
 **Fused edges (`fuse_edges=True`).** Edges that read the same stacked states and apply the same op
 (`conv_bn_relu` with the same kernel and stride, `pool_conv_bn_relu` with the same stride,
 `linear_relu`) run as one wider convolution / linear layer on the concatenated weights, split by
-channel, then each edge's own batch norm and ReLU (BN is per channel, so the split is exact). The
+channel, then each edge's own batch norm (on a contiguous copy of its channels: BN on the strided slice
+ran 2-3x slower, which made fusion lose at N = 32) and ReLU (BN is per channel, so the split is exact). The
 submodules and state-dict keys stay the same. On by default: on the CPU a search step with fused
-edges takes 0.89-0.94x the time of one without (`benchmarks/supernet_step.py`).
+edges takes 0.83-1.00x the time of one without (`benchmarks/supernet_step.py`).
 """
 from __future__ import annotations
 
@@ -150,7 +151,8 @@ def plan_states(ir: IR, slots: dict[tuple[str, str], int], *, gated: bool = True
 
 
 # -- lowering -------------------------------------------------------------------------------------
-FUSE_EDGES_DEFAULT = True  # measured (benchmarks/supernet_step.py, CPU): a fused step takes 0.89-0.94x the time
+FUSE_EDGES_DEFAULT = True  # measured (benchmarks/supernet_step.py, CPU): a fused search step takes 0.83-1.00x the
+# time of an unfused one from N = 8 to N = 32 nodes, a warm-up step 0.77-0.91x (benchmarks/results/supernet-step.txt)
 
 
 def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32, batched: bool = True,
@@ -381,7 +383,8 @@ class _BatchedGraph:
                           name="fused_" + "_".join(edge.name[len("edge_"):] for edge in members))
         for position, edge in enumerate(members):
             part = self.call("call_function", operator.getitem, (parts, position))
-            if layer == "conv":
+            if layer == "conv":  # a channel slice of the wide output: contiguous, BN's kernels run faster
+                part = self.call("call_method", "contiguous", (part,))
                 part = self.call("call_module", f"{edge.name}.bn", (part,))
             self.outputs[edge.name] = self.call("call_module", f"{edge.name}.relu", (part,), name=edge.name)
 
