@@ -198,7 +198,8 @@ def _check_finite(source: ArraySource, name: str, values: np.ndarray, chunk_byte
     row_bytes = max(values[:1].nbytes, 1)
     step = max(chunk_bytes // row_bytes, 1)
     for start in range(0, len(values), step):
-        bad = ~np.isfinite(np.asarray(values[start:start + step]).reshape(min(step, len(values) - start), -1)).all(axis=1)
+        chunk = np.asarray(values[start:start + step])
+        bad = ~np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
         if bad.any():
             raise UserError(f"{source.where(name)}: row {start + int(np.argmax(bad))} holds NaN or infinity; "
                             "fill or drop missing values first")

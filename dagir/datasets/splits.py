@@ -92,7 +92,8 @@ class Split:
     def subset(self, rows: torch.Tensor | np.ndarray) -> "Split":
         """The samples at `rows`, in that order."""
         rows = torch.as_tensor(rows, dtype=torch.long)
-        inputs = self.inputs.select(rows) if isinstance(self.inputs, MappedRows) else self.inputs[rows.to(self.inputs.device)]
+        inputs = (self.inputs.select(rows) if isinstance(self.inputs, MappedRows)
+                  else self.inputs[rows.to(self.inputs.device)])
         return Split(inputs,
                      {name: t[rows.to(t.device)] for name, t in self.targets.items()}, self.source_ids[rows])
 
@@ -182,7 +183,9 @@ class EpochBatches(Sequence[Batch]):
         rows: slice | torch.Tensor = (slice(start, start + self.batch_size) if self.order is None
                                       else self.order[start:start + self.batch_size])
         if self.shard is not None:
-            rows = self.shard(rows if isinstance(rows, torch.Tensor) else torch.arange(rows.start, min(rows.stop, len(self.split))))
+            if isinstance(rows, slice):
+                rows = torch.arange(rows.start, min(rows.stop, len(self.split)))
+            rows = self.shard(rows)
         return self.split.inputs[rows], {name: target[rows] for name, target in self.split.targets.items()}
 
 

@@ -6,8 +6,9 @@ and counted, not a crash.
 Every training step goes through one `Precision`: `backward(loss)`, `step(optimizer)` for each
 optimiser it steps, then `update()` once (the stage runner calls it). With float32 the scaler is
 off and each call is the plain one, so results are unchanged. `train.channels_last` puts image
-batches and conv weights in channels-last order (`inputs`, `model`), which some conv kernels run faster on. In a run on several processes,
-`step` first averages the optimiser's gradients over the ranks (`World.average_gradients`).
+batches and conv weights in channels-last order (`inputs`, `model`), which some conv kernels run
+faster on. In a run on several processes, `step` first averages the optimiser's gradients over the
+ranks (`World.average_gradients`).
 """
 from __future__ import annotations
 

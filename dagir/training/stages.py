@@ -22,9 +22,9 @@ from ..tasks import delta_mtl
 from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
-from .schedules import set_learning_rates, squeeze_ramp, temperature
 from .distributed import World
 from .precision import Precision
+from .schedules import set_learning_rates, squeeze_ramp, temperature
 from .weighting import make_weighting
 
 Echo = Callable[[str], None]
@@ -93,8 +93,8 @@ class StageRunner:
                  served: nn.Module | None = None) -> dict[str, dict[str, float]]:
         """Every task's metrics on `split`; `served` is `model` as it computes (torch.compile'd)."""
         self.world.average_buffers(model)  # one model on every rank: batch-norm statistics agree
-        return evaluate(model if served is None else served, split, self.spec.tasks, data, device=self.device, dtype=self.dtype,
-                        precision=self.precision, world=self.world)
+        return evaluate(model if served is None else served, split, self.spec.tasks, data, device=self.device,
+                        dtype=self.dtype, precision=self.precision, world=self.world)
 
     def run(self, name: str, stage: StageSpec, split: Split, step: StepFunction, model: nn.Module,
             optimizers: Sequence[torch.optim.Optimizer], data: TaskData, state: dict[str, Any] | None, *,
