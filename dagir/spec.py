@@ -82,11 +82,14 @@ class CentralSpec(Strict):
     edge_op: Literal["auto", "conv", "mlp"] = "auto"
     resample: Literal["strided", "pool"] = "strided"
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    task_stages: int = Field(0, ge=0)  # the last k stages: a copy of their nodes per task (build-central)
 
     @model_validator(mode="after")
     def _stages_fit(self) -> "CentralSpec":
         if self.stages > self.nodes:
             raise ValueError(f"stages ({self.stages}) cannot exceed nodes ({self.nodes})")
+        if self.task_stages > self.stages:
+            raise ValueError(f"task_stages ({self.task_stages}) cannot exceed the {self.stages} stages")
         if isinstance(self.channels, list):
             if len(self.channels) != self.stages:
                 raise ValueError(f"channels lists one width per stage: {self.stages} expected, "

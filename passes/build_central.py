@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dagir.ir import IR, Edge, Node, all_tasks
 from dagir.pass_manager import register_pass
@@ -21,11 +21,28 @@ class BuildCentral(StagedBuild):
     read-out (added by `insert-read-io`) the stem feeds h_1 only and h_N feeds every head. Hidden
     node i (1-based) lies in stage (i-1)*stages // nodes; each stage halves an image's resolution.
     Edge ops are chosen later, by `legalize-types`.
+
+    `task_stages` = k gives each task its own copy of the hidden nodes of the last k stages
+    (`h7_left`, owned by the task, with its own Θ): a task's copy reads the shared nodes and its own
+    earlier copies, through edges gated for that task alone, so the search chooses per task which
+    shared features to branch from, and the branches do not share weights (0: every node shared, the
+    paper's space; `stages`: a network per task on the shared stem).
     """
 
     name = "build-central"
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
     max_span: int | None = Field(None, ge=1)
+    task_stages: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _task_stages_fit(self) -> "BuildCentral":
+        if self.task_stages > self.stages:
+            raise ValueError(f"task_stages ({self.task_stages}) cannot exceed the {self.stages} stages")
+        return self
+
+    def owned(self, layer: int) -> bool:
+        """Whether hidden node `layer` has a copy per task."""
+        return self.stage_of(layer) >= self.stages - self.task_stages
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()
@@ -34,17 +51,31 @@ class BuildCentral(StagedBuild):
         x = out.input_node()
         out.add_node(Node("stem", "stem", self.layer_type(x.type, 0)))
         out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), shared))
-        names = [f"h{i}" for i in range(1, self.nodes + 1)]
-        for i, name in enumerate(names, start=1):
-            out.add_node(Node(name, "hidden", self.layer_type(x.type, i), index=i, stage=self.stage_of(i),
-                              aggregation=self.aggregation))
+
+        def copies(i: int) -> dict[str | None, str]:
+            """Node h_i's name per owning task (None: the one shared node)."""
+            return {task: f"h{i}_{task}" for task in tasks} if self.owned(i) else {None: f"h{i}"}
+
+        for i in range(1, self.nodes + 1):
+            for task, name in copies(i).items():
+                out.add_node(Node(name, "hidden", self.layer_type(x.type, i), index=i, stage=self.stage_of(i),
+                                  aggregation=self.aggregation, task=task))
+
+        def connect(src: dict[str | None, str], dst: dict[str | None, str], kind: str, gated: bool) -> None:
+            for task, name in dst.items():
+                source = src.get(task, src.get(None))
+                serves = shared if task is None else {task: shared[task]}
+                out.add_edge(Edge(source, name, kind, None, serves, gated=gated))
+
         span = self.nodes if self.max_span is None else self.max_span
         for j in range(2, self.nodes + 1):
             for i in range(max(1, j - span), j):
-                out.add_edge(Edge(names[i - 1], names[j - 1], "internal", None, shared, gated=True))
-        out.add_edge(Edge("stem", names[0], "read_in", None, shared))
+                connect(copies(i), copies(j), "internal", True)
+        connect({None: "stem"}, copies(1), "read_in", False)
+        last = copies(self.nodes)
         for task in out.tasks:
             head = task_head(task, self.head_hidden, x.type)
             out.add_node(head)
-            out.add_edge(Edge(names[-1], head.name, "read_out", None, {task.name: shared[task.name]}))
+            out.add_edge(Edge(last.get(task.name, last.get(None)), head.name, "read_out", None,
+                              {task.name: shared[task.name]}))
         return out

@@ -27,6 +27,31 @@ def test_build_central_full_dag_and_stages():
     assert all(e.op is None for e in internal) and not ir.types_legal
 
 
+def test_task_stages_give_each_task_its_own_branch_of_the_last_stages():
+    ir = small_ir(tasks=2, nodes=6, stages=3, max_span=2, task_stages=1)
+    shared = [n.name for n in ir.hidden_nodes() if n.task is None]
+    assert shared == ["h1", "h2", "h3", "h4"]
+    assert sorted(n.name for n in ir.hidden_nodes() if n.task == "t1") == ["h5_t1", "h6_t1"]
+    for (src, dst), edge in ir.edges.items():
+        owner = ir.nodes[dst].task
+        if owner is not None:  # an edge into a task's copy (or its head) serves that task alone
+            assert list(edge.tasks) == [owner], (src, dst)
+        if ir.nodes[src].task is not None:  # a copy feeds its own task's nodes only
+            assert ir.nodes[dst].task == ir.nodes[src].task, (src, dst)
+    # a branch reads the shared nodes within the span, each through its own task's gate
+    assert {src for src, dst in ir.edges if dst == "h5_t0"} == {"stem", "h3", "h4"}
+    assert ir.edges[("h4", "h5_t0")].gated and ir.edges[("h4", "h5_t1")].gated
+    paper_space = small_ir(tasks=2, nodes=6, stages=3, max_span=2)
+    assert len(ir.hidden_nodes()) == len(paper_space.hidden_nodes()) + 2  # h5, h6: one copy more
+
+
+def test_task_stages_cannot_exceed_the_stages():
+    from dagir.errors import SpecError
+    from dagir.spec import load_spec
+    with pytest.raises(SpecError, match="task_stages \\(4\\) cannot exceed the 3 stages"):
+        load_spec("examples/multimnist.yaml", ["network.central.task_stages=4"])
+
+
 def test_flow_restrict_cuts_long_edges_and_records_span():
     ir = run(["build-central{nodes=6, stages=1, channels=[4], max_span=none}", "flow-restrict{max_span=2}"])
     assert ir.max_span == 2

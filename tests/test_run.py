@@ -612,3 +612,12 @@ def test_a_channels_last_run_on_images(tmp_path):
     spec.write_text(CONV_TINY)
     metrics = run_quietly(spec, tmp_path / "run", overrides=["train.channels_last=true"])
     assert set(metrics["test"]) == {"left", "right"} and metrics["compact"]["edges"] > 0
+
+
+def test_a_run_with_task_branches_keeps_each_tasks_branch_apart(tmp_path, tiny_spec):
+    metrics = run_quietly(tiny_spec, tmp_path / "run", overrides=["network.central.task_stages=1"])
+    compact = read_ir(tmp_path / "run" / "compact.json")
+    owners = {node.task for node in compact.hidden_nodes() if node.name.startswith(("h3_", "h4_"))}
+    assert owners <= {"digit", "parity"} and owners  # the last stage's nodes are per-task copies
+    assert all(node.task is None for node in compact.hidden_nodes() if node.name in ("h1", "h2"))
+    assert metrics["compact"]["parameters"] > 0 and set(metrics["test"]) == {"digit", "parity"}
