@@ -155,10 +155,7 @@ def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, s
     kinds, classes = tasks_for(options, root)
     raw = source.read(inputs_name)
     _check_finite(source, inputs_name, raw)
-    if _streams(source, inputs_name, options["in_memory"]):
-        inputs: Any = MappedRows(raw)
-    else:
-        inputs = torch.from_numpy(np.array(raw, dtype=np.float32))
+    streams = _streams(source, inputs_name, options["in_memory"])
     targets = {}
     for name in tasks:
         values = np.asarray(source.read(name))
@@ -168,9 +165,12 @@ def load(options: Mapping[str, Any], root: str | None, val_split: float = 0.1, s
             values = values.astype(np.float32)
             _check_finite(source, name, values)
             targets[name] = torch.from_numpy(values.reshape(-1, 1))
-    parts = _splits(source, options, len(inputs), val_split, seed)
-    splits = {name: Split(inputs, targets, torch.arange(len(inputs))[:, None]).subset(rows)
-              for name, rows in parts.items()}
+    parts = _splits(source, options, len(raw), val_split, seed)
+    whole = Split(MappedRows(raw), targets, torch.arange(len(raw))[:, None])
+    splits = {name: whole.subset(rows) for name, rows in parts.items()}
+    if not streams:  # each split's rows read into memory once, with no copy of the whole array beside them
+        splits = {name: Split(split.inputs[0:len(split)], split.targets, split.source_ids)
+                  for name, split in splits.items()}
     return TaskData("arrays", splits["train"], splits["val"], splits["test"], input_shape=tuple(raw.shape[1:]),
                     task_kinds=kinds, task_classes={t: classes.get(t) for t in tasks})
 

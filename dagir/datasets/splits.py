@@ -51,6 +51,8 @@ class MappedRows:
 
     def __getitem__(self, rows: slice | torch.Tensor) -> torch.Tensor:
         wanted = self.rows[rows] if isinstance(rows, slice) else self.rows[rows.cpu().numpy()]
+        if np.all(wanted[1:] >= wanted[:-1]):  # in file order (a whole split): read straight into one array
+            return torch.from_numpy(np.asarray(self.array[wanted], dtype=np.float32))
         order = np.argsort(wanted, kind="stable")  # read the file in ascending order, then restore the batch's
         values = np.empty((len(wanted), *self.array.shape[1:]), dtype=np.float32)
         values[order] = self.array[wanted[order]]
