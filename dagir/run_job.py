@@ -19,6 +19,7 @@ others in a scratch folder they discard, reading OUT's checkpoint when they resu
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +58,16 @@ def pick_device(choice: str, world: World = World()) -> torch.device:
     return torch.device("cuda", world.local_rank) if choice == "cuda" and world.distributed else torch.device(choice)
 
 
+def check_compiler(spec: Spec, device: torch.device) -> None:
+    """`train.compile` on the CPU needs a C++ compiler (torch.compile's CPU code is C++): say so
+    before anything trains, not at the fine-tune."""
+    import shutil
+    if spec.train.compile and device.type == "cpu" and not any(
+            shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        raise spec.error(("train", "compile"), "torch.compile on the CPU needs a C++ compiler (g++, c++ or "
+                                               "clang++, or $CXX); install one, or set train.compile: false")
+
+
 def effective_gates(ir: IR, tau: float) -> IR:
     """The IR with each logit divided by τ, so σ(logit) (or the softmax) is the gate the search ended with."""
     out = ir.copy()
@@ -92,6 +103,7 @@ class Run:
             self.out, self.progress, self.echo, self.tensorboard = Path(scratch_folder(world)), False, _quiet, False
             self.mlflow = None
         self.device = pick_device(spec.train.device, world)
+        check_compiler(spec, self.device)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
                                   world=world)

@@ -570,12 +570,24 @@ CONV_TINY = TINY.replace("data: {dataset: digits, batch_size: 32}",
 
 
 def test_a_compiled_compact_network_trains_as_the_plain_one(tmp_path, tiny_spec):
+    import shutil
+    if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
+        pytest.skip("torch.compile on the CPU needs a C++ compiler")
     plain = run_quietly(tiny_spec, tmp_path / "plain")
     compiled = run_quietly(tiny_spec, tmp_path / "compiled", overrides=["train.compile=true"])
     weights = [load_file(tmp_path / name / "compact.safetensors") for name in ("plain", "compiled")]
     assert weights[0].keys() == weights[1].keys()  # the export holds the plain module's names, not the compiled one's
     assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-4  # fused kernels' rounding
     assert compiled["test"] == plain["test"]
+
+
+def test_compile_without_a_compiler_is_refused_before_training(tmp_path, tiny_spec, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no compiler on it
+    monkeypatch.delenv("CXX", raising=False)
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(tmp_path / "run"), "--set", "train.compile=true",
+                            "--no-progress")
+    assert code == 2 and "train.compile" in stderr and "C++ compiler" in stderr, stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_channels_last_computes_what_the_plain_supernet_does(tmp_path):
