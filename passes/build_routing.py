@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from itertools import combinations
+from math import ceil
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -30,6 +31,12 @@ class BuildRouting(StagedBuild):
     a learned logit per input (`GateAggregation` with `query_width=0`); a shared expert's state
     cannot depend on the task, so its gate keeps the `inputs` query.
 
+    `expert_stages`: `flat` keeps every layer at the stem's resolution and the first stage's width;
+    `staged` puts layer l at stage min(l, stages)'s width, and on images at half the previous
+    layer's resolution (its expert block a strided conv-BN-ReLU), as the other spaces of the spec
+    down-sample. `flat` is the default, which the benches so far ran; image experts that stay at
+    the stem's resolution are far smaller than the spec's other networks (issue 11's note).
+
     `search=false` builds every route open with no decision: with one layer and `query=input`,
     that is MMoE (Ma et al., 2018): shared experts, a softmax gate per task on the input over all
     of them, a tower per task.
@@ -41,6 +48,7 @@ class BuildRouting(StagedBuild):
     width: int | None = Field(None, ge=1)
     route_size: int | None = Field(None, ge=1)
     expert_scope: Literal["shared", "task"] = "shared"
+    expert_stages: Literal["flat", "staged"] = "flat"
     query: Literal["inputs", "input", "task"] = "inputs"
     search: bool = True
     init: float = 0.0
@@ -57,17 +65,17 @@ class BuildRouting(StagedBuild):
         tasks = out.task_names
         x = out.input_node()
         stem_type = self.layer_type(x.type, 0)
-        width = self.width or self.channels[0]
-        expert_type = TensorType((width, *stem_type.shape[1:]))
         out.add_node(Node("stem", "stem", stem_type))
         out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), _serving(tasks)))
         previous = ["stem"]
         for layer in range(1, self.layers + 1):
             current = [f"e{layer}_{k}" for k in range(1, self.experts + 1)]
-            reads = stem_type if layer == 1 else expert_type
+            reads = stem_type if layer == 1 else self.expert_type(stem_type, layer - 1)
+            expert_type = self.expert_type(stem_type, layer)
+            stage = min(layer, self.stages) - 1 if self.staged() else 0
             for name in current:
                 out.add_node(Node(name, "hidden", expert_type, in_type=reads, op=_expert_op(reads, expert_type),
-                                  index=layer, stage=0, aggregation="gate" if len(previous) > 1 else "sum",
+                                  index=layer, stage=stage, aggregation="gate" if len(previous) > 1 else "sum",
                                   query="inputs" if self.query == "task" else self.query))
                 for source in previous:
                     out.add_edge(Edge(source, name, "read_in" if layer == 1 else "internal", Op("identity"),
@@ -89,6 +97,20 @@ class BuildRouting(StagedBuild):
         out.max_span = None
         return out
 
+    def staged(self) -> bool:
+        return self.expert_stages == "staged"
+
+    def expert_type(self, stem_type: TensorType, layer: int) -> TensorType:
+        """What layer `layer`'s experts make: `width` (default: the first stage's) at the stem's
+        resolution; or, staged, stage min(layer, stages) - 1's width at half the previous resolution."""
+        if not self.staged():
+            return TensorType((self.width or self.channels[0], *stem_type.shape[1:]))
+        stage = min(layer, self.stages) - 1
+        width = self.width or self.channels[stage]
+        if not stem_type.is_image:
+            return TensorType((width,))
+        return TensorType((width, *(ceil(side / 2 ** stage) for side in stem_type.shape[1:])))
+
     def routes(self, sources: list[str]) -> list[tuple[str, ...]]:
         """Every non-empty set of at most `route_size` of `sources`, smaller sets first."""
         largest = len(sources) if self.route_size is None else min(self.route_size, len(sources))
@@ -107,6 +129,7 @@ def _serving(tasks: list[str]) -> dict[str, EdgeTaskState]:
 
 def _expert_op(reads: TensorType, makes: TensorType) -> Op:
     if reads.is_image:
-        return Op("conv_bn_relu", {"c_in": reads.channels, "c_out": makes.channels, "stride": 1})
+        stride = 2 if makes.shape[1] < reads.shape[1] else 1  # a staged layer halves the resolution
+        return Op("conv_bn_relu", {"c_in": reads.channels, "c_out": makes.channels, "stride": stride})
     return Op("linear_relu", {"d_in": reads.shape[0], "d_out": makes.shape[0]})
 

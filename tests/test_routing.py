@@ -108,6 +108,20 @@ def test_the_compact_network_holds_the_argmax_routes_and_equals_the_hard_superne
     assert ir_parameters(ir) == count_parameters(weight_parameters(supernet) + head_parameters(supernet))
 
 
+def test_staged_image_experts_down_sample_layer_by_layer():
+    spec = Spec(tasks=[{"name": "t0", "kind": "regression"}, {"name": "t1", "kind": "regression"}],
+                network={"input": {"shape": [1, 12, 12]}, "stem": {"channels": 3},
+                         "central": {"nodes": 3, "stages": 3, "channels": [4, 6, 8]}, "heads": {"hidden": 4}})
+    flat = build(spec, "layers=3, experts=2")
+    staged = build(spec, "layers=3, experts=2, expert_stages=staged")
+    assert {flat.nodes[f"e{layer}_1"].type.shape for layer in (1, 2, 3)} == {(4, 12, 12)}
+    assert [staged.nodes[f"e{layer}_1"].type.shape for layer in (1, 2, 3)] == [(4, 12, 12), (6, 6, 6), (8, 3, 3)]
+    assert staged.nodes["e2_1"].op.params["stride"] == 2 and staged.nodes["tower_t0"].type.shape == (8, 3, 3)
+    module = lower_supernet(staged, dtype=torch.float64).eval()
+    x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
+    torch.testing.assert_close(module(x), evaluate_reference(staged, module, x, mode="soft"))
+
+
 def test_no_weight_leaks_to_an_expert_outside_the_route():
     torch.manual_seed(0)
     ir = build(routing_spec(2, image=False, width=16), "layers=1, experts=2")
