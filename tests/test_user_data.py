@@ -193,8 +193,10 @@ def write_table(path: Path, rows: int = 1500, seed: int = 1, edit=None) -> Path:
     return path
 
 
-def test_a_run_on_a_table_learns_the_planted_rules(tmp_path):
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_run_on_a_table_learns_the_planted_rules(tmp_path, suffix):
     root = write_table(tmp_path / "t.csv")
+    root = as_parquet(root) if suffix == ".parquet" else root
     spec = write_spec(tmp_path, root)
     from dagir.spec import input_shape
     assert input_shape(load_spec(spec)) == (8,)  # five numbers and a one-hot of three colours
