@@ -117,6 +117,18 @@ def search_spaces(draw) -> IR:
     return with_random_gates(compile_spec(spec), rng, drop=draw(st.sampled_from([0.0, 0.3])))
 
 
+def sample_equals_the_reference(module, ir: IR, x: torch.Tensor, seed: int) -> dict:
+    """Fix a sample of every decision drawn with `seed`; the module in fixed mode must compute what
+    the reference evaluator computes with those option values. Returns them by decision."""
+    module.gates.generator = torch.Generator().manual_seed(seed)
+    drawn = module.gates.sample()
+    module.gates.fix(drawn)
+    module.gates.mode = "fixed"
+    fixed = module.gates.values_by_decision(drawn)
+    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+    return fixed
+
+
 def batch_for(ir: IR, size: int = 2) -> torch.Tensor:
     return torch.randn(size, *ir.input_node().type.shape, dtype=torch.float64)
 
@@ -139,12 +151,7 @@ def test_supernet_equals_the_reference_evaluator(ir, tau, seed):
             assert outputs[task.name].shape == (2, task.out_dim)
         torch.testing.assert_close(outputs, evaluate_reference(ir, module, x, tau=tau, mode=mode))
     # a drawn sample (as REINFORCE and the warm-up's edge dropout fix them): only the sampled network runs
-    module.gates.generator = torch.Generator().manual_seed(seed)
-    drawn = module.gates.sample()
-    module.gates.fix(drawn)
-    module.gates.mode = "fixed"
-    fixed = module.gates.values_by_decision(drawn)
-    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+    sample_equals_the_reference(module, ir, x, seed)
 
 
 @PROPERTY
@@ -372,12 +379,7 @@ def test_categorical_decisions_lower_like_the_reference(ir, tau, seed):
     for mode in ("soft", "hard"):
         module.gates.mode = mode
         torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, tau=tau, mode=mode))
-    module.gates.generator = torch.Generator().manual_seed(seed)
-    drawn = module.gates.sample()
-    module.gates.fix(drawn)
-    module.gates.mode = "fixed"
-    fixed = module.gates.values_by_decision(drawn)
-    torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode="fixed", fixed=fixed))
+    fixed = sample_equals_the_reference(module, ir, x, seed)
     for name, decision in ir.decisions.items():
         if decision.kind == "categorical":
             assert all(sum(values) == 1.0 for values in fixed[name].values())  # one option drawn
