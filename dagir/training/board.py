@@ -25,6 +25,22 @@ def tensorboard_available() -> bool:
     return True
 
 
+def epoch_scalars(row: dict[str, Any], optimizers: Sequence[torch.optim.Optimizer],
+                  model: torch.nn.Module) -> dict[str, float]:
+    """What every board logs per epoch: the history row's numbers, each optimiser group's learning
+    rate, and, where the model has gates, the temperature τ."""
+    stage = row.get("stage", "")
+    scalars = {key: float(value) for key, value in row.items()
+               if isinstance(value, (int, float)) and key not in ("epoch", "epoch_global")}
+    for index, optimizer in enumerate(optimizers):
+        for group_index, group in enumerate(optimizer.param_groups):
+            scalars[f"lr/{stage}/optimizer{index}_group{group_index}"] = float(group["lr"])
+    gates = getattr(model, "gates", None)
+    if gates is not None and getattr(gates, "slots", None):
+        scalars["search/tau"] = float(gates.tau)
+    return scalars
+
+
 class RunBoard:
     """One run's TensorBoard writer; every method is cheap and never fails the run."""
 
@@ -35,16 +51,10 @@ class RunBoard:
 
     def epoch(self, row: dict[str, Any], step: int, optimizers: Sequence[torch.optim.Optimizer],
               model: torch.nn.Module) -> None:
-        stage = row.get("stage", "")
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch", "epoch_global"):
-                self.writer.add_scalar(key, value, step)
-        for index, optimizer in enumerate(optimizers):
-            for group_index, group in enumerate(optimizer.param_groups):
-                self.writer.add_scalar(f"lr/{stage}/optimizer{index}_group{group_index}", group["lr"], step)
+        for key, value in epoch_scalars(row, optimizers, model).items():
+            self.writer.add_scalar(key, value, step)
         gates = getattr(model, "gates", None)
         if gates is not None and getattr(gates, "slots", None):
-            self.writer.add_scalar("search/tau", float(gates.tau), step)
             if gates.mode == "soft":
                 training = gates.training
                 gates.eval()

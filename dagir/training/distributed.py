@@ -53,6 +53,11 @@ class World:
         """This rank's rows of a batch (every `size`-th, from `rank`)."""
         return rows[self.rank::self.size] if self.distributed else rows
 
+    @property
+    def batch_shard(self):
+        """What `EpochBatches` takes as `shard`: `shard` under torchrun, None (whole batches) alone."""
+        return self.shard if self.distributed else None
+
     # -- collectives (no-ops in a 1-process run) -----------------------------------------------
     def average_gradients(self, parameters: Iterable[nn.Parameter]) -> None:
         """Average every parameter's gradient over ranks (one flattened all-reduce). A rank without

@@ -63,7 +63,7 @@ def epoch_batches(split: Split, batch_size: int, seed: int, world: World = World
     rank's share of each, in a run on several processes)."""
     generator = torch.Generator().manual_seed(seed)
     return EpochBatches(split, batch_size, shuffle=True, generator=generator, drop_last=len(split) > batch_size,
-                        shard=world.shard if world.distributed else None)
+                        shard=world.batch_shard)
 
 
 @dataclass
@@ -181,7 +181,7 @@ def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: Ta
     meters = {t.name: MetricMeter(t.kind, scale=data.scale(t.name)) for t in tasks}
     device = device or torch.device("cpu")
     precision = precision or Precision()
-    for inputs, targets in EpochBatches(split, batch_size, shard=world.shard if world.distributed else None):
+    for inputs, targets in EpochBatches(split, batch_size, shard=world.batch_shard):
         with precision.autocast():
             outputs = model(precision.inputs(inputs.to(device=device, dtype=dtype)))
         for task in tasks:

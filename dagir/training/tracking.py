@@ -58,15 +58,8 @@ class MlflowBoard:
 
     def epoch(self, row: dict[str, Any], step: int, optimizers: Sequence[torch.optim.Optimizer],
               model: torch.nn.Module) -> None:
-        scalars = {key: float(value) for key, value in row.items()
-                   if isinstance(value, (int, float)) and key not in ("epoch", "epoch_global")}
-        for index, optimizer in enumerate(optimizers):
-            for group_index, group in enumerate(optimizer.param_groups):
-                scalars[f"lr/{row.get('stage', '')}/optimizer{index}_group{group_index}"] = float(group["lr"])
-        gates = getattr(model, "gates", None)
-        if gates is not None and getattr(gates, "slots", None):
-            scalars["search/tau"] = float(gates.tau)
-        self.mlflow.log_metrics(scalars, step=step)
+        from .board import epoch_scalars
+        self.mlflow.log_metrics(epoch_scalars(row, optimizers, model), step=step)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         self.mlflow.log_metric(tag, float(value), step=step)
