@@ -134,7 +134,8 @@ def test_a_loader_needing_a_root_gets_a_clear_error(monkeypatch, tmp_path):
         load_dataset("on_disk", root=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("name, options", [("digits", {}), ("mnist1d", {"num_samples": 1000})])
+@pytest.mark.parametrize("name, options", [("digits", {}), ("mnist1d", {"num_samples": 1000}), ("penguins", {}),
+                                           ("autompg", {})])
 def test_registry_agrees_with_what_loaders_return(name, options):
     data = load_dataset(name, options=options)
     info = dataset_info(name)
@@ -159,6 +160,25 @@ def test_digits_splits_are_disjoint_and_targets_consistent():
         assert torch.equal(split.targets["large"], (digit >= 5).long())
     again = load_dataset("digits", val_split=0.1, seed=1)
     assert torch.equal(again.val.inputs, data.val.inputs)
+
+
+def test_autompg_rows_and_targets_agree_with_mlxtends_own_reader():
+    from mlxtend.data import autompg_data
+    features, mpg = autompg_data()  # the oracle: mlxtend's reader of the same file
+    data = load_dataset("autompg", val_split=0.1, seed=2)
+    assert sum(len(split) for split in data.splits().values()) == len(mpg) == 392
+    assert_disjoint(split_sources(data))
+    for split in data.splits().values():
+        rows = split.source_ids.reshape(-1).numpy()
+        reported = split.targets["mpg"].reshape(-1).double() * data.target_scales["mpg"] + data.target_offsets["mpg"]
+        assert np.allclose(reported.numpy(), mpg[rows], atol=1e-4)
+        year = split.targets["model_year"].reshape(-1).double() * data.target_scales["model_year"]
+        assert np.allclose((year + data.target_offsets["model_year"]).numpy(), features[rows, 5], atol=1e-4)
+        origin = np.array(["usa", "europe", "japan"])[features[rows, 6].astype(int) - 1]
+        assert list(np.array(["europe", "japan", "usa"])[split.targets["origin"].numpy()]) == list(origin)
+    weight = features[data.train.source_ids.reshape(-1).numpy(), 3]
+    standardised = (weight - weight.mean()) / weight.std()
+    assert np.allclose(data.train.inputs[:, 3].numpy(), standardised, atol=1e-5)
 
 
 def test_mnist1d_is_generated_without_touching_global_random_state():

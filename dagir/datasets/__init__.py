@@ -193,6 +193,11 @@ REGISTRY: dict[str, DatasetInfo] = {
         "Palmer penguins (the palmerpenguins package's CSV): species, sex and body mass from island and measurements",
         {"species": "classification", "sex": "classification", "body_mass_g": "regression"},
         task_classes={"species": 3, "sex": 2}, options={"test_fraction": _test_fraction()}),
+    "autompg": DatasetInfo(
+        "autompg", _fixed((5,)), "dagir.datasets.autompg:load",
+        "Auto MPG (mlxtend's copy of the UCI table): mpg, origin and model year from five measurements of 392 cars",
+        {"mpg": "regression", "origin": "classification", "model_year": "regression"},
+        task_classes={"origin": 3}, options={"test_fraction": _test_fraction()}),
     "mmoe_synthetic": DatasetInfo(
         "mmoe_synthetic", lambda options: (options["dim"],), "dagir.datasets.tabular:load",
         "MMoE's synthetic regression pair with controlled task correlation (generated, no files)",
