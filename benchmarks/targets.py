@@ -1,0 +1,98 @@
+"""Issue 12's targets, read from finished benches: does the searched network beat every other method,
+stay within seed noise of the single-task networks, cost less than them, and search within their
+training time?
+
+    python benchmarks/targets.py multimnist=benchmarks/results/bench-multimnist \
+        tabular-0.1=benchmarks/results/bench-tabular-0.1 ...  [--method searched]
+
+Each argument is `label=FOLDER[,FOLDER...]`: `dagir bench` output folders of one task set, whose
+`METHOD-seedN/` runs are read (the first folder holding a method and seed wins). Prints one markdown row per
+task set. "Seed noise" is the standard deviation over seeds of the paired difference; a target is
+met when the paired mean clears it on the right side (beat: > 0; not below single-task: > −noise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from dagir.tasks import delta_mtl, primary_metric
+
+OTHERS = ("hard_sharing", "cross_stitch", "mtl_nas", "mtnas", "mmoe")
+
+
+def read_runs(folders: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
+    """Per method and seed: Δ_MTL against the single-task run of the same seed, the compact network's
+    parameters and MACs, and the seconds in all and for warm-up + search, from each run's metrics.json."""
+    metrics: dict[str, dict[int, dict]] = {}
+    tasks: dict[str, tuple[str, str | None]] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*-seed*/metrics.json")):
+            method, _, seed = path.parent.name.rpartition("-seed")
+            metrics.setdefault(method, {}).setdefault(int(seed), json.loads(path.read_text()))
+            for task in yaml.safe_load((path.parent / "spec.resolved.yaml").read_text())["tasks"]:
+                tasks[task["name"]] = (task["kind"], task.get("metric"))
+    kinds = {name: kind for name, (kind, _) in tasks.items()}
+    chosen = {name: metric for name, (_, metric) in tasks.items()}
+    primary = {name: primary_metric(kind, metric)[0] for name, (kind, metric) in tasks.items()}
+
+    def scores(run: dict) -> dict[str, float]:
+        return {task: run["test"][task][primary[task]] for task in tasks}
+    single = metrics["single_task"]
+    return {method: {seed: {"delta_mtl": delta_mtl(scores(run), scores(single[seed]), kinds, chosen),
+                            "parameters": run["compact"]["parameters"], "macs": run["compact"]["macs"]["total"],
+                            "seconds": sum(run["stage_seconds"].values()),
+                            "search_seconds": run["stage_seconds"]["warmup"] + run["stage_seconds"]["search"]}
+                     for seed, run in by_seed.items() if seed in single}
+            for method, by_seed in metrics.items()}
+
+
+def paired(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]]) -> tuple[float, float, int]:
+    seeds = sorted(set(mine) & set(other))
+    differences = [mine[s]["delta_mtl"] - other[s]["delta_mtl"] for s in seeds]
+    noise = statistics.stdev(differences) if len(differences) > 1 else float("nan")
+    return statistics.fmean(differences), noise, len(seeds)
+
+
+def mean(runs: dict[int, dict[str, float]], key: str) -> float:
+    return statistics.fmean(run[key] for run in runs.values())
+
+
+def row(label: str, runs: dict[str, dict[int, dict[str, float]]], method: str) -> str:
+    mine, single = runs[method], runs["single_task"]
+    others = {name: paired(mine, runs[name]) for name in OTHERS if name in runs and name != method}
+    strongest = min(others, key=lambda name: others[name][0])
+    beat, beat_noise, _ = others[strongest]
+    versus_single, single_noise, seeds = paired(mine, single)
+    cells = [
+        label, str(seeds), f"{statistics.fmean(r['delta_mtl'] for r in mine.values()):+.2f}",
+        f"{strongest} {beat:+.2f} ± {beat_noise:.2f} ({'met' if beat > 0 else 'not met'})",
+        f"{versus_single:+.2f} ± {single_noise:.2f} ({'met' if versus_single > -single_noise else 'not met'})",
+    ]
+    for key in ("parameters", "macs"):
+        ratio = mean(mine, key) / mean(single, key)
+        cells.append(f"{ratio:.2f}x ({'met' if ratio < 1 else 'not met'})")
+    ratio = mean(mine, "search_seconds") / mean(single, "seconds")
+    cells.append(f"{ratio:.2f}x ({'met' if ratio <= 1 else 'not met'})")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sets", nargs="+", help="label=FOLDER[,FOLDER...]")
+    parser.add_argument("--method", default="searched")
+    args = parser.parse_args()
+    print(f"| task set | seeds | {args.method} Δ_MTL % | paired vs the strongest other method | "
+          "paired vs single-task | parameters / single-task | MACs / single-task | "
+          "warm-up + search s / single-task s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for argument in args.sets:
+        label, _, folders = argument.partition("=")
+        print(row(label, read_runs([Path(folder) for folder in folders.split(",")]), args.method))
+
+
+if __name__ == "__main__":
+    main()
