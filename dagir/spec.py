@@ -199,9 +199,13 @@ class SearchStageSpec(StageSpec):
     `reinforce`. `split`: the fraction of the training set held out for the architecture steps
     (alternating, reinforce; MTL-NAS: 0.5), None for one split. The relaxations say what the
     supernet computes in each step (MTL-NAS: relaxed-bernoulli for weights, sigmoid for the
-    architecture); `arch_tau` fixes τ in the architecture step (None: the schedule's)."""
+    architecture); `arch_tau` fixes τ in the architecture step (None: the schedule's). `select`:
+    the search ends with its last decisions, or (`best`) with those of the epoch whose discretised
+    network (every decision at its hard value) did best on validation, so a squeeze that goes on
+    closing gates the tasks need cannot take the architecture past its best."""
 
     train_weights: bool = False
+    select: Literal["last", "best"] = "last"
     strategy: Literal["gradient", "reinforce"] = "gradient"
     mode: Literal["joint", "alternating"] = "joint"
     split: float | None = Field(None, gt=0, lt=1)

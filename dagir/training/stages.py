@@ -100,21 +100,28 @@ class StageRunner:
             optimizers: Sequence[torch.optim.Optimizer], data: TaskData, state: dict[str, Any] | None, *,
             scheduled: Sequence[torch.optim.Optimizer] | None = None,
             follow_progress: Callable[[float], None] | None = None,
-            save_extra: Callable[[], dict[str, Any]] | None = None, served: nn.Module | None = None) -> None:
+            save_extra: Callable[[], dict[str, Any]] | None = None, served: nn.Module | None = None,
+            select_on: Callable[[], dict[str, dict[str, float]]] | None = None) -> None:
         """Run (or, from `state`, resume) stage `name`. `scheduled` (default: all `optimizers`)
         follow `stage.lr_schedule`; `follow_progress(progress)`, if given, runs before every step
         too (the search's τ and λ); `save_extra()` adds to every checkpoint; `served` is the
-        model as it computes, where that is not `model` itself (torch.compile'd)."""
+        model as it computes, where that is not `model` itself (torch.compile'd). `select_on()`,
+        if given, gives the validation metrics the stage keeps its best epoch by (recorded in the
+        history as `select/...`); otherwise `train.select: best` keeps the final stage's best."""
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
-        best = BestEpoch(self.spec.tasks) if self.spec.train.select == "best" and name == final_stage(self.spec) else None
+        best = (BestEpoch(self.spec.tasks)
+                if select_on is not None or (self.spec.train.select == "best" and name == final_stage(self.spec))
+                else None)
 
         def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
             metrics = self.evaluate(model, data.val, data, served)
+            chosen = metrics if select_on is None else select_on()
             if best is not None:
-                best.offer(epoch, metrics, model)
+                best.offer(epoch, chosen, model)
             row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
                    "train/loss": totals.loss / max(totals.steps, 1),
-                   "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val")}
+                   "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val"),
+                   **(flatten_metrics(chosen, "select") if select_on is not None else {})}
             if self.precision.scaler.is_enabled():
                 row["train/skipped_steps"] = self.precision.skipped  # float16 steps skipped so far
             if self.weighting is not None:
@@ -258,9 +265,18 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
             epoch_now.update(epoch=epoch, compactness=None)
         return strategy.step(batch, epoch, index)
 
+    def discretised_metrics() -> dict[str, dict[str, float]]:  # `select: best` ranks the hard network
+        soft = supernet.gates.mode
+        supernet.gates.mode = "hard"
+        try:
+            return runner.evaluate(supernet, data.val, data)
+        finally:
+            supernet.gates.mode = soft
+
     runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
                scheduled=strategy.scheduled, follow_progress=follow_progress,
-               save_extra=lambda: {"strategy": strategy.state_dict()})
+               save_extra=lambda: {"strategy": strategy.state_dict()},
+               select_on=discretised_metrics if stage.select == "best" else None)
     supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
     for parameter in weights:
         parameter.requires_grad_(True)
