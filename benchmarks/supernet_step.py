@@ -7,7 +7,9 @@ on the gates and the heads, Θ frozen with its batch norms in eval mode (as `dag
   equations of `backends/reference.py`), with the supernet's own modules and gate vector;
 - `per_task`: `lower_supernet(ir, batched=False)`, one generated call per edge and task state;
 - `batched`: `lower_supernet(ir, fuse_edges=False)`, the tasks stacked along the batch dimension, one call per edge;
-- `fused`: `lower_supernet(ir)` (fuse_edges on by default), edges with the same source and op as one layer.
+- `fused`: `lower_supernet(ir)` (fuse_edges on by default), edges with the same source and op as one layer;
+- `compiled` (default example only): `fused` under `torch.compile`, as `train.compile_supernet` runs
+  it; the seconds its first steps took to compile are printed beside.
 Also a warm-up step ("ones" gates, Θ trained, batch norm in train mode): batched vs per-task.
 
 Search spaces: the default example (examples/multimnist.yaml, batch 8) and N = 8, 16, 32 hidden
@@ -21,6 +23,7 @@ The last line is a JSON object with the times, the speed-ups and step(N=32)/step
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -110,15 +113,24 @@ def scaling_spec(nodes: int) -> Spec:
                          "flow_restriction": {"max_span": 3}, "heads": {"hidden": 16}})
 
 
-def measure(ir: IR, batch: int, repeats: int, inner: int) -> dict[str, float]:
+def measure(ir: IR, batch: int, repeats: int, inner: int, compiled: bool = False) -> dict[str, float]:
     torch.manual_seed(0)
     x = torch.randn(batch, *ir.input_node().type.shape)
     modules = {"per_task": lower_supernet(ir, batched=False), "batched": lower_supernet(ir, fuse_edges=False),
                "fused": lower_supernet(ir, fuse_edges=True), "reference": lower_supernet(ir, batched=False)}
+    if compiled:
+        modules["compiled"] = lower_supernet(ir, fuse_edges=True)
     for module in modules.values():
         module.load_state_dict(modules["per_task"].state_dict())
-    steps = {name: search_step(module, (lambda m: lambda v: reference_forward(ir, m, v))(module)
-                               if name == "reference" else module, x) for name, module in modules.items()}
+    forwards = {name: module for name, module in modules.items()}
+    forwards["reference"] = lambda v: reference_forward(ir, modules["reference"], v)
+    if compiled:
+        forwards["compiled"] = torch.compile(modules["compiled"])
+    steps = {name: search_step(module, forwards[name], x) for name, module in modules.items()}
+    if compiled:
+        started = time.perf_counter()
+        steps["compiled"]()
+        print(f"torch.compile of the search step: {time.perf_counter() - started:.1f} s")
     times = best_times(steps, repeats, inner)
     warm = {name: lower_supernet(ir, batched=name == "warmup_batched")
             for name in ("warmup_per_task", "warmup_batched")}
@@ -133,13 +145,17 @@ def main() -> None:
     cases.update({f"N={n}": (compile_spec(scaling_spec(n)), 16) for n in (8, 16, 32)})
     results = {}
     for label, (ir, batch) in cases.items():
-        times = measure(ir, batch, repeats=3 if label == "multimnist" else 5, inner=1 if label == "multimnist" else 2)
+        times = measure(ir, batch, repeats=3 if label == "multimnist" else 5, inner=1 if label == "multimnist" else 2,
+                        compiled=label == "multimnist")
         results[label] = times
         print(f"{label:>10}  edges {len(ir.edges):>4}  step ms: " + "  ".join(
             f"{name} {seconds * 1000:7.1f}" for name, seconds in times.items()))
     summary = {
         "ms": {label: {name: round(s * 1000, 2) for name, s in times.items()} for label, times in results.items()},
         "speedup_batched_vs_reference": {label: round(t["reference"] / t["batched"], 2) for label, t in results.items()},
+        "speedup_fused_vs_reference": {label: round(t["reference"] / t["fused"], 2) for label, t in results.items()},
+        "speedup_compiled_vs_reference": {label: round(t["reference"] / t["compiled"], 2)
+                                          for label, t in results.items() if "compiled" in t},
         "speedup_batched_vs_per_task": {label: round(t["per_task"] / t["batched"], 2) for label, t in results.items()},
         "fused_over_batched": {label: round(t["fused"] / t["batched"], 3) for label, t in results.items()},
         "warmup_speedup_batched_vs_per_task": {label: round(t["warmup_per_task"] / t["warmup_batched"], 2)
@@ -147,7 +163,8 @@ def main() -> None:
         "ratio_step_N32_over_N16": round(results["N=32"]["batched"] / results["N=16"]["batched"], 3),
         "ratio_reference_N32_over_N16": round(results["N=32"]["reference"] / results["N=16"]["reference"], 3),
     }
-    for key in ("speedup_batched_vs_reference", "speedup_batched_vs_per_task", "fused_over_batched",
+    for key in ("speedup_batched_vs_reference", "speedup_fused_vs_reference", "speedup_compiled_vs_reference",
+                "speedup_batched_vs_per_task", "fused_over_batched",
                 "warmup_speedup_batched_vs_per_task"):
         print(f"{key}: {summary[key]}")
     print(f"step(N=32)/step(N=16) = {summary['ratio_step_N32_over_N16']} (batched), "

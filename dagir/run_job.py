@@ -59,13 +59,14 @@ def pick_device(choice: str, world: World = World()) -> torch.device:
 
 
 def check_compiler(spec: Spec, device: torch.device) -> None:
-    """`train.compile` on the CPU needs a C++ compiler (torch.compile's CPU code is C++): say so
-    before anything trains, not at the fine-tune."""
+    """`train.compile` and `train.compile_supernet` on the CPU need a C++ compiler (torch.compile's
+    CPU code is C++): say so before anything trains, not at the stage that compiles."""
     import shutil
-    if spec.train.compile and device.type == "cpu" and not any(
+    asked = [field for field in ("compile", "compile_supernet") if getattr(spec.train, field)]
+    if asked and device.type == "cpu" and not any(
             shutil.which(name) for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
-        raise spec.error(("train", "compile"), "torch.compile on the CPU needs a C++ compiler (g++, c++ or "
-                                               "clang++, or $CXX); install one, or set train.compile: false")
+        raise spec.error(("train", asked[0]), "torch.compile on the CPU needs a C++ compiler (g++, c++ or "
+                                              f"clang++, or $CXX); install one, or set train.{asked[0]}: false")
 
 
 def effective_gates(ir: IR, tau: float) -> IR:

@@ -245,6 +245,7 @@ class TrainSpec(Strict):
     loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
     select: Literal["last", "best"] = "last"  # the final stage keeps its last epoch, or its best on validation
     compile: bool = False  # torch.compile the compact network for fine-tuning and evaluation
+    compile_supernet: bool = False  # torch.compile the supernet for the warm-up and the search (and their validation)
     channels_last: bool = False  # image inputs and conv weights in channels-last memory order
 
 

@@ -163,3 +163,23 @@ def test_edge_fusion_is_a_named_rewrite_recorded_per_graph():
     assert unfused.rewrites == {"fuse-edges": {"search": [], "warmup": []}}
     for group in groups:  # each group runs as one wide layer in the generated code
         assert "fused_" + "_".join(name[len("edge_"):] for name in group) in fused.code
+
+
+def test_the_compiled_supernet_computes_the_supernet_and_its_gate_gradients():
+    """`train.compile_supernet`: torch.compile of the fused supernet gives its outputs and gate
+    gradients, with τ changing between calls as the search anneals it (~30 s on a 2-core CPU)."""
+    ir = with_random_gates(compile_spec(make_spec(image=True, nodes=3, stages=1, tasks=2)), random.Random(5))
+    module = lowerings(ir, 5)["fused"]
+    compiled = torch.compile(module)
+    x = batch_for(ir, 2)
+    for tau in (0.9, 0.6):
+        module.gates.tau = tau
+        results = []
+        for forward in (module, compiled):
+            outputs = forward(x)
+            loss = sum((output ** 2).sum() for output in outputs.values())
+            results.append((outputs, torch.autograd.grad(loss, gate_parameters(module))))
+        (eager, eager_grads), (mine, mine_grads) = results
+        torch.testing.assert_close(mine, eager)
+        for ours, theirs in zip(mine_grads, eager_grads):
+            torch.testing.assert_close(ours, theirs)

@@ -460,6 +460,22 @@ def test_search_select_best_ends_with_the_decisions_of_its_best_discretised_epoc
     assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"select/{t}/accuracy"] for t in kinds})
 
 
+def test_compile_supernet_serves_the_warm_up_and_the_search_through_torch_compile(tmp_path, tiny_spec, monkeypatch):
+    """The wiring of `train.compile_supernet` (torch.compile itself is tested on the supernet in
+    test_fast_lowering): a spy stands in for it, so this run computes exactly the uncompiled one."""
+    from dagir.backends.torch_supernet import Supernet
+    compiled = []
+
+    def spy(module):
+        compiled.append(isinstance(module, Supernet))
+        return module
+    plain = run_quietly(tiny_spec, tmp_path / "plain")
+    monkeypatch.setattr(torch, "compile", spy)
+    served = run_quietly(tiny_spec, tmp_path / "served", overrides=["train.compile_supernet=true"])
+    assert compiled == [True, True]  # the supernet for the warm-up and for the search; the compact network not
+    assert served["test"] == plain["test"]
+
+
 def test_warmup_edge_dropout_trains_sub_networks(tmp_path, tiny_spec, monkeypatch):
     from dagir.backends.torch_gates import GateTable
     drawn: list[torch.Tensor] = []

@@ -204,7 +204,8 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
     network.gates.mode = "ones"
     network.train()
     optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
-    step = supervised_step(lambda inputs: runner.forward(network, inputs), optimizer, runner.spec.tasks,
+    served = serving(runner, network, runner.spec.train.compile_supernet)
+    step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks,
                            runner.weighting, runner.precision)
     if stage.edge_dropout > 0:  # each step trains a sub-network drawn per (seed, epoch, step); validation the whole
         from .search import step_generator
@@ -218,7 +219,7 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
                 return whole_step(batch, epoch, index)
             finally:
                 gates.mode = "ones"
-    runner.run("warmup", stage, data.train, step, network, [optimizer], data, state)
+    runner.run("warmup", stage, data.train, step, network, [optimizer], data, state, served=served)
 
 
 def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict[str, Any] | None,
@@ -243,7 +244,8 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
             epoch_now["compactness"] = flow_compactness()
         return epoch_now["compactness"]
 
-    context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(supernet, inputs),
+    served = serving(runner, supernet, spec.train.compile_supernet)
+    context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(served, inputs),
                             weights, head_parameters(supernet), spec.seed, arch_batch, compactness,
                             weighting=runner.weighting, precision=runner.precision)
     strategy = make_strategy(context)
@@ -269,13 +271,13 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         soft = supernet.gates.mode
         supernet.gates.mode = "hard"
         try:
-            return runner.evaluate(supernet, data.val, data)
+            return runner.evaluate(supernet, data.val, data, served)
         finally:
             supernet.gates.mode = soft
 
     runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
                scheduled=strategy.scheduled, follow_progress=follow_progress,
-               save_extra=lambda: {"strategy": strategy.state_dict()},
+               save_extra=lambda: {"strategy": strategy.state_dict()}, served=served,
                select_on=discretised_metrics if stage.select == "best" else None)
     supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
     for parameter in weights:
@@ -312,7 +314,7 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     optimizer = make_optimizer(list(compact.parameters()), stage)
     if state is not None:
         compact.load_state_dict(state["model"])
-    served = serving(runner, compact)
+    served = serving(runner, compact, runner.spec.train.compile)
 
     def forward(inputs):
         compact.train()
@@ -324,7 +326,8 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     return served
 
 
-def serving(runner: StageRunner, compact: nn.Module) -> nn.Module:
-    """The compact network as fine-tuning and evaluation call it: `torch.compile`d with
-    `train.compile` (sharing its parameters; checkpoints and the export keep the plain module)."""
-    return torch.compile(compact) if runner.spec.train.compile else compact
+def serving(runner: StageRunner, network: nn.Module, compiled: bool) -> nn.Module:
+    """The network as a stage's steps and validation call it: `torch.compile`d where `compiled`
+    (`train.compile` for the compact network, `train.compile_supernet` for the supernet), sharing
+    its parameters; checkpoints and the export keep the plain module."""
+    return torch.compile(network) if compiled else network
