@@ -8,11 +8,12 @@ on the gates and the heads, Θ frozen with its batch norms in eval mode (as `dag
 - `per_task`: `lower_supernet(ir, batched=False)`, one generated call per edge and task state;
 - `batched`: `lower_supernet(ir, fuse_edges=False)`, the tasks stacked along the batch dimension, one call per edge;
 - `fused`: `lower_supernet(ir)` (fuse_edges on by default), edges with the same source and op as one layer;
-- `compiled` (default example only): `fused` under `torch.compile`, as `train.compile_supernet` runs
+- `compiled` (the default example only): `fused` under `torch.compile`, as `train.compile_supernet` runs
   it; the seconds its first steps took to compile are printed beside.
 Also a warm-up step ("ones" gates, Θ trained, batch norm in train mode): batched vs per-task.
 
-Search spaces: the default example (examples/multimnist.yaml, batch 8) and N = 8, 16, 32 hidden
+Search spaces: the default example (examples/multimnist.yaml, at batch 8 and at its own batch size,
+128) and N = 8, 16, 32 hidden
 nodes with max_span M = 3, T = 3 tasks (16x16 inputs, channels 8/16, batch 16). Every figure is the
 best of several interleaved repeats in one process, on one thread: the machine is shared, and two
 processes each spinning two OpenMP threads on two cores make single steps 10-30x slower at random.
@@ -141,12 +142,15 @@ def measure(ir: IR, batch: int, repeats: int, inner: int, compiled: bool = False
 def main() -> None:
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    cases = {"multimnist": (compile_spec(load_spec(ROOT / "examples" / "multimnist.yaml")), 8)}
+    default = load_spec(ROOT / "examples" / "multimnist.yaml")
+    cases = {"multimnist": (compile_spec(default), 8),
+             f"multimnist-b{default.data.batch_size}": (compile_spec(default), default.data.batch_size)}
     cases.update({f"N={n}": (compile_spec(scaling_spec(n)), 16) for n in (8, 16, 32)})
     results = {}
     for label, (ir, batch) in cases.items():
-        times = measure(ir, batch, repeats=3 if label == "multimnist" else 5, inner=1 if label == "multimnist" else 2,
-                        compiled=label == "multimnist")
+        default_example = label.startswith("multimnist")
+        times = measure(ir, batch, repeats=3 if default_example else 5, inner=1 if default_example else 2,
+                        compiled=default_example)
         results[label] = times
         print(f"{label:>10}  edges {len(ir.edges):>4}  step ms: " + "  ".join(
             f"{name} {seconds * 1000:7.1f}" for name, seconds in times.items()))
