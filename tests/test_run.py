@@ -410,54 +410,43 @@ def test_loss_weighting_from_torchjd_trains_and_resumes_exactly(tmp_path, tiny_s
     assert run_quietly(tiny_spec, tmp_path / "resumed", resume=True, overrides=overrides)["test"] == whole["test"]
 
 
-def test_select_best_keeps_the_final_stages_best_validation_epoch(tmp_path, tiny_spec):
+def assert_kept_the_best_epoch(out: Path, metrics: dict, stage: str, scored: str) -> None:
+    """The run in `out` kept the epoch of `stage` whose `scored/...` validation accuracies gain most
+    over its first epoch (the first of equal scores), not its last, and the network it exported
+    scores what that epoch did."""
     from dagir.backends.torch_export import load_compact
     from dagir.datasets import load_dataset
     from dagir.tasks import delta_mtl
     from dagir.training.loop import evaluate
 
-    out = tmp_path / "run"
-    overrides = ["train.select=best", "train.finetune.epochs=4", "train.finetune.lr=0.5"]  # an lr that makes it wander
-    metrics = run_quietly(tiny_spec, out, overrides=overrides)
-    rows = [row for row in json.loads((out / "history.json").read_text()) if row["stage"] == "finetune"]
+    rows = [row for row in json.loads((out / "history.json").read_text()) if row["stage"] == stage]
     kinds = {"digit": "classification", "parity": "classification"}
-    scores = [delta_mtl({t: row[f"val/{t}/accuracy"] for t in kinds}, {t: rows[0][f"val/{t}/accuracy"] for t in kinds},
-                        kinds) for row in rows]
-    chosen = max(range(len(rows)), key=lambda i: (scores[i], -i))  # the first of equal scores
-    assert chosen + 1 < len(rows)  # this run peaks before its last epoch, so keeping the last would fail below
-    assert metrics["selected_epoch"] == {"finetune": chosen + 1}
+    scores = [delta_mtl({t: row[f"{scored}/{t}/accuracy"] for t in kinds},
+                        {t: rows[0][f"{scored}/{t}/accuracy"] for t in kinds}, kinds) for row in rows]
+    chosen = max(range(len(rows)), key=lambda i: (scores[i], -i))
+    assert chosen + 1 < len(rows) and min(scores) < scores[chosen]  # it peaks before its last epoch
+    assert metrics["selected_epoch"] == {stage: chosen + 1}
     spec = load_spec(out / "spec.resolved.yaml")
     module, _ = load_compact(out)
     data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
     val = evaluate(module, data.val, spec.tasks, data)
-    assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"val/{t}/accuracy"] for t in kinds})
+    assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"{scored}/{t}/accuracy"] for t in kinds})
+
+
+def test_select_best_keeps_the_final_stages_best_validation_epoch(tmp_path, tiny_spec):
+    out = tmp_path / "run"
+    overrides = ["train.select=best", "train.finetune.epochs=4", "train.finetune.lr=0.5"]  # an lr that makes it wander
+    assert_kept_the_best_epoch(out, run_quietly(tiny_spec, out, overrides=overrides), "finetune", "val")
 
 
 def test_search_select_best_ends_with_the_decisions_of_its_best_discretised_epoch(tmp_path, tiny_spec):
-    from dagir.backends.torch_export import load_compact
-    from dagir.datasets import load_dataset
-    from dagir.tasks import delta_mtl
-    from dagir.training.loop import evaluate
-
     out = tmp_path / "run"
     # a squeeze that closes gates the tasks need as it ramps up; no fine-tune and no flow reduction,
     # so the exported network is the discretised supernet the search ended with
     overrides = ["train.search.select=best", "train.warmup.steps_per_epoch=30", "train.search.epochs=5",
                  "search.squeeze.weight=5", "search.squeeze.rho=8", "train.search.gate_lr=0.3",
                  "train.finetune.epochs=0", "search.reduction.enabled=false"]
-    metrics = run_quietly(tiny_spec, out, overrides=overrides)
-    rows = [row for row in json.loads((out / "history.json").read_text()) if row["stage"] == "search"]
-    kinds = {"digit": "classification", "parity": "classification"}
-    scores = [delta_mtl({t: row[f"select/{t}/accuracy"] for t in kinds},
-                        {t: rows[0][f"select/{t}/accuracy"] for t in kinds}, kinds) for row in rows]
-    chosen = max(range(len(rows)), key=lambda i: (scores[i], -i))  # the first of equal scores
-    assert chosen + 1 < len(rows) and min(scores) < scores[chosen]  # the squeeze takes this search past its best
-    assert metrics["selected_epoch"] == {"search": chosen + 1}
-    spec = load_spec(out / "spec.resolved.yaml")
-    module, _ = load_compact(out)
-    data = load_dataset(spec.data.dataset, spec.data.options, spec.data.root, spec.data.val_split, spec.seed)
-    val = evaluate(module, data.val, spec.tasks, data)
-    assert {t: val[t]["accuracy"] for t in kinds} == pytest.approx({t: rows[chosen][f"select/{t}/accuracy"] for t in kinds})
+    assert_kept_the_best_epoch(out, run_quietly(tiny_spec, out, overrides=overrides), "search", "select")
 
 
 def test_compile_supernet_serves_the_warm_up_and_the_search_through_torch_compile(tmp_path, tiny_spec, monkeypatch):
