@@ -64,12 +64,15 @@ def mean(runs: dict[int, dict[str, float]], key: str) -> float:
 def row(label: str, runs: dict[str, dict[int, dict[str, float]]], method: str) -> str:
     mine, single = runs[method], runs["single_task"]
     others = {name: paired(mine, runs[name]) for name in OTHERS if name in runs and name != method}
-    strongest = min(others, key=lambda name: others[name][0])
-    beat, beat_noise, _ = others[strongest]
     versus_single, single_noise, seeds = paired(mine, single)
+    if others:
+        strongest = min(others, key=lambda name: others[name][0])
+        beat, beat_noise, _ = others[strongest]
+        versus_others = f"{strongest} {beat:+.2f} ± {beat_noise:.2f} ({'met' if beat > 0 else 'not met'})"
+    else:
+        versus_others = "n/a (no other method in these folders)"
     cells = [
-        label, str(seeds), f"{statistics.fmean(r['delta_mtl'] for r in mine.values()):+.2f}",
-        f"{strongest} {beat:+.2f} ± {beat_noise:.2f} ({'met' if beat > 0 else 'not met'})",
+        label, str(seeds), f"{statistics.fmean(r['delta_mtl'] for r in mine.values()):+.2f}", versus_others,
         f"{versus_single:+.2f} ± {single_noise:.2f} ({'met' if versus_single > -single_noise else 'not met'})",
     ]
     for key in ("parameters", "macs"):
