@@ -123,7 +123,7 @@ def measure(ir: IR, batch: int, repeats: int, inner: int, compiled: bool = False
         modules["compiled"] = lower_supernet(ir, fuse_edges=True)
     for module in modules.values():
         module.load_state_dict(modules["per_task"].state_dict())
-    forwards = {name: module for name, module in modules.items()}
+    forwards: dict[str, Callable] = dict(modules)
     forwards["reference"] = lambda v: reference_forward(ir, modules["reference"], v)
     if compiled:
         forwards["compiled"] = torch.compile(modules["compiled"])

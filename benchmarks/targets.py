@@ -19,35 +19,27 @@ from pathlib import Path
 
 import yaml
 
-from dagir.tasks import delta_mtl, primary_metric
+from dagir.bench_job import run_result, summarise
+from dagir.spec import Spec
 
 OTHERS = ("hard_sharing", "cross_stitch", "mtl_nas", "mtnas", "mmoe")
 
 
 def read_runs(folders: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
-    """Per method and seed: Δ_MTL against the single-task run of the same seed, the compact network's
-    parameters and MACs, and the seconds in all and for warm-up + search, from each run's metrics.json."""
-    metrics: dict[str, dict[int, dict]] = {}
-    tasks: dict[str, tuple[str, str | None]] = {}
+    """Per method and seed, the bench's own row of each run (`run_result`: parameters, MACs, the
+    seconds in all and for warm-up + search) and its Δ_MTL against the single-task run of the same
+    seed, as `dagir bench` computes it (`summarise`)."""
+    results: dict[str, dict[int, dict]] = {}
+    spec = None
     for folder in folders:
         for path in sorted(folder.glob("*-seed*/metrics.json")):
             method, _, seed = path.parent.name.rpartition("-seed")
-            metrics.setdefault(method, {}).setdefault(int(seed), json.loads(path.read_text()))
-            for task in yaml.safe_load((path.parent / "spec.resolved.yaml").read_text())["tasks"]:
-                tasks[task["name"]] = (task["kind"], task.get("metric"))
-    kinds = {name: kind for name, (kind, _) in tasks.items()}
-    chosen = {name: metric for name, (_, metric) in tasks.items()}
-    primary = {name: primary_metric(kind, metric)[0] for name, (kind, metric) in tasks.items()}
-
-    def scores(run: dict) -> dict[str, float]:
-        return {task: run["test"][task][primary[task]] for task in tasks}
-    single = metrics["single_task"]
-    return {method: {seed: {"delta_mtl": delta_mtl(scores(run), scores(single[seed]), kinds, chosen),
-                            "parameters": run["compact"]["parameters"], "macs": run["compact"]["macs"]["total"],
-                            "seconds": sum(run["stage_seconds"].values()),
-                            "search_seconds": run["stage_seconds"]["warmup"] + run["stage_seconds"]["search"]}
-                     for seed, run in by_seed.items() if seed in single}
-            for method, by_seed in metrics.items()}
+            spec = Spec.model_validate(yaml.safe_load((path.parent / "spec.resolved.yaml").read_text()))
+            results.setdefault(method, {}).setdefault(int(seed), run_result(json.loads(path.read_text()), spec))
+    deltas = summarise(spec, results)["per_seed_delta"]
+    return {method: {seed: {**run, "delta_mtl": deltas[method][seed]}
+                     for seed, run in by_seed.items() if seed in deltas[method]}
+            for method, by_seed in results.items()}
 
 
 def paired(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]]) -> tuple[float, float, int]:

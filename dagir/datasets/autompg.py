@@ -16,31 +16,20 @@ from __future__ import annotations
 
 import csv
 import gzip
-from importlib import resources
-from pathlib import Path
 from typing import Any, Mapping
 
 from .splits import TaskData
-from .table import Table, build
+from .table import Table, build, packaged_file
 
 # The file has no header; its columns, in order (the name is not used).
 COLUMNS = ["cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year", "origin", "name", "mpg"]
 FEATURES = ["cylinders", "displacement", "horsepower", "weight", "acceleration"]
-TASKS = {"mpg": "regression", "origin": "classification", "model_year": "regression"}
-CLASSES = {"origin": 3}
+TASKS = ("mpg", "origin", "model_year")  # their kinds and classes: the registry, dagir/datasets/__init__.py
 ORIGINS = {"1": "usa", "2": "europe", "3": "japan"}
 
 
-def packaged_csv() -> Path:
-    from ..errors import UserError
-    try:
-        return Path(str(resources.files("mlxtend") / "data" / "data" / "autompg.csv.gz"))
-    except ModuleNotFoundError:
-        raise UserError("data set 'autompg' needs the mlxtend package: pip install mlxtend") from None
-
-
 def read_cars() -> Table:
-    path = packaged_csv()
+    path = packaged_file("mlxtend", "data/data/autompg.csv.gz", "autompg")
     with gzip.open(path, "rt", newline="") as handle:
         rows = [[value.strip() for value in row] for row in csv.reader(handle) if row]
     columns = {name: [row[i] for row in rows] for i, name in enumerate(COLUMNS)}
@@ -50,4 +39,4 @@ def read_cars() -> Table:
 
 def load(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1, seed: int = 0) -> TaskData:
     return build(read_cars(), {**options, "features": FEATURES, "regression": ["mpg", "model_year"]}, val_split, seed,
-                 tuple(TASKS), name="autompg")
+                 TASKS, name="autompg")

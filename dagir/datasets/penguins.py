@@ -11,24 +11,18 @@ out and runs it that way.
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from .splits import TaskData
-from .table import MISSING, Table, build, read_table
+from .table import MISSING, Table, build, packaged_file, read_table
 
 FEATURES = ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm"]
 TASKS = {"species": "classification", "sex": "classification", "body_mass_g": "regression"}
-CLASSES = {"species": 3, "sex": 2}
 
 
 def packaged_csv() -> Path:
-    from ..errors import UserError
-    try:
-        return Path(str(resources.files("palmerpenguins") / "data" / "penguins.csv"))
-    except ModuleNotFoundError:
-        raise UserError("data set 'penguins' needs the palmerpenguins package: pip install palmerpenguins") from None
+    return packaged_file("palmerpenguins", "data/penguins.csv", "penguins")
 
 
 def complete_rows(table: Table) -> Table:

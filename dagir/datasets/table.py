@@ -47,6 +47,16 @@ class Table:
         return f"{self.path}:{row + 2}"
 
 
+def packaged_file(package: str, relative: str, dataset: str) -> Path:
+    """A data file that `package` ships inside it (nothing is downloaded), for built-in data set
+    `dataset`; a `UserError` saying what to install if the package is missing."""
+    from importlib import resources
+    try:
+        return Path(str(resources.files(package).joinpath(*relative.split("/"))))
+    except ModuleNotFoundError:
+        raise UserError(f"data set {dataset!r} needs the {package} package: pip install {package}") from None
+
+
 def read_table(root: str | None) -> Table:
     if root is None:
         raise UserError("data set 'table' is read from disk: set data.root to a CSV or Parquet file")

@@ -40,9 +40,10 @@ def final_stage(spec: Spec) -> str:
 
 
 class BestEpoch:
-    """Model selection on validation (`train.select: best`): the epoch of the final stage whose
-    validation metrics gain most over the stage's first epoch (Δ_MTL's formula, each task by its
-    chosen metric), and a copy of the model then; the stage ends with that model restored."""
+    """Model selection on validation (`train.select: best` for the final stage, `train.search.select:
+    best` for the search): the epoch of a stage whose validation metrics gain most over the stage's
+    first epoch (Δ_MTL's formula, each task by its chosen metric), and a copy of the model then;
+    the stage ends with that model restored."""
 
     def __init__(self, tasks: Sequence[TaskSpec]) -> None:
         self.kinds = {task.name: task.kind for task in tasks}
@@ -82,7 +83,7 @@ class StageRunner:
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
-        self.selected: dict[str, int] = {}  # the epoch (1-based) `train.select: best` kept, per stage
+        self.selected: dict[str, int] = {}  # the epoch (1-based) a `select: best` kept, per stage
         self.board = None  # the run's `Boards` (TensorBoard, MLflow) when it logs to any
 
     def forward(self, model: nn.Module, inputs: torch.Tensor):
