@@ -128,3 +128,35 @@ def test_the_strategies_resume_to_the_same_result(tmp_path, tiny_spec, overrides
     resumed = run_quietly(tiny_spec, tmp_path / "resumed", resume=True, overrides=overrides)
     assert resumed["test"] == whole["test"]
     assert (tmp_path / "resumed" / "architecture.json").read_text() == (tmp_path / "whole" / "architecture.json").read_text()
+
+
+def test_each_alternating_step_computes_only_the_gradients_it_applies(tiny_spec):
+    """The architecture step moves the decisions and leaves Θ and the heads without gradients (and
+    unchanged); the weight step leaves the gates without gradients; both give every parameter its
+    `requires_grad` back."""
+    from dagir.backends.torch_supernet import gate_parameters, weight_parameters
+    from dagir.pipeline import compile_spec
+
+    torch.manual_seed(0)
+    spec = load_spec(tiny_spec, ["train.search.mode=alternating", "train.search.train_weights=true"])
+    ir = compile_spec(spec)
+    supernet = lower_supernet(ir).train()
+    supernet.gates.mode = "soft"
+    weights, heads, gates = weight_parameters(supernet), head_parameters(supernet), gate_parameters(supernet)
+    context = SearchContext(supernet, spec.train.search, spec.search.squeeze, spec.tasks, supernet,
+                            weights=weights, heads=heads, seed=0)
+    strategy = make_strategy(context)
+    batch = (torch.randn(16, *ir.input_node().type.shape),
+             {"digit": torch.randint(0, 10, (16,)), "parity": torch.randint(0, 2, (16,))})
+    before = [p.detach().clone() for p in weights + heads + gates]
+
+    strategy.step(batch, 0, 1)  # an odd index: the architecture step
+    assert all(p.grad is None for p in weights + heads)
+    assert all(p.grad is not None for p in gates)
+    assert all(torch.equal(p, b) for p, b in zip(weights + heads, before))
+    assert any(not torch.equal(p, b) for p, b in zip(gates, before[len(weights + heads):]))
+
+    strategy.step(batch, 0, 2)  # the weight step
+    assert all(p.grad is None for p in gates)
+    assert any(p.grad is not None for p in weights) and all(p.grad is not None for p in heads)
+    assert all(p.requires_grad for p in weights + heads + gates)

@@ -5,12 +5,13 @@
 `arch_relaxation`, with the squeeze) then a weight step (Θ and the heads, under
 `weight_relaxation`, no squeeze). With `train.search.split` the architecture step takes its batch
 from the held-out split, so the two never see the same sample (MTL-NAS); without it, the
-architecture and weight steps take alternate batches of the one training split.
+architecture and weight steps take alternate batches of the one training split. Each alternating
+step computes only the gradients it applies (`without_gradients`).
 """
 from __future__ import annotations
 
 from ..loop import Batch, make_optimizer
-from . import SearchContext, SearchStrategy, step_generator
+from . import SearchContext, SearchStrategy, step_generator, without_gradients
 
 
 class GradientSearch(SearchStrategy):
@@ -56,21 +57,23 @@ class GradientSearch(SearchStrategy):
         if context.stage.arch_tau is not None:
             table.tau = context.stage.arch_tau
         try:
-            task = context.task_loss(batch)
-            squeezed = self._regularised(table())
+            with without_gradients(context.heads + context.weights):
+                task = context.task_loss(batch)
+                squeezed = self._regularised(table())
+                self._zero()
+                context.precision.backward(task + squeezed)
         finally:
             table.tau = scheduled_tau
-        self._zero()
-        context.precision.backward(task + squeezed)
         context.precision.step(self.gates)
         return float(task.detach()), float(squeezed.detach())
 
     def _weights(self, batch: Batch) -> float:
         context, table = self.context, self.context.supernet.gates
         table.relaxation = context.stage.weight_relaxation
-        loss = context.task_loss(batch)
-        self._zero()
-        context.precision.backward(loss)
+        with without_gradients(table.parameters()):
+            loss = context.task_loss(batch)
+            self._zero()
+            context.precision.backward(loss)
         context.precision.step(self.weights)
         return float(loss.detach())
 
