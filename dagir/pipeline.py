@@ -59,9 +59,32 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
         "attach-gates": {"init": search.gates.init, "noise": search.gates.init_noise, "seed": spec.seed},
         "discretize": {"threshold": reduction.threshold},
         "flow-reduce": {"flow_budget": reduction.flow_budget, "enabled": reduction.enabled},
-        "fit-budget": {"macs": search.budget.macs, "parameters": search.budget.parameters},
+        "fit-budget": budget_limits(spec),
     })
     return options
+
+
+def budget_limits(spec: Spec) -> dict[str, int | None]:
+    """`search.budget` in numbers, `single_task` replaced by what the single-task networks of
+    `spec` cost together (their compact MACs or parameters, as the bench's single_task row counts)."""
+    budget = spec.search.budget
+    limits = {"macs": budget.macs, "parameters": budget.parameters}
+    relative = [name for name, limit in limits.items() if limit == "single_task"]
+    if relative:
+        cost = single_task_cost(spec)
+        limits.update({name: cost[name] for name in relative})
+    return limits
+
+
+def single_task_cost(spec: Spec) -> dict[str, int]:
+    """The MACs per sample and parameters of the single-task networks built from `spec`'s layout
+    (the `single_task` method), counted on their compact IR."""
+    from .compact_cost import compact_macs, compact_parameters
+    from .methods import method_spec
+
+    single = method_spec(spec, "single_task")  # which has no budget of its own
+    compact = PassManager(after_search_pipeline(single)).run(compile_spec(single))
+    return {"macs": compact_macs(compact)["total"], "parameters": compact_parameters(compact)["total"]}
 
 
 def spec_pipeline(entries: Sequence[str], spec: Spec, *, needs_build: bool = True) -> list[Pass]:

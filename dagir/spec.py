@@ -156,10 +156,19 @@ class SharingSpec(Strict):
 
 class BudgetSpec(Strict):
     """A cost the compact network must not exceed (the `fit-budget` pass): multiply-accumulates
-    per sample and/or parameters, as `dagir.compact_cost` counts them; null: no limit."""
+    per sample and/or parameters, as `dagir.compact_cost` counts them; `single_task`: what the
+    single-task networks of this spec cost together (`dagir.pipeline.budget_limits`); null: no limit."""
 
-    macs: int | None = Field(None, ge=1)
-    parameters: int | None = Field(None, ge=1)
+    macs: int | Literal["single_task"] | None = None
+    parameters: int | Literal["single_task"] | None = None
+
+    @field_validator("macs", "parameters", mode="before")
+    @classmethod
+    def _limit(cls, value: Any) -> Any:
+        if value is None or value == "single_task" or (isinstance(value, int) and not isinstance(value, bool)
+                                                       and value >= 1):
+            return value
+        raise ValueError(f"must be a positive integer, 'single_task' or null (got {value!r})")
 
 
 class ReductionSpec(Strict):

@@ -551,6 +551,26 @@ def test_a_macs_budget_is_met_by_the_compact_network(tmp_path, tiny_spec):
     assert code == 2 and "search.budget: a budget is met by the fit-budget pass" in stderr
 
 
+def test_a_single_task_budget_is_what_the_single_task_networks_cost(tmp_path, tiny_spec):
+    """`search.budget.parameters: single_task` is the parameter count of the trained single-task
+    networks (counted on their torch module), and the compact network keeps within it."""
+    from dagir.methods import method_spec
+
+    # every edge of a denser space kept: a compact network over the limit
+    dense = ["network.central.nodes=6", "network.flow_restriction.max_span=3", "search.squeeze.kind=none",
+             "search.reduction.enabled=false", "search.gates.init=4"]
+    spec = load_spec(tiny_spec, dense + ["search.budget.parameters=single_task"])
+    single_out = tmp_path / "single"
+    prepare_run_folder(spec, single_out, resume=False, overwrite=False)
+    single = Run(method_spec(spec, "single_task"), single_out, progress=False, echo=lambda text: None).execute()
+    free = run_quietly(tiny_spec, tmp_path / "free", overrides=dense)
+    fitted = run_quietly(tiny_spec, tmp_path / "fitted", overrides=dense + ["search.budget.parameters=single_task"])
+    limit = single["compact"]["parameters"]
+    assert fitted["fit_budget"]["parameters"] == limit < free["compact"]["parameters"]
+    assert fitted["compact"]["parameters"] <= limit and fitted["fit_budget"]["met"]
+    assert "parameters: single_task" in (tmp_path / "fitted" / "spec.resolved.yaml").read_text()
+
+
 def test_a_run_writes_tensorboard_events_of_every_stage(tmp_path, tiny_spec):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
