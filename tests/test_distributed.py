@@ -64,6 +64,13 @@ def run_two(spec: Path, out: Path, scratch: Path, *extra: str, stop_at: int | No
                        start_method="spawn")
 
 
+def one_process_run(spec: Path, folder: Path) -> dict:
+    """The 1-process run of `spec` in `folder/one` (trained once per module)."""
+    if not (folder / "one" / "metrics.json").exists():
+        run_quietly(spec, folder / "one", overrides=["train.device=cpu"])
+    return json.loads((folder / "one" / "metrics.json").read_text())
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ddp")
@@ -75,7 +82,7 @@ def two_process_run(tmp_path_factory):
 
 def test_two_processes_train_what_one_does_with_the_same_global_batch(two_process_run):
     spec, folder = two_process_run
-    one = run_quietly(spec, folder / "one", overrides=["train.device=cpu"])
+    one = one_process_run(spec, folder)
     two = json.loads((folder / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2 and one["world_size"] == 1
     # The tiny spec has no batch norm: each rank's half-batch gradient, averaged, is the whole
@@ -118,3 +125,29 @@ def test_resume_under_another_world_size_says_so(two_process_run, tmp_path):
     run_two(spec, out, tmp_path / "scratch", stop_at=13)
     code, _, stderr = dagir("run", str(spec), "-o", str(out), "--resume", "--no-progress")
     assert code == 2 and "trained on 2 process(es)" in stderr and "torchrun --nproc_per_node=2" in stderr, stderr
+
+
+def test_torchrun_on_two_nodes_trains_what_one_process_does(two_process_run, tmp_path):
+    """`torchrun --nnodes=2 --node_rank=R ... -m dagir run` started twice, as on two machines (here
+    both on localhost, one process each, so each rank's LOCAL_RANK is 0): it finishes, rank 0 (node
+    0) writes OUT, and the result is the 1-process run's."""
+    import shutil
+    import subprocess
+    import sys
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this Python")
+    spec, folder = two_process_run
+    port, out = free_port(), tmp_path / "two-nodes"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
+    nodes = [subprocess.Popen([torchrun, "--nnodes=2", f"--node_rank={rank}", "--nproc_per_node=1",
+                               "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "dagir", "run", str(spec),
+                               "-o", str(out), "--no-progress", "--no-tensorboard"],
+                              cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for rank in (0, 1)]
+    logs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    assert f"wrote {out}" in logs[0] and f"wrote {out}" not in logs[1]
+    two_nodes = json.loads((out / "metrics.json").read_text())
+    assert two_nodes["world_size"] == 2 and two_nodes["test"] == one_process_run(spec, folder)["test"]
