@@ -82,7 +82,7 @@ def single_task_cost(spec: Spec) -> dict[str, int]:
     from .compact_cost import compact_macs, compact_parameters
     from .methods import method_spec
 
-    single = method_spec(spec, "single_task")  # which has no budget of its own
+    single = method_spec(spec, "single_task")  # no fit-budget pass, so no budget of its own
     compact = PassManager(after_search_pipeline(single)).run(compile_spec(single))
     return {"macs": compact_macs(compact)["total"], "parameters": compact_parameters(compact)["total"]}
 

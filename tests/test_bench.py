@@ -212,3 +212,19 @@ def test_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
     assert code == 2 and "pip install 'dagir[ray]'" in stderr and not out.exists(), stderr
     code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--executor", "slurm", "--no-progress")
     assert code == 2 and "--executor: 'slurm' is not one of local, ray" in stderr
+
+
+def test_a_budget_is_the_searched_networks_and_baselines_run_without_it(tmp_path):
+    """A bench spec's `search.budget` stays on the methods that fit it (the searched network, the
+    ablations) and is dropped from those with no fit-budget pass, which would refuse it."""
+    from dagir.methods import method_spec
+    from dagir.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "penguins.yaml",
+                     ["search.budget.macs=single_task", "search.budget.parameters=9000"])
+    for method in ("searched", "no_squeeze"):
+        budget = method_spec(spec, method).search.budget
+        assert (budget.macs, budget.parameters) == ("single_task", 9000)
+    for method in ("hard_sharing", "single_task", "mtl_nas", "mtnas", "mmoe", "cross_stitch"):
+        budget = method_spec(spec, method).search.budget
+        assert (budget.macs, budget.parameters) == (None, None), method

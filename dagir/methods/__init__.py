@@ -17,7 +17,9 @@ same form, named by its path in `--methods` or `bench.methods` (its name in the 
 `budget` says how the bench spec's epochs (warm-up + search + fine-tune, passes over the training
 set) are spent, so every method gets the same number: `same` (as the merged spec says), `one-stage`
 (all of them in the first stage, for methods without decisions), `search-takes-finetune` (the
-fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`.
+fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`. A
+method without the `fit-budget` pass after search has no `search.budget` (the bench spec's budget
+is the searched network's).
 
 >>> sorted(set(BUILT_IN) - set(ABLATIONS))
 ['cross_stitch', 'hard_sharing', 'mmoe', 'mtl_nas', 'mtnas', 'searched', 'single_task']
@@ -80,6 +82,7 @@ def method_spec(spec: Spec, method: str) -> Spec:
                                            "runs on the bench spec's data, tasks and seeds")
     merged = _merge(spec.resolved_dict(), overlay)
     _spend(merged, spec, budget)
+    _drop_unfitted_budget(merged)
     resolved = validate_spec(merged, source)
     resolved._source = source
     check_spec_semantics(resolved, source, methods=False)
@@ -92,6 +95,14 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     for key, value in overlay.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def _drop_unfitted_budget(merged: dict[str, Any]) -> None:
+    """A method whose after-search pipeline has no `fit-budget` pass (the baselines, single-task
+    networks) has no cost budget: the bench spec's `search.budget` is the searched network's."""
+    after = merged.get("pipeline", {}).get("after_search")
+    if after is not None and not any(str(entry).split("{")[0].strip() == "fit-budget" for entry in after):
+        merged["search"]["budget"] = {"macs": None, "parameters": None}
 
 
 def _spend(merged: dict[str, Any], spec: Spec, budget: str) -> None:
