@@ -129,3 +129,7 @@ def test_bad_override_is_reported(tmp_path):
         load_spec(write(tmp_path, GOOD), ["train.search.epochs"])
     with pytest.raises(SpecError, match=r"--set train.search.epochs=many: train.search.epochs: input should be a valid integer"):
         load_spec(write(tmp_path, GOOD), ["train.search.epochs=many"])
+    for value in ("single-task", "0", "true"):
+        with pytest.raises(SpecError, match=r"search.budget.macs: must be a positive integer, 'single_task' or null"):
+            load_spec(write(tmp_path, GOOD), [f"search.budget.macs={value}"])
+    assert load_spec(write(tmp_path, GOOD), ["search.budget.parameters=single_task"]).search.budget.parameters == "single_task"
