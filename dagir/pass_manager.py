@@ -69,6 +69,11 @@ Options = Mapping[str, Mapping[str, Any]]
 """Option values per pass name, for those the pipeline text does not give."""
 
 
+def pass_name(text: str) -> str:
+    """The pass an entry of pipeline text names: `flow-reduce` of `flow-reduce{enabled=false}`."""
+    return text.strip().partition("{")[0].strip()
+
+
 def parse_pass(text: str, options: Options | None = None) -> Pass:
     """Parse `name{key=value, ...}` into a pass; options absent from the text come from `options`.
 
@@ -77,8 +82,8 @@ def parse_pass(text: str, options: Options | None = None) -> Pass:
     """
     passes = registered_passes()
     text = text.strip()
-    name, brace, rest = text.partition("{")
-    name = name.strip()
+    name = pass_name(text)
+    _, brace, rest = text.partition("{")
     if name not in passes:
         raise PipelineError(f"unknown pass {name!r} (known: {', '.join(passes)})")
     given: dict[str, Any] = {}
