@@ -29,7 +29,8 @@ from .errors import UserError
 from .methods import method_name, method_spec
 from .pass_manager import PassManager
 from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
-from .run_folder import locked_folder, prepare_run_folder, same_run_spec, write_text
+from .run_folder import (finished_files, locked_folder, prepare_run_folder, same_run_spec, write_finished_files,
+                         write_text)
 from .run_job import Run
 from .spec import Spec
 from .tasks import delta_mtl, primary_metric
@@ -121,8 +122,10 @@ class RayRequest:
 def _run_on_ray(pending: list[tuple[str, int, Spec, Path]], request: RayRequest, *, echo: Echo,
                 resume: bool) -> dict[tuple[str, int], dict[str, Any]]:
     """The pending runs as Ray tasks, each asking for `request.cpus` CPUs and `request.gpus` GPUs,
-    each writing its own run folder as a local bench does (on a cluster, OUT must be a path every
-    node shares). torch in a task uses the CPUs it asked for."""
+    each writing its own run folder as a local bench does. A task sends its finished folder back
+    (all but the checkpoints), and the bench writes what OUT lacks: on a cluster whose nodes do not
+    share OUT's disk, OUT still ends up holding every run, so `--resume` finds them. torch in a task
+    uses the CPUs it asked for."""
     import ray
 
     if not ray.is_initialized():
@@ -130,6 +133,7 @@ def _run_on_ray(pending: list[tuple[str, int, Spec, Path]], request: RayRequest,
     threads = max(1, int(request.cpus))
     remote = ray.remote(num_cpus=request.cpus, num_gpus=request.gpus, max_retries=0)(_ray_run)
     tasks = {remote.remote(seeded, folder, resume, threads): (name, seed) for name, seed, seeded, folder in pending}
+    folder_of = {(name, seed): folder for name, seed, _, folder in pending}
     for name, seed, _, _ in pending:
         echo(f"== {name}, seed {seed}: queued on Ray")
     results: dict[tuple[str, int], dict[str, Any]] = {}
@@ -138,17 +142,18 @@ def _run_on_ray(pending: list[tuple[str, int, Spec, Path]], request: RayRequest,
         done, waiting = ray.wait(waiting, num_returns=1)
         name, seed = tasks[done[0]]
         try:
-            results[(name, seed)] = ray.get(done[0])
+            results[(name, seed)], files = ray.get(done[0])
         except ray.exceptions.RayTaskError as error:  # a run's UserError, raised here as in a local bench
             cause = error.as_instanceof_cause()
             raise cause if isinstance(cause, UserError) else UserError(f"{name}, seed {seed}: {error}") from None
-        echo(f"== {name}, seed {seed}: finished")
+        copied = write_finished_files(folder_of[(name, seed)], files)
+        echo(f"== {name}, seed {seed}: finished" + (f", {len(copied)} files copied back" if copied else ""))
     return results
 
 
-def _ray_run(spec: Spec, folder: Path, resume: bool, threads: int) -> dict[str, Any]:
+def _ray_run(spec: Spec, folder: Path, resume: bool, threads: int) -> tuple[dict[str, Any], dict[str, bytes]]:
     _limit_threads(threads)
-    return _pooled_run(spec, folder, resume)
+    return _pooled_run(spec, folder, resume), finished_files(folder)
 
 
 def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:

@@ -18,13 +18,13 @@ from .errors import UserError
 from .spec import Spec
 
 
-def write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str | bytes) -> None:
     """Replace `path` atomically, so an interrupted run never leaves half a file; a failed write is
     a `UserError` that leaves the previous file as it was."""
     temporary = path.with_name(path.name + ".partial")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(text)
+        temporary.write_bytes(text) if isinstance(text, bytes) else temporary.write_text(text)
         os.replace(temporary, path)
     except OSError as err:
         temporary.unlink(missing_ok=True)
@@ -193,3 +193,28 @@ def locked_folder(out: Path, command: str) -> Iterator[None]:
 def holds_a_run(out: Path) -> bool:
     """Whether OUT holds a `dagir run` (started or finished)."""
     return (Path(out) / "checkpoints" / "latest.pt").is_file() or (Path(out) / "metrics.json").is_file()
+
+
+def finished_files(out: Path) -> dict[str, bytes]:
+    """A finished run folder's files ({path relative to OUT: contents}), to carry it to a machine
+    that does not share OUT's disk: all but its checkpoints (a finished run resumes from
+    metrics.json, not from them) and the lock."""
+    out = Path(out)
+    return {path.relative_to(out).as_posix(): path.read_bytes() for path in sorted(out.rglob("*"))
+            if path.is_file() and path.name != LOCK_FILE and path.relative_to(out).parts[0] != "checkpoints"}
+
+
+def write_finished_files(out: Path, files: dict[str, bytes]) -> list[str]:
+    """Write the files of a run that finished on another machine (`finished_files`) into OUT where
+    they are missing or differ, each atomically; return the paths written. Where OUT is a disk that
+    machine shares, every file is already there and nothing is written."""
+    written = []
+    for relative, contents in files.items():
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise UserError(f"{out}: a run's file {relative!r} lies outside its run folder")
+        path = Path(out) / relative
+        if not (path.is_file() and path.read_bytes() == contents):
+            write_text(path, contents)
+            written.append(relative)
+    return written
+

@@ -228,3 +228,63 @@ def test_a_budget_is_the_searched_networks_and_baselines_run_without_it(tmp_path
     for method in ("hard_sharing", "single_task", "mtl_nas", "mtnas", "mmoe", "cross_stitch"):
         budget = method_spec(spec, method).search.budget
         assert (budget.macs, budget.parameters) == (None, None), method
+
+
+class Ref:
+    def __init__(self, value):
+        self.value = value
+
+
+class RayOnOtherDisks:
+    """A stand-in for Ray whose tasks run here, one at a time, but on nodes that do not share the
+    driver's disk: a task's run folder is gone (it stayed on its node) by the time the driver gets
+    the task's result."""
+
+    class exceptions:
+        class RayTaskError(Exception):
+            pass
+
+    def __init__(self):
+        self.ran = []
+
+    def is_initialized(self):
+        return True
+
+    def remote(self, **resources):
+        def wrap(function):
+            class Remote:
+                @staticmethod
+                def remote(spec, folder, *args):
+                    result = function(spec, folder, *args)
+                    import shutil
+                    shutil.rmtree(folder)
+                    self.ran.append(folder.name)
+                    return Ref(result)
+            return Remote
+        return wrap
+
+    def wait(self, refs, num_returns):
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):
+        return ref.value
+
+
+def test_a_bench_on_ray_nodes_without_a_shared_disk_still_holds_every_run(tmp_path, monkeypatch):
+    """Each Ray task sends its finished run folder back: OUT ends up with every run, and --resume
+    then trains nothing again."""
+    ray = RayOnOtherDisks()
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    spec, out = tiny_bench(tmp_path)
+    common = ("bench", str(spec), "-o", str(out), "--methods", "searched,single_task", "--seeds", "1",
+              "--no-progress", "--set", "train.search.epochs=1")
+    code, stdout, stderr = dagir(*common, "--executor", "ray")
+    assert code == 0, stderr
+    assert sorted(ray.ran) == ["searched-seed3", "single_task-seed3"]
+    assert "files copied back" in stdout
+    for run in ray.ran:
+        assert (out / run / "metrics.json").is_file() and (out / run / "spec.resolved.yaml").is_file()
+        assert not (out / run / "checkpoints").exists()  # a finished run does not need them
+    code, stdout, stderr = dagir(*common, "--resume")
+    assert code == 0, stderr
+    assert stdout.count("not trained again") == 2
