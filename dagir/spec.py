@@ -211,9 +211,15 @@ class SearchStageSpec(StageSpec):
     architecture); `arch_tau` fixes τ in the architecture step (None: the schedule's). `select`:
     the search ends with its last decisions, or (`best`) with those of the epoch whose discretised
     network (every decision at its hard value) did best on validation, so a squeeze that goes on
-    closing gates the tasks need cannot take the architecture past its best."""
+    closing gates the tasks need cannot take the architecture past its best. `arch_norm`: what
+    batch norm normalises with in an alternating architecture step while Θ trains: the batch's
+    statistics (`batch`), or its running statistics (`running`). With the batch's, an edge op's
+    batch norm undoes any scaling of the state it reads, so the task losses cannot tell a node whose
+    in-gates all shrink from one whose gates stay open, and the squeeze closes whole nodes at no
+    cost; with the running statistics the architecture step sees what a gate's size does."""
 
     train_weights: bool = False
+    arch_norm: Literal["batch", "running"] = "batch"
     select: Literal["last", "best"] = "last"
     strategy: Literal["gradient", "reinforce"] = "gradient"
     mode: Literal["joint", "alternating"] = "joint"
@@ -492,6 +498,9 @@ def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> No
         raise source.error(("train", "search", "strategy"), "reinforce samples categorical decisions, and this "
                            "search space has none (its gates are bernoulli): use strategy gradient, or a build "
                            "pass with routes such as build-routing")
+    if stage.arch_norm == "running" and stage.train_weights and stage.mode == "joint" and stage.strategy == "gradient":
+        raise source.error(("train", "search", "arch_norm"), "running needs mode alternating: a joint step trains "
+                           "Θ in the same step, and batch norm would keep its warm-up statistics all search long")
     parameters = count_parameters(built)
     if parameters > limits.parameters:
         raise source.error(("network",), f"the search space holds {parameters:,} parameters, more than "

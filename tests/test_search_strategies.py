@@ -15,7 +15,7 @@ from dagir.spec import Spec, TaskSpec, load_spec
 from dagir.training.search import SearchContext, make_strategy
 from dagir.training.stages import search_splits
 from dagir.verify import verify
-from test_run import TINY, run_quietly
+from test_run import CONV_TINY, TINY, run_quietly
 
 
 @pytest.fixture()
@@ -160,3 +160,45 @@ def test_each_alternating_step_computes_only_the_gradients_it_applies(tiny_spec)
     assert all(p.grad is None for p in gates)
     assert any(p.grad is not None for p in weights) and all(p.grad is not None for p in heads)
     assert all(p.requires_grad for p in weights + heads + gates)
+
+
+def architecture_step_gradients(tmp_path, arch_norm: str):
+    """One alternating architecture step on a fresh tiny conv supernet: the gates' gradients, and the batch
+    norms' running means before and after it."""
+    from dagir.backends.torch_supernet import gate_parameters, weight_parameters
+    from dagir.pipeline import compile_spec
+
+    torch.manual_seed(0)
+    spec_file = tmp_path / "conv.yaml"
+    spec_file.write_text(CONV_TINY)
+    spec = load_spec(spec_file, ["train.search.mode=alternating", "train.search.train_weights=true",
+                                 f"train.search.arch_norm={arch_norm}"])
+    ir = compile_spec(spec)
+    supernet = lower_supernet(ir).train()
+    supernet.gates.mode = "soft"
+    norms = [m for m in supernet.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:  # running statistics unlike any batch's, as after a warm-up on other gates
+        norm.running_mean.fill_(0.5)
+        norm.running_var.fill_(4.0)
+    context = SearchContext(supernet, spec.train.search, spec.search.squeeze, spec.tasks, supernet,
+                            weights=weight_parameters(supernet), heads=head_parameters(supernet), seed=0)
+    batch = (torch.randn(16, *ir.input_node().type.shape),
+             {"left": torch.randint(0, 10, (16,)), "right": torch.randint(0, 10, (16,))})
+    make_strategy(context).step(batch, 0, 1)  # an odd index: the architecture step
+    assert norms and all(norm.training for norm in norms)  # back in training mode after the step
+    moved = any(not torch.all(norm.running_mean == 0.5) for norm in norms)
+    return torch.cat([p.grad.flatten() for p in gate_parameters(supernet)]), moved
+
+
+def test_arch_norm_running_makes_the_architecture_step_normalise_with_running_statistics(tmp_path):
+    batch_grads, batch_moved = architecture_step_gradients(tmp_path, "batch")
+    running_grads, running_moved = architecture_step_gradients(tmp_path, "running")
+    assert batch_moved and not running_moved  # the running statistics are read, not updated
+    assert not torch.allclose(batch_grads, running_grads, rtol=1e-3, atol=1e-6)
+
+
+def test_arch_norm_running_needs_alternating_steps_when_weights_train(tiny_spec):
+    from test_cli import dagir
+    code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(tiny_spec.parent / "c"), "--set",
+                            "train.search.train_weights=true", "--set", "train.search.arch_norm=running")
+    assert code == 2 and "train.search.arch_norm" in stderr and "alternating" in stderr, stderr

@@ -6,12 +6,13 @@
 `weight_relaxation`, no squeeze). With `train.search.split` the architecture step takes its batch
 from the held-out split, so the two never see the same sample (MTL-NAS); without it, the
 architecture and weight steps take alternate batches of the one training split. Each alternating
-step computes only the gradients it applies (`without_gradients`).
+step computes only the gradients it applies (`without_gradients`). With `arch_norm: running` the
+architecture step's batch norms use their running statistics (`running_norm_statistics`).
 """
 from __future__ import annotations
 
 from ..loop import Batch, make_optimizer
-from . import SearchContext, SearchStrategy, step_generator, without_gradients
+from . import SearchContext, SearchStrategy, running_norm_statistics, step_generator, without_gradients
 
 
 class GradientSearch(SearchStrategy):
@@ -57,7 +58,8 @@ class GradientSearch(SearchStrategy):
         if context.stage.arch_tau is not None:
             table.tau = context.stage.arch_tau
         try:
-            with without_gradients(context.heads + context.weights):
+            with without_gradients(context.heads + context.weights), \
+                    running_norm_statistics(context.supernet, context.stage.arch_norm == "running"):
                 task = context.task_loss(batch)
                 squeezed = self._regularised(table())
                 self._zero()
