@@ -83,7 +83,7 @@ def _run_in_pool(pending: list[tuple[str, int, Spec, Path]], workers: int, *, ec
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: dict[tuple[str, int], dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                             initializer=_limit_threads, initargs=(threads,)) as pool:
+                             initializer=_start_worker, initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_pooled_run, seeded, folder, resume): (name, seed) for name, seed, seeded, folder in pending}
         for name, seed, _, _ in pending:
             echo(f"== {name}, seed {seed}: queued on {workers} workers")
@@ -97,6 +97,22 @@ def _run_in_pool(pending: list[tuple[str, int, Spec, Path]], workers: int, *, ec
 def _limit_threads(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
+
+
+def _start_worker(threads: int, bench_pid: int) -> None:
+    """A pool worker: torch on its share of the cores, and a watch that ends the worker when the
+    bench that started it is gone (killed, say), rather than training on for no one."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == bench_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    _limit_threads(threads)
+    threading.Thread(target=watch, name="dagir-bench-watch", daemon=True).start()
 
 
 def _pooled_run(spec: Spec, folder: Path, resume: bool) -> dict[str, Any]:

@@ -288,3 +288,52 @@ def test_a_bench_on_ray_nodes_without_a_shared_disk_still_holds_every_run(tmp_pa
     code, stdout, stderr = dagir(*common, "--resume")
     assert code == 0, stderr
     assert stdout.count("not trained again") == 2
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (ended, not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers through /proc")
+def test_the_workers_of_a_killed_bench_stop(tmp_path):
+    """A bench killed outright (SIGKILL: no clean-up runs) leaves no worker training on."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    spec, out = tiny_bench(tmp_path)
+    bench = subprocess.Popen([sys.executable, "-m", "dagir", "bench", str(spec), "-o", str(out), "--workers", "2",
+                              "--methods", "searched,hard_sharing", "--no-progress", "--set", "train.warmup.epochs=400"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(workers := children_of(bench.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the workers import torch and start their runs
+    workers = children_of(bench.pid)
+    assert len(workers) >= 2, "the bench started no workers"
+    os.kill(bench.pid, signal.SIGKILL)
+    bench.wait()
+    deadline = time.monotonic() + 20
+    while (alive := [pid for pid in workers if running(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    names = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:120] for pid in alive}
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers {names} trained on after their bench was killed"
