@@ -217,4 +217,3 @@ def write_finished_files(out: Path, files: dict[str, bytes]) -> list[str]:
             write_text(path, contents)
             written.append(relative)
     return written
-
