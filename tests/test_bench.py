@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -256,7 +257,6 @@ class RayOnOtherDisks:
                 @staticmethod
                 def remote(spec, folder, *args):
                     result = function(spec, folder, *args)
-                    import shutil
                     shutil.rmtree(folder)
                     self.ran.append(folder.name)
                     return Ref(result)

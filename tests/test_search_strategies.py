@@ -163,8 +163,8 @@ def test_each_alternating_step_computes_only_the_gradients_it_applies(tiny_spec)
 
 
 def architecture_step_gradients(tmp_path, arch_norm: str):
-    """One alternating architecture step on a fresh tiny conv supernet: the gates' gradients, and the batch
-    norms' running means before and after it."""
+    """One alternating architecture step on a fresh tiny conv supernet: the gates' gradients, and whether
+    it moved any batch norm's running mean."""
     from dagir.backends.torch_supernet import gate_parameters, weight_parameters
     from dagir.pipeline import compile_spec
 
