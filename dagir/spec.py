@@ -216,11 +216,15 @@ class SearchStageSpec(StageSpec):
     statistics (`batch`), or its running statistics (`running`). With the batch's, an edge op's
     batch norm undoes any scaling of the state it reads, so the task losses cannot tell a node whose
     in-gates all shrink from one whose gates stay open, and the squeeze closes whole nodes at no
-    cost; with the running statistics the architecture step sees what a gate's size does."""
+    cost; with the running statistics the architecture step sees what a gate's size does.
+    `select_norm_batches`: with `select: best`, the batches of the training split over which batch
+    norm's statistics are estimated afresh for each discretised network scored (its running
+    statistics come from the relaxed supernet, or the warm-up with frozen Θ); 0 scores it with them."""
 
     train_weights: bool = False
     arch_norm: Literal["batch", "running"] = "batch"
     select: Literal["last", "best"] = "last"
+    select_norm_batches: int = Field(0, ge=0)
     strategy: Literal["gradient", "reinforce"] = "gradient"
     mode: Literal["joint", "alternating"] = "joint"
     split: float | None = Field(None, gt=0, lt=1)
@@ -501,6 +505,9 @@ def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> No
     if stage.arch_norm == "running" and stage.train_weights and stage.mode == "joint" and stage.strategy == "gradient":
         raise source.error(("train", "search", "arch_norm"), "running needs mode alternating: a joint step trains "
                            "Θ in the same step, and batch norm would keep its warm-up statistics all search long")
+    if stage.select_norm_batches and stage.select != "best":
+        raise source.error(("train", "search", "select_norm_batches"), "re-estimates batch norm for the "
+                           "discretised networks that `select: best` scores; set train.search.select: best")
     parameters = count_parameters(built)
     if parameters > limits.parameters:
         raise source.error(("network",), f"the search space holds {parameters:,} parameters, more than "

@@ -23,6 +23,7 @@ from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .distributed import World
+from .norms import recalibrated_norms
 from .precision import Precision
 from .schedules import set_learning_rates, squeeze_ramp, temperature
 from .weighting import make_weighting
@@ -272,7 +273,10 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         soft = supernet.gates.mode
         supernet.gates.mode = "hard"
         try:
-            return runner.evaluate(supernet, data.val, data, served)
+            with recalibrated_norms(supernet, lambda inputs: runner.forward(served, inputs), train,
+                                    batches=stage.select_norm_batches, batch_size=spec.data.batch_size,
+                                    seed=epoch_order_seed(spec.seed, "select-norm", 0), device=runner.device):
+                return runner.evaluate(supernet, data.val, data, served)
         finally:
             supernet.gates.mode = soft
 

@@ -52,21 +52,6 @@ def without_gradients(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
             parameter.requires_grad_(True)
 
 
-@contextmanager
-def running_norm_statistics(module: nn.Module, running: bool = True) -> Iterator[None]:
-    """Inside the block, `module`'s batch norms in training mode normalise with their running
-    statistics (and leave them as they are); with `running` false, nothing changes."""
-    norms = [child for child in module.modules()
-             if running and isinstance(child, nn.modules.batchnorm._BatchNorm) and child.training]
-    for norm in norms:
-        norm.eval()
-    try:
-        yield
-    finally:
-        for norm in norms:
-            norm.train()
-
-
 @dataclass
 class SearchContext:
     """What a strategy works with. `arch_batch(epoch, index)` is the batch of the held-out split

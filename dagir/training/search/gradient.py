@@ -12,7 +12,8 @@ architecture step's batch norms use their running statistics (`running_norm_stat
 from __future__ import annotations
 
 from ..loop import Batch, make_optimizer
-from . import SearchContext, SearchStrategy, running_norm_statistics, step_generator, without_gradients
+from ..norms import running_norm_statistics
+from . import SearchContext, SearchStrategy, step_generator, without_gradients
 
 
 class GradientSearch(SearchStrategy):
