@@ -21,7 +21,9 @@ the rows and columns of its routing layer for the kept inputs.
 An op called on several states (an edge reading several states of its source, a node's nddr
 aggregation or op computing several states) keeps one set of weights but a batch norm per state
 (`PerStateNorm`, each copied from the supernet's), so fine-tuning trains batch norm on what each
-state really feeds it, and the statistics used at test time match.
+state really feeds it, and the statistics used at test time match. With untied states
+(`share-states{untie=true}`, `search.reduction.untie`) each state has its own copy of the whole op
+instead (`PerStateCopy`), so the tasks whose states differ fine-tune weights of their own.
 
 Names follow the IR: `edge_h2_h4`, `node_h3` (aggregation), `head_<task>`; a hidden node's states are
 `h3_s0`, `h3_s1`, ... in the order of its groups in `ir.meta["share_states"]`.
@@ -63,29 +65,55 @@ class PerStateNorm(nn.Module):
                    for key, tensor in [*norm.named_parameters(), *norm.named_buffers()]}
         return torch.func.functional_call(self.op, swapped, (x,))
 
-    def share_norms(self) -> None:
+    def copy_to_states(self) -> None:
         """Give every state the op's own batch norms (after its weights were loaded)."""
         for norms in self.norms:
             for name, norm in zip(self.names, norms):
                 norm.load_state_dict(self.op.get_submodule(name).state_dict())
 
 
+class PerStateCopy(nn.Module):
+    """An op the compact network calls on several states, with untied states
+    (`search.reduction.untie`): every state has its own copy of the op, weights and batch norms,
+    each starting as the op's. `forward(x, state)`: state 0 runs `op`, state i > 0 `copies[i - 1]`."""
+
+    def __init__(self, op: nn.Module, states: int) -> None:
+        super().__init__()
+        self.op = op
+        self.copies = nn.ModuleList(copy.deepcopy(op) for _ in range(states - 1))
+
+    def forward(self, x, state: int) -> Tensor:
+        return self.op(x) if state == 0 else self.copies[state - 1](x)
+
+    def copy_to_states(self) -> None:
+        """Start every state from the op's weights (after they were loaded)."""
+        for twin in self.copies:
+            twin.load_state_dict(self.op.state_dict())
+
+
 def _has_norm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def _norm_per_state(root: nn.Module, graph: fx.Graph) -> None:
-    """Wrap every module with batch norm that the graph calls more than once in `PerStateNorm`,
-    passing each call its state's index."""
+def _per_state(root: nn.Module, graph: fx.Graph, untie: bool) -> None:
+    """Wrap every module the graph calls more than once: with batch norm in `PerStateNorm`, or,
+    untied, every one with parameters in `PerStateCopy`; each call is passed its state's index."""
     calls: dict[str, list[fx.Node]] = {}
     for node in graph.nodes:
         if node.op == "call_module":
             calls.setdefault(str(node.target), []).append(node)
     for target, nodes in calls.items():
-        if len(nodes) > 1 and _has_norm(root.get_submodule(target)):
-            setattr(root, target, PerStateNorm(root.get_submodule(target), len(nodes)))
-            for index, node in enumerate(nodes):
-                node.args = (*node.args, index)
+        module = root.get_submodule(target)
+        if len(nodes) < 2:
+            continue
+        if untie and any(True for _ in module.parameters()):
+            setattr(root, target, PerStateCopy(module, len(nodes)))
+        elif _has_norm(module):
+            setattr(root, target, PerStateNorm(module, len(nodes)))
+        else:
+            continue
+        for index, node in enumerate(nodes):
+            node.args = (*node.args, index)
 
 
 # -- the supernet's aggregation slots -------------------------------------------------------------
@@ -206,7 +234,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
 
     index = {(state.node.name, task): state.key for state in states for task in state.tasks}
     graph.output({task: values[index[(ir.head_of(task).name, task)]] for task in ir.task_names})
-    _norm_per_state(root, graph)
+    _per_state(root, graph, untie=bool(ir.meta.get("share_states", {}).get("untie", False)))
     root.to(dtype)
     module = fx.GraphModule(root, graph, class_name="CompactNetwork")
     module.graph.lint()
@@ -224,14 +252,15 @@ def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR, slots:
             source = getattr(supernet, name, None)
             if source is None:
                 raise ValueError(f"the supernet has no submodule {name!r}: was it lowered from another IR?")
-            target = child.op if isinstance(child, PerStateNorm) else child
+            per_state = isinstance(child, (PerStateNorm, PerStateCopy))
+            target = child.op if per_state else child
             if isinstance(target, (NddrAggregation, GateAggregation)):
                 node = ir.nodes[name[len("node_"):]]
                 _copy_aggregation(target, source, supernet, node, slots[node.name])
             else:
                 target.load_state_dict(source.state_dict())
-            if isinstance(child, PerStateNorm):
-                child.share_norms()
+            if per_state:
+                child.copy_to_states()
 
 
 def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, node: Node,

@@ -165,7 +165,9 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
 
     The compact network has each edge op and aggregation once, plus, for a module called on several
     states (an edge op reading several states of its source, a node's aggregation or op computing
-    several states), one more set of batch norms per extra state (`torch_compact.PerStateNorm`).
+    several states), one more set of batch norms per extra state (`torch_compact.PerStateNorm`), or
+    with untied states (`ir.meta["share_states"]["untie"]`) one more copy of the whole op
+    (`torch_compact.PerStateCopy`).
     A task's sub-network alone computes one state per node, so it has one set.
     """
     states = compact_states(ir)
@@ -178,9 +180,15 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
         parameter_count(n.op) + aggregation_parameter_count(n.aggregation, n.input_type, len(slots.get(name, [])),
                                                             ir.query_width(n))
         for name, n in nodes.items())
-    extra_norms = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
-        (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
-        for name, n in nodes.items())
+    if ir.meta.get("share_states", {}).get("untie", False):  # each extra state: a whole copy
+        extra = sum((reads[name] - 1) * parameter_count(e.op) for name, e in edges.items()) + sum(
+            (calls[name] - 1) * (parameter_count(n.op) + aggregation_parameter_count(
+                n.aggregation, n.input_type, len(slots.get(name, [])), ir.query_width(n)))
+            for name, n in nodes.items())
+    else:  # each extra state: its own batch norms
+        extra = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
+            (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
+            for name, n in nodes.items())
     per_task = {}
     for task in ir.task_names:
         own = [s for s in states if task in s.tasks]
@@ -188,4 +196,4 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
                              + aggregation_parameter_count(s.node.aggregation, s.node.input_type, len(s.inputs),
                                                            ir.query_width(s.node))
                              + sum(parameter_count(edge.op) for edge, _ in s.inputs) for s in own)
-    return {"total": total + extra_norms, "per_task": per_task}
+    return {"total": total + extra, "per_task": per_task}

@@ -59,7 +59,8 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
         "attach-gates": {"init": search.gates.init, "noise": search.gates.init_noise, "seed": spec.seed},
         "discretize": {"threshold": reduction.threshold},
         "flow-reduce": {"flow_budget": reduction.flow_budget, "enabled": reduction.enabled},
-        "fit-budget": budget_limits(spec),
+        "fit-budget": {**budget_limits(spec), "untie": reduction.untie},
+        "share-states": {"untie": reduction.untie},
     })
     return options
 

@@ -172,9 +172,16 @@ class BudgetSpec(Strict):
 
 
 class ReductionSpec(Strict):
+    """After the search: `threshold` discretises the gates, `enabled` / `flow_budget` drive
+    flow-reduce. `untie`: in the compact network, an op called on several states (tasks whose
+    states differ there) gets a copy of its weights per state, each starting from the searched
+    ones, so such tasks fine-tune weights of their own; the copies count in the parameters
+    (and the budget). False: they share the op's weights, with batch norms of their own."""
+
     enabled: bool = True
     threshold: float = Field(0.5, gt=0, lt=1)
     flow_budget: float = Field(0.05, ge=0, lt=1)
+    untie: bool = False
 
 
 class SearchSpec(Strict):

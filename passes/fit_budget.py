@@ -25,19 +25,21 @@ class FitBudget(Pass):
     recomputed after every removal. A budget the best paths alone exceed cannot be met: the pass
     stops there and records it (`ir.meta["fit_budget"]["met"]` false, with the cost reached), so a
     finished search is never thrown away. With no budget (the default) it changes nothing.
-    Runs after `flow-reduce` on a discretised IR; costs one share-states sweep per removal.
+    Runs after `flow-reduce` on a discretised IR; costs one share-states sweep per removal, with
+    `untie` as `share-states` will run (untied states cost their own copies of the weights).
     """
 
     name = "fit-budget"
     macs: int | None = Field(None, ge=1)
     parameters: int | None = Field(None, ge=1)
+    untie: bool = False
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()
         if self.macs is None and self.parameters is None:
             return out
         removed: list[str] = []
-        cost = self._cost(out)
+        cost = self._cost(out, self.untie)
         protected = {task: set(best_path(out, task, gate_weights(out, task))) for task in out.task_names}
         while not self._within(cost):
             candidate = self._least_flow_edge(out, protected)
@@ -49,7 +51,7 @@ class FitBudget(Pass):
                 _trim_to_paths(out, name)
             _delete_dead(out)
             removed.append(f"{task}:{edge_name(*key)}")
-            cost = self._cost(out)
+            cost = self._cost(out, self.untie)
         out.meta["fit_budget"] = {"macs": self.macs, "parameters": self.parameters, "met": self._within(cost),
                                   "cost": cost, "removed": removed}
         return out
@@ -59,8 +61,8 @@ class FitBudget(Pass):
                 and (self.parameters is None or cost["parameters"] <= self.parameters))
 
     @staticmethod
-    def _cost(ir: IR) -> dict[str, Any]:
-        shared = ShareStates().run(ir)
+    def _cost(ir: IR, untie: bool) -> dict[str, Any]:
+        shared = ShareStates(untie=untie).run(ir)
         return {"macs": compact_macs(shared)["total"], "parameters": compact_parameters(shared)["total"]}
 
     @staticmethod

@@ -27,10 +27,16 @@ class ShareStates(Pass):
       `states`: {node: [[tasks sharing state 1], [tasks sharing state 2], ...]}, groups ordered by
         their first task in the IR's task order;
       `distinct_states` (states computed once each) and `task_states` (what one state per task at
-        every node would cost). Edges and nodes are not changed.
+        every node would cost);
+      `untie`: with `untie=true` (`search.reduction.untie`) an op the compact network calls on
+        several states has a copy of its weights per state, so tasks share weights only where they
+        share a state (`torch_compact.PerStateCopy`, costed by `compact_cost.compact_parameters`);
+        otherwise every state shares the op's weights and keeps batch norms of its own.
+    Edges and nodes are not changed.
     """
 
     name = "share-states"
+    untie: bool = False
 
     def run(self, ir: IR) -> IR:
         if not ir.discretized:
@@ -58,7 +64,8 @@ class ShareStates(Pass):
         out.meta["share_states"] = {
             "states": states,
             "distinct_states": sum(len(groups) for groups in states.values()),
-            "task_states": sum(len(group) for groups in states.values() for group in groups)}
+            "task_states": sum(len(group) for groups in states.values() for group in groups),
+            "untie": self.untie}
         return out
 
     @staticmethod

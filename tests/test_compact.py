@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dagir.backends.torch_compact import PerStateNorm, lower_compact
+from dagir.backends.torch_compact import PerStateCopy, PerStateNorm, lower_compact
 from dagir.backends.torch_export import export_compact, load_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
@@ -26,9 +26,9 @@ from helpers import make_spec, with_random_logits
 LARGE = 50.0
 
 
-def post_search(ir: IR, flow_budget: float = 0.1) -> IR:
-    passes = parse_pipeline(["discretize", f"flow-reduce{{flow_budget={flow_budget}}}", "share-states"],
-                            needs_build=False)
+def post_search(ir: IR, flow_budget: float = 0.1, untie: bool = False) -> IR:
+    passes = parse_pipeline(["discretize", f"flow-reduce{{flow_budget={flow_budget}}}",
+                             f"share-states{{untie={'true' if untie else 'false'}}}"], needs_build=False)
     return PassManager(passes).run(ir)
 
 
@@ -80,9 +80,9 @@ PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[Healt
 
 
 @PROPERTY
-@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]))
-def test_compact_equals_the_hard_gated_supernet(searched, flow_budget):
-    reduced = post_search(searched, flow_budget)
+@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]), st.booleans())
+def test_compact_equals_the_hard_gated_supernet(searched, flow_budget, untie):
+    reduced = post_search(searched, flow_budget, untie)
     supernet = hard_supernet(searched, reduced)
     compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
     x = batch_for(searched)
@@ -94,9 +94,9 @@ def test_compact_equals_the_hard_gated_supernet(searched, flow_budget):
 
 
 @PROPERTY
-@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]))
-def test_each_state_and_edge_call_is_computed_once(searched, flow_budget):
-    reduced = post_search(searched, flow_budget)
+@given(searched_spaces(), st.sampled_from([0.0, 0.1, 0.4]), st.booleans())
+def test_each_state_and_edge_call_is_computed_once(searched, flow_budget, untie):
+    reduced = post_search(searched, flow_budget, untie)
     compact = lower_compact(reduced, dtype=torch.float64)
     states = compact_states(reduced)
     groups = reduced.meta["share_states"]["states"]
@@ -120,14 +120,14 @@ def test_each_state_and_edge_call_is_computed_once(searched, flow_budget):
 
 
 @PROPERTY
-@given(searched_spaces(), st.sampled_from([0.0, 0.4]))
-def test_each_state_gathers_its_own_batch_norm_statistics(searched, flow_budget):
+@given(searched_spaces(), st.sampled_from([0.0, 0.4]), st.booleans())
+def test_each_state_gathers_its_own_batch_norm_statistics(searched, flow_budget, untie):
     """Fine-tuning trains batch norm: the statistics one training pass gathers (momentum 1) give, at
     test time, exactly what training computed, for every state, even where one op serves several
     states. (Running variance is the unbiased estimate and batch variance is not: each batch norm's
     running variance is scaled back by (n - 1) / n after its training call, so the two agree.)"""
     torch.manual_seed(0)  # the ops' initial weights: the same example always gives the same network
-    reduced = post_search(searched, flow_budget)
+    reduced = post_search(searched, flow_budget, untie)
     compact = lower_compact(reduced, hard_supernet(searched, reduced), dtype=torch.float64)
 
     def biased(layer, inputs, output):
@@ -155,6 +155,46 @@ def test_shared_states_make_the_compact_network_cheaper():
     compact = lower_compact(reduced)
     per_task = sum(len(edge.active_tasks()) for edge in reduced.edges.values())
     assert len(edge_calls(compact)) < per_task
+
+
+@PROPERTY
+@given(searched_spaces(), st.sampled_from([0.0, 0.4]))
+def test_untied_states_train_weights_of_their_own(searched, flow_budget):
+    """With `untie`, an op called on several states has a copy per state, and one task's loss
+    reaches at most one of them (a task has one state per node), so tasks whose states differ
+    never move each other's weights there."""
+    reduced = post_search(searched, flow_budget, untie=True)
+    compact = lower_compact(reduced, hard_supernet(searched, reduced), dtype=torch.float64).train()
+    untied = [child for child in compact.children() if isinstance(child, PerStateCopy)]
+    x = batch_for(searched, size=4)
+    reached = [[False] * (len(child.copies) + 1) for child in untied]  # by some task's loss
+    for task in reduced.task_names:
+        compact.zero_grad(set_to_none=True)
+        compact(x)[task].pow(2).sum().backward()
+        for child, seen in zip(untied, reached):
+            moved = [any(p.grad is not None for p in state.parameters())  # in this loss's graph
+                     for state in (child.op, *child.copies)]
+            assert sum(moved) <= 1
+            seen[:] = [a or b for a, b in zip(seen, moved)]
+    assert all(all(seen) for seen in reached), "every state's copy is some task's to train"
+
+
+def test_untied_export_loads_and_reproduces_the_module(tmp_path: Path):
+    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2)), 4)
+    reduced = post_search(searched, untie=True)
+    compact = lower_compact(reduced, hard_supernet(searched, reduced, seed=1), dtype=torch.float64).eval()
+    assert any(isinstance(child, PerStateCopy) for child in compact.children())
+    assert compact_parameters(reduced)["total"] > compact_parameters(post_search(searched))["total"]
+    with torch.no_grad():
+        for parameter in compact.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)  # every state's copy differs, as after fine-tuning
+    x = batch_for(searched)
+    expected = compact(x)
+    export_compact(compact, reduced, tmp_path)
+    loaded, _ = load_compact(tmp_path, dtype=torch.float64)
+    outputs = loaded.eval()(x)
+    for task in reduced.task_names:
+        torch.testing.assert_close(outputs[task], expected[task])
 
 
 def test_generated_code_is_readable_and_names_follow_the_ir():
@@ -265,3 +305,20 @@ def test_compact_module_compiles_with_fullgraph():
     compiled = torch.compile(compact, fullgraph=True, dynamic=False)
     x = batch_for(searched)
     torch.testing.assert_close(compiled(x), compact(x))
+
+
+def test_an_untied_network_meets_a_parameter_budget_with_its_copies_counted():
+    """fit-budget with `untie` costs the copies the untied compact module will hold: the module it
+    leaves is within the budget, where the tied count would have stopped short."""
+    from dagir.passes.fit_budget import FitBudget
+    from dagir.passes.share_states import ShareStates
+
+    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2)), 4)
+    start = PassManager(parse_pipeline(["discretize", "flow-reduce{flow_budget=0.0}"], needs_build=False)).run(searched)
+    tied, untied = (compact_parameters(ShareStates(untie=u).run(start))["total"] for u in (False, True))
+    assert tied < untied
+    budget = (tied + untied) // 2  # the tied network already fits, the untied one does not
+    fitted = ShareStates(untie=True).run(FitBudget(parameters=budget, untie=True).run(start))
+    assert fitted.meta["fit_budget"]["met"] and fitted.meta["fit_budget"]["removed"]
+    assert count_parameters(lower_compact(fitted)) <= budget
+    assert FitBudget(parameters=budget).run(start).meta["fit_budget"]["removed"] == []
