@@ -314,7 +314,8 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     """Train Θ of the kept edges, the heads and batch norm (statistics included) of the compact
     network. Batch norm re-learns what the discretised network feeds it: the warm-up statistics
     were gathered with every edge on. A module the compact network calls on several states has a
-    batch norm per state (`PerStateNorm`), so no statistics are averaged over differing inputs."""
+    batch norm per state (`PerStateNorm`), so no statistics are averaged over differing inputs, or,
+    with `search.reduction.untie`, a copy of its weights per state (`PerStateCopy`)."""
     stage = runner.spec.train.finetune
     optimizer = make_optimizer(list(compact.parameters()), stage)
     if state is not None:
