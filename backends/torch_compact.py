@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states
+from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states, untied_states
 from dagir.ir import IR, Edge, Node, TensorType, gate_query_width
 
 from .torch_aggregations import GateAggregation, NddrAggregation
@@ -234,7 +234,7 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
 
     index = {(state.node.name, task): state.key for state in states for task in state.tasks}
     graph.output({task: values[index[(ir.head_of(task).name, task)]] for task in ir.task_names})
-    _per_state(root, graph, untie=bool(ir.meta.get("share_states", {}).get("untie", False)))
+    _per_state(root, graph, untie=untied_states(ir))
     root.to(dtype)
     module = fx.GraphModule(root, graph, class_name="CompactNetwork")
     module.graph.lint()

@@ -159,6 +159,12 @@ def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
     return 2 * node_type.shape[0] if aggregation == "nddr" else 0
 
 
+def untied_states(ir: IR) -> bool:
+    """Whether `share-states` untied the states (`search.reduction.untie`): an op called on several
+    states has a copy of its weights per state, not only batch norms of its own."""
+    return bool(ir.meta.get("share_states", {}).get("untie", False))
+
+
 def compact_parameters(ir: IR) -> dict[str, Any]:
     """Parameters of the compact network and of each task's sub-network alone:
     `{"total": int, "per_task": {task: int}}`.
@@ -166,7 +172,7 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     The compact network has each edge op and aggregation once, plus, for a module called on several
     states (an edge op reading several states of its source, a node's aggregation or op computing
     several states), one more set of batch norms per extra state (`torch_compact.PerStateNorm`), or
-    with untied states (`ir.meta["share_states"]["untie"]`) one more copy of the whole op
+    with untied states (`untied_states`) one more copy of the whole op
     (`torch_compact.PerStateCopy`).
     A task's sub-network alone computes one state per node, so it has one set.
     """
@@ -176,19 +182,23 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
     nodes = {state.node.name: state.node for state in states}
     reads = Counter(name for name, _ in _edge_calls(states))
     calls = Counter(state.node.name for state in states)
-    total = sum(parameter_count(e.op) for e in edges.values()) + sum(
-        parameter_count(n.op) + aggregation_parameter_count(n.aggregation, n.input_type, len(slots.get(name, [])),
-                                                            ir.query_width(n))
-        for name, n in nodes.items())
-    if ir.meta.get("share_states", {}).get("untie", False):  # each extra state: a whole copy
-        extra = sum((reads[name] - 1) * parameter_count(e.op) for name, e in edges.items()) + sum(
-            (calls[name] - 1) * (parameter_count(n.op) + aggregation_parameter_count(
-                n.aggregation, n.input_type, len(slots.get(name, [])), ir.query_width(n)))
-            for name, n in nodes.items())
-    else:  # each extra state: its own batch norms
-        extra = sum((reads[name] - 1) * norm_parameter_count(e.op) for name, e in edges.items()) + sum(
-            (calls[name] - 1) * (norm_parameter_count(n.op) + aggregation_norm_parameters(n.aggregation, n.input_type))
-            for name, n in nodes.items())
+    untie = untied_states(ir)
+
+    def node_parameters(name: str, node: Node) -> int:  # its op and its aggregation, once
+        return parameter_count(node.op) + aggregation_parameter_count(
+            node.aggregation, node.input_type, len(slots.get(name, [])), ir.query_width(node))
+
+    def extra_edge_state(edge: Edge) -> int:  # what each further state of an edge op costs
+        return parameter_count(edge.op) if untie else norm_parameter_count(edge.op)
+
+    def extra_node_state(name: str, node: Node) -> int:  # of a node's op and aggregation
+        return node_parameters(name, node) if untie else (
+            norm_parameter_count(node.op) + aggregation_norm_parameters(node.aggregation, node.input_type))
+
+    total = (sum(parameter_count(e.op) for e in edges.values())
+             + sum(node_parameters(name, n) for name, n in nodes.items()))
+    extra = (sum((reads[name] - 1) * extra_edge_state(e) for name, e in edges.items())
+             + sum((calls[name] - 1) * extra_node_state(name, n) for name, n in nodes.items()))
     per_task = {}
     for task in ir.task_names:
         own = [s for s in states if task in s.tasks]
