@@ -1,6 +1,8 @@
 """`build-cross-task`: MTL-NAS's search space (Gao et al., CVPR 2020) in the IR."""
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from dagir.ir import IR, Edge, EdgeTaskState, Node, Op
@@ -22,12 +24,17 @@ class BuildCrossTask(ChainBuild):
     the public code (window 3): every ordered pair of tasks gets them, in both directions. The
     fusion starts as (`self_weight`, `other_weight`) (MTL-NAS's (w_t, w_s); (1, 0) starts as the
     single-task networks). `attach-gates` then gives each cross edge a bernoulli decision.
+
+    `aggregation=sum` fuses by summing instead (the cross edges are identities within a stage, so
+    they add no parameters): the space of the single-task networks plus searched cross-task
+    shortcuts, which costs what the single-task networks cost whichever edges the search keeps.
     """
 
     name = "build-cross-task"
     window: int = Field(3, ge=1)
     self_weight: float = Field(0.9, ge=0)
     other_weight: float = Field(0.1, ge=0)
+    aggregation: Literal["nddr", "sum"] = "nddr"
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()
@@ -38,10 +45,10 @@ class BuildCrossTask(ChainBuild):
             previous = f"stem_{task}"
             for j in range(1, self.nodes + 1):
                 before, after, layer = self.layer(x.type, j)
-                fused = j > 1 and len(tasks) > 1
+                nddr = j > 1 and len(tasks) > 1 and self.aggregation == "nddr"
                 out.add_node(Node(f"{task}_h{j}", "hidden", after, in_type=before, op=layer, index=j,
-                                  stage=self.stage_of(j), task=task, aggregation="nddr" if fused else "sum",
-                                  fusion=(self.self_weight, self.other_weight) if fused else None))
+                                  stage=self.stage_of(j), task=task, aggregation="nddr" if nddr else "sum",
+                                  fusion=(self.self_weight, self.other_weight) if nddr else None))
                 out.add_edge(Edge(previous, f"{task}_h{j}", "read_in" if j == 1 else "internal", Op("identity"),
                                   {task: EdgeTaskState()}))
                 previous = f"{task}_h{j}"

@@ -32,8 +32,9 @@ def cross_task_spec(tasks: int, nodes: int, stages: int, image: bool) -> Spec:
                          "heads": {"hidden": 4}})
 
 
-def build(spec: Spec, window: int, after: list[str] | None = None) -> IR:
-    passes = [f"build-cross-task{{window={window}}}", "legalize-types", "attach-gates{init=0}"] + (after or [])
+def build(spec: Spec, window: int, after: list[str] | None = None, aggregation: str = "nddr") -> IR:
+    passes = [f"build-cross-task{{window={window}, aggregation={aggregation}}}", "legalize-types",
+              "attach-gates{init=0}"] + (after or [])
     return PassManager(spec_pipeline(passes, spec)).run(seed_ir(spec))
 
 
@@ -135,11 +136,12 @@ def test_nddr_fusion_starts_as_w_t_and_w_s():
         torch.testing.assert_close(weight[:, slot], expected)
 
 
+@pytest.mark.parametrize("aggregation", ["nddr", "sum"])
 @pytest.mark.parametrize("image", [False, True])
-def test_the_compact_network_equals_the_hard_gated_supernet_and_drops_unchosen_cross_edges(image):
+def test_the_compact_network_equals_the_hard_gated_supernet_and_drops_unchosen_cross_edges(image, aggregation):
     spec = cross_task_spec(3, 4, 2, image)
     rng = random.Random(1)
-    searched = with_logits(build(spec, 2), lambda: rng.choice([-3.0, 3.0]))
+    searched = with_logits(build(spec, 2, aggregation=aggregation), lambda: rng.choice([-3.0, 3.0]))
     reduced = PassManager(parse_pipeline(["discretize", "flow-reduce{enabled=false}", "share-states"],
                                          needs_build=False)).run(searched)
     dropped = [key for key, e in searched.edges.items() if e.kind == "cross" and key not in reduced.edges]
@@ -151,8 +153,33 @@ def test_the_compact_network_equals_the_hard_gated_supernet_and_drops_unchosen_c
     from dagir.backends.torch_supernet import count_parameters
     from dagir.compact_cost import compact_macs
     from dagir.ir_stats import count_macs
-    assert count_parameters(compact) < count_parameters(supernet) - count_parameters(supernet.gates)
-    assert compact_macs(reduced)["total"] < count_macs(searched)
+    if aggregation == "nddr":  # the unchosen edges' fusion channels go
+        assert count_parameters(compact) < count_parameters(supernet) - count_parameters(supernet.gates)
+        assert compact_macs(reduced)["total"] < count_macs(searched)
+    else:  # identity edges into sums: nothing to drop but the additions
+        assert compact_macs(reduced)["total"] <= count_macs(searched)
+
+
+@pytest.mark.parametrize("image", [False, True])
+def test_summed_cross_edges_cost_what_the_single_task_networks_cost(image):
+    """With `aggregation=sum` the cross edges are identities: whichever the search keeps, the compact
+    network has the single-task networks' parameters (counted on the lowered module, against the
+    `build-single-task` networks of the same spec) and at most a sum's MACs more."""
+    from dagir.backends.torch_supernet import count_parameters
+    from dagir.compact_cost import compact_macs, compact_parameters
+    spec = cross_task_spec(3, 5, 2, image)
+    after = ["discretize", "flow-reduce{enabled=false}", "share-states"]
+    single = PassManager(spec_pipeline(["build-single-task", "legalize-types", "attach-gates"] + after,
+                                       spec)).run(seed_ir(spec))
+    single_parameters = count_parameters(lower_compact(single, hard_supernet(single, single)))
+    for logit in (-3.0, 3.0):  # no cross edge kept, every cross edge kept
+        searched = with_logits(build(spec, 2, aggregation="sum"), lambda: logit)
+        reduced = PassManager(parse_pipeline(after, needs_build=False)).run(searched)
+        kept = sum(edge.kind == "cross" for edge in reduced.edges.values())
+        assert kept == (0 if logit < 0 else sum(edge.kind == "cross" for edge in searched.edges.values()))
+        compact = lower_compact(reduced, hard_supernet(searched, reduced))
+        assert count_parameters(compact) == compact_parameters(reduced)["total"] == single_parameters
+        assert compact_macs(reduced)["total"] == compact_macs(single)["total"]  # sums count no MACs
 
 
 MTL_NAS_TINY = TINY.replace("search:\n  squeeze: {kind: binary, weight: 1.0, rho: 1.0}", """search:
