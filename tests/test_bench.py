@@ -171,7 +171,7 @@ def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
     base = load_spec(spec)
     resolved = resolve_methods(base, [str(path) for path in levers])
     for name, method in resolved.items():
-        changed = [f"{section}.{key}" for section in ("train", "search", "network")
+        changed = [f"{section}.{key}" for section in ("train", "search", "network", "pipeline")
                    for key, value in method.resolved_dict()[section].items()
                    if value != base.resolved_dict()[section][key]]
         assert len(changed) == 1, (name, changed)
