@@ -50,7 +50,8 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
               "head_hidden": network.heads.hidden}
     options: dict[str, dict[str, Any]] = {name: dict(layout) for name, cls in registered_passes().items()
                                           if cls.builds}
-    options["build-central"].update(aggregation=central.aggregation, max_span=network.flow_restriction.max_span,
+    options["build-central"].update(aggregation=central.aggregation, nddr_start=central.nddr_start,
+                                    max_span=network.flow_restriction.max_span,
                                     task_stages=central.task_stages)
     options.update({
         "flow-restrict": {"max_span": network.flow_restriction.max_span},

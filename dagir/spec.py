@@ -82,6 +82,9 @@ class CentralSpec(Strict):
     edge_op: Literal["auto", "conv", "mlp"] = "auto"
     resample: Literal["strided", "pool"] = "strided"
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    # how an nddr node's mixing starts: torch's random weights, or the mean of its inputs (the sum
+    # node it replaces, batch-normalised): the search then starts from the features of the sum
+    nddr_start: Literal["random", "mean"] = "random"
     task_stages: int = Field(0, ge=0)  # the last k stages: a copy of their nodes per task (build-central)
 
     @model_validator(mode="after")

@@ -27,10 +27,14 @@ class BuildCentral(StagedBuild):
     earlier copies, through edges gated for that task alone, so the search chooses per task which
     shared features to branch from, and the branches do not share weights (0: every node shared, the
     paper's space; `stages`: a network per task on the shared stem).
+
+    `nddr_start` = `mean` starts each `nddr` node's 1x1 mixing as the mean of its inputs (the sum
+    node it replaces, then batch norm and ReLU) rather than torch's random weights.
     """
 
     name = "build-central"
     aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    nddr_start: Literal["random", "mean"] = "random"
     max_span: int | None = Field(None, ge=1)
     task_stages: int = Field(0, ge=0)
 
@@ -56,10 +60,12 @@ class BuildCentral(StagedBuild):
             """Node h_i's name per owning task (None: the one shared node)."""
             return {task: f"h{i}_{task}" for task in tasks} if self.owned(i) else {None: f"h{i}"}
 
+        # every input of a central node is its own (no cross edges): (1, 0) starts it as their mean
+        fusion = (1.0, 0.0) if self.aggregation == "nddr" and self.nddr_start == "mean" else None
         for i in range(1, self.nodes + 1):
             for task, name in copies(i).items():
                 out.add_node(Node(name, "hidden", self.layer_type(x.type, i), index=i, stage=self.stage_of(i),
-                                  aggregation=self.aggregation, task=task))
+                                  aggregation=self.aggregation, fusion=fusion, task=task))
 
         def connect(src: dict[str | None, str], dst: dict[str | None, str], kind: str, gated: bool) -> None:
             for task, name in dst.items():

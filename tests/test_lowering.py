@@ -199,6 +199,26 @@ def test_nddr_and_gate_nodes_get_an_aggregation_module():
         assert "self.node_h3([" in module.code
 
 
+@pytest.mark.parametrize("image", [False, True])
+def test_an_nddr_node_started_as_the_mean_mixes_its_inputs_equally(image):
+    """`nddr_start: mean`: each slot of the 1x1 mixing is I/k, so it computes the inputs' mean;
+    the default random start does not."""
+    def fused(start: str) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = make_spec(image=image, nodes=3, stages=1, aggregation="nddr")
+        spec = spec.model_copy(update={"network": spec.network.model_copy(update={
+            "central": spec.network.central.model_copy(update={"nddr_start": start})})})
+        node = lower_supernet(compile_spec(spec)).node_h3
+        inputs, width = node.config["inputs"], node.config["width"]
+        torch.manual_seed(0)
+        slots = [torch.randn(4, width, 3, 3) if image else torch.randn(4, width) for _ in range(inputs)]
+        return node.fuse(torch.cat(slots, dim=1)), torch.stack(slots).mean(dim=0)
+
+    mixed, mean = fused("mean")
+    assert torch.allclose(mixed, mean, atol=1e-6)
+    mixed, mean = fused("random")
+    assert not torch.allclose(mixed, mean, atol=1e-2)
+
+
 def test_parameter_groups_partition_the_module():
     module = lower_supernet(compile_spec(make_spec(image=True, aggregation="nddr")))
     groups = [gate_parameters(module), weight_parameters(module), head_parameters(module)]
