@@ -134,7 +134,7 @@ def test_a_loader_needing_a_root_gets_a_clear_error(monkeypatch, tmp_path):
         load_dataset("on_disk", root=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("name, options", [("digits", {}), ("mnist1d", {"num_samples": 1000}), ("penguins", {}),
+@pytest.mark.parametrize("name, options", [("digits", {}), ("digits", {"layout": "image"}), ("mnist1d", {"num_samples": 1000}), ("penguins", {}),
                                            ("autompg", {})])
 def test_registry_agrees_with_what_loaders_return(name, options):
     data = load_dataset(name, options=options)
@@ -158,8 +158,21 @@ def test_digits_splits_are_disjoint_and_targets_consistent():
         digit = split.targets["digit"]
         assert torch.equal(split.targets["parity"], digit % 2)
         assert torch.equal(split.targets["large"], (digit >= 5).long())
+        assert split.targets["prime"].tolist() == [int(d in (2, 3, 5, 7)) for d in digit.tolist()]
     again = load_dataset("digits", val_split=0.1, seed=1)
     assert torch.equal(again.val.inputs, data.val.inputs)
+
+
+def test_digits_as_images_are_scikit_learns_8x8_images_in_the_same_splits():
+    from sklearn.datasets import load_digits as sklearn_digits
+    images = sklearn_digits().images  # the oracle: scikit-learn's own 8x8 arrays
+    vectors, pictures = (load_dataset("digits", options={"layout": layout}, seed=3) for layout in ("vector", "image"))
+    for vector_split, image_split in zip(vectors.splits().values(), pictures.splits().values()):
+        rows = image_split.source_ids.reshape(-1).numpy()
+        assert image_split.inputs.shape[1:] == (1, 8, 8)
+        assert np.allclose(image_split.inputs[:, 0].numpy(), images[rows] / 16.0)
+        assert torch.equal(vector_split.source_ids, image_split.source_ids)
+        assert torch.equal(vector_split.targets["digit"], image_split.targets["digit"])
 
 
 def test_autompg_rows_and_targets_agree_with_mlxtends_own_reader():

@@ -2,8 +2,9 @@
 
 Both are small and need no download, so a search on them runs in seconds on a CPU.
 
-- `digits`: the 1797 8x8 digits bundled with scikit-learn, as 64-dim vectors scaled to [0, 1].
-  Tasks: `digit` (10 classes), `parity` (digit odd: 2 classes), `large` (digit >= 5: 2 classes).
+- `digits`: the 1797 8x8 digits bundled with scikit-learn, scaled to [0, 1]: 64-dim vectors, or with
+  `layout: image` 1x8x8 images (for a conv search space). Tasks: `digit` (10 classes), `parity`
+  (digit odd: 2 classes), `large` (digit >= 5: 2 classes), `prime` (digit 2, 3, 5 or 7: 2 classes).
   Split at random by `seed`: `test_fraction` for test, `val_split` for validation, the rest train.
 - `mnist1d`: the MNIST-1D signals (40-dim) made by the `mnist1d` package's own generator with its
   default arguments (seed 42 gives the standard data set), never its download path. Tasks: `digit`
@@ -19,24 +20,24 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from . import DIGITS_SHAPES, DIGITS_TASKS
 from .splits import Split, TaskData, partition, seeded_splits
 
 
 def load_digits(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
                 seed: int = 0) -> TaskData:
-    """scikit-learn's 8x8 digits with tasks digit, parity and large; `root` is not used."""
+    """scikit-learn's 8x8 digits with tasks digit, parity, large and prime; `root` is not used."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     test_fraction = options["test_fraction"]
     bunch = sklearn_digits()
-    inputs = (bunch.data / 16.0).astype(np.float32)  # pixel counts 0..16
+    shape = DIGITS_SHAPES[options["layout"]]
+    inputs = (bunch.data / 16.0).astype(np.float32).reshape(-1, *shape)  # pixel counts 0..16, row-major
     labels = bunch.target.astype(np.int64)
     parts = seeded_splits(len(labels), test_fraction, val_split, seed)
     splits = {name: _digit_split(inputs, labels, indices, with_large=True) for name, indices in parts.items()}
-    return TaskData("digits", splits["train"], splits["val"], splits["test"], input_shape=(64,),
-                    task_kinds={"digit": "classification", "parity": "classification",
-                                "large": "classification"},
-                    task_classes={"digit": 10, "parity": 2, "large": 2})
+    return TaskData("digits", splits["train"], splits["val"], splits["test"], input_shape=shape,
+                    task_kinds=dict.fromkeys(DIGITS_TASKS, "classification"), task_classes=dict(DIGITS_TASKS))
 
 
 def load_mnist1d(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
@@ -89,5 +90,6 @@ def _digit_split(inputs: np.ndarray, labels: np.ndarray, indices: np.ndarray, wi
     targets = {"digit": digit, "parity": digit % 2}
     if with_large:
         targets["large"] = (digit >= 5).long()
+        targets["prime"] = ((digit == 2) | (digit == 3) | (digit == 5) | (digit == 7)).long()
     return Split(torch.from_numpy(inputs[indices]), targets,
                  torch.from_numpy(indices.astype(np.int64) + id_offset).unsqueeze(1))
