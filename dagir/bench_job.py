@@ -32,7 +32,7 @@ from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
 from .run_folder import (finished_files, locked_folder, prepare_run_folder, same_run_spec, write_finished_files,
                          write_text)
 from .run_job import Run
-from .spec import Spec
+from .spec import STAGES, Spec
 from .tasks import delta_mtl, primary_metric
 
 Echo = Callable[[str], None]
@@ -66,9 +66,6 @@ def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: boo
     with locked_folder(out, "bench run"):
         prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
         return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute(), spec)
-
-
-STAGES = ("warmup", "search", "finetune")
 
 
 def _run_in_pool(pending: list[tuple[str, int, Spec, Path]], workers: int, *, echo: Echo,

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import yaml
 
 from .errors import UserError
-from .spec import Spec
+from .spec import STAGES, Spec
 
 
 def write_text(path: Path, text: str | bytes) -> None:
@@ -50,11 +50,17 @@ def spec_changes(recorded: dict[str, Any], spec: Spec) -> dict[str, tuple[Any, A
     """The fields (dotted paths) where `spec` differs from a recorded resolved spec: {path: (old, new)}.
 
     The `bench` section is left out: it says how many seeds and methods a bench runs, not how one
-    run trains, so a bench given more seeds can take up the runs it already finished.
+    run trains, so a bench given more seeds can take up the runs it already finished. So is a stage
+    that trains in neither (0 epochs in both): its settings change nothing.
     """
     changes: dict[str, tuple[Any, Any]] = {}
+    resolved = spec.resolved_dict()
+    idle = {("train", stage) for stage in STAGES
+            if _epochs(recorded, stage) == 0 and _epochs(resolved, stage) == 0}
 
     def walk(old: Any, new: Any, path: tuple[str, ...]) -> None:
+        if path in idle:
+            return
         if isinstance(old, dict) and isinstance(new, dict):
             for key in sorted(set(old) | set(new), key=str):
                 if path or key != "bench":
@@ -62,17 +68,21 @@ def spec_changes(recorded: dict[str, Any], spec: Spec) -> dict[str, tuple[Any, A
         elif old != new:
             changes[".".join(path)] = (old, new)
 
-    walk(recorded, spec.resolved_dict(), ())
+    walk(recorded, resolved, ())
     return changes
+
+
+def _epochs(resolved: dict[str, Any], stage: str) -> Any:
+    """A resolved spec's epochs of `stage` (None where it has none)."""
+    train = resolved.get("train")
+    section = train.get(stage) if isinstance(train, dict) else None
+    return section.get("epochs") if isinstance(section, dict) else None
 
 
 def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
     """Whether the resolved spec a run folder recorded describes the same run as `spec`."""
     recorded = recorded_spec(resolved_file)
     return recorded is not None and not spec_changes(recorded, spec)
-
-
-STAGES = ("warmup", "search", "finetune")
 
 
 def unsafe_on_resume(path: str) -> bool:

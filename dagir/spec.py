@@ -264,6 +264,9 @@ class LossWeightingSpec(Strict):
     temperature: float = Field(2.0, gt=0)
 
 
+STAGES: tuple[str, ...] = ("warmup", "search", "finetune")  # the training stages, in the order they run
+
+
 class TrainSpec(Strict):
     warmup: WarmupStageSpec = Field(default_factory=lambda: WarmupStageSpec(epochs=3))
     search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
@@ -276,6 +279,10 @@ class TrainSpec(Strict):
     compile: bool = False  # torch.compile the compact network for fine-tuning and evaluation
     compile_supernet: bool = False  # torch.compile the supernet for the warm-up and the search (and their validation)
     channels_last: bool = False  # image inputs and conv weights in channels-last memory order
+
+    def final_stage(self) -> str:
+        """The last stage that trains (the one whose weights the exported network keeps)."""
+        return next((name for name in reversed(STAGES) if getattr(self, name).epochs > 0), "warmup")
 
 
 class PipelineSpec(Strict):

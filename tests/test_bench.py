@@ -235,6 +235,53 @@ def test_a_budget_is_the_searched_networks_and_baselines_run_without_it(tmp_path
         assert (budget.macs, budget.parameters) == (None, None), method
 
 
+def test_every_methods_training_ends_with_the_bench_specs_learning_rate_schedule(tmp_path):
+    """Where the bench spec anneals its fine-tune, each method anneals the stage it ends with (a
+    one-stage baseline its warm-up, MTL-NAS its search), unless the method sets that stage's own
+    schedule; where it does not anneal, no method does."""
+    from dagir.methods import method_spec
+    from dagir.spec import load_spec
+
+    penguins = Path(__file__).parent.parent / "examples" / "penguins.yaml"
+    annealed = load_spec(penguins, ["train.finetune.lr_schedule=cosine"])
+    ends = {"searched": "finetune", "no_squeeze": "finetune", "mtnas": "finetune", "mtl_nas": "search",
+            "single_task": "warmup", "hard_sharing": "warmup", "cross_stitch": "warmup", "mmoe": "warmup"}
+    for method, last in ends.items():
+        train = method_spec(annealed, method).train
+        assert train.final_stage() == last, method
+        assert getattr(train, last).lr_schedule == "cosine", method
+        assert method == "searched" or train.warmup.lr_schedule == ("cosine" if last == "warmup" else "constant")
+    plain = load_spec(penguins)
+    for method in ends:
+        train = method_spec(plain, method).train
+        assert {getattr(train, stage).lr_schedule for stage in ("warmup", "search", "finetune")} == {"constant"}
+    own = tmp_path / "constant_single.yaml"  # a method that says how its one stage runs keeps it
+    own.write_text("budget: one-stage\ntrain: {warmup: {lr_schedule: constant}}\n"
+                   "pipeline: {before_search: [build-single-task, legalize-types, attach-gates], "
+                   "after_search: [discretize, share-states]}\n")
+    assert method_spec(annealed, str(own)).train.warmup.lr_schedule == "constant"
+
+
+def test_resume_takes_up_a_run_whose_spec_differs_only_in_a_stage_that_does_not_train():
+    """A single-task run trains one stage; the settings of its empty search and fine-tune do not
+    make it another run, so a bench that anneals the fine-tune can take it up. Its own stage's can."""
+    from dagir.methods import method_spec
+    from dagir.run_folder import spec_changes
+    from dagir.spec import load_spec
+
+    penguins = Path(__file__).parent.parent / "examples" / "penguins.yaml"
+    plain = method_spec(load_spec(penguins), "single_task")
+    recorded = plain.resolved_dict()  # a run that annealed its one stage, the fine-tune's settings left as they were
+    recorded["train"]["warmup"]["lr_schedule"] = "cosine"
+    assert recorded["train"]["finetune"]["epochs"] == 0 and recorded["train"]["finetune"]["lr_schedule"] == "constant"
+    annealed = method_spec(load_spec(penguins, ["train.finetune.lr_schedule=cosine"]), "single_task")
+    assert annealed.train.finetune.lr_schedule == "cosine" and spec_changes(recorded, annealed) == {}
+    assert spec_changes(recorded, plain) == {"train.warmup.lr_schedule": ("cosine", "constant")}
+    searched = load_spec(penguins)  # the searched network trains every stage: each one's settings count
+    changed = load_spec(penguins, ["train.finetune.lr_schedule=cosine"])
+    assert spec_changes(searched.resolved_dict(), changed) == {"train.finetune.lr_schedule": ("constant", "cosine")}
+
+
 class Ref:
     def __init__(self, value):
         self.value = value

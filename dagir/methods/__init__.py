@@ -17,7 +17,9 @@ same form, named by its path in `--methods` or `bench.methods` (its name in the 
 `budget` says how the bench spec's epochs (warm-up + search + fine-tune, passes over the training
 set) are spent, so every method gets the same number: `same` (as the merged spec says), `one-stage`
 (all of them in the first stage, for methods without decisions), `search-takes-finetune` (the
-fine-tune epochs go to the search). A method may not set `data`, `tasks`, `seed` or `bench`. A
+fine-tune epochs go to the search). Whatever the budget, a method's last stage follows the
+learning-rate schedule of the bench spec's last stage unless the method sets its own, so where the
+bench spec anneals its fine-tune every method's training ends annealed. A method may not set `data`, `tasks`, `seed` or `bench`. A
 method without the `fit-budget` pass after search has no `search.budget` (the bench spec's budget
 is the searched network's).
 
@@ -85,6 +87,8 @@ def method_spec(spec: Spec, method: str) -> Spec:
     _spend(merged, spec, budget)
     _drop_unfitted_budget(merged)
     resolved = validate_spec(merged, source)
+    if _end_as_the_bench_ends(merged, overlay, spec, resolved.train.final_stage()):
+        resolved = validate_spec(merged, source)
     resolved._source = source
     check_spec_semantics(resolved, source, methods=False)
     return resolved
@@ -96,6 +100,19 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     for key, value in overlay.items():
         out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
+
+
+def _end_as_the_bench_ends(merged: dict[str, Any], overlay: dict[str, Any], spec: Spec, last: str) -> bool:
+    """Give the method's last training stage (`last`) the learning-rate schedule the bench spec's
+    last stage has, unless the method sets that stage's schedule itself; True if that changed it.
+    So every method's training ends the same way: where the bench spec anneals its fine-tune, a
+    one-stage baseline anneals its one stage and MTL-NAS its search, and the searched network's
+    annealing is not an advantage the others lack."""
+    schedule = getattr(spec.train, spec.train.final_stage()).lr_schedule
+    if "lr_schedule" in overlay.get("train", {}).get(last, {}) or merged["train"][last]["lr_schedule"] == schedule:
+        return False
+    merged["train"][last]["lr_schedule"] = schedule
+    return True
 
 
 def _drop_unfitted_budget(merged: dict[str, Any]) -> None:

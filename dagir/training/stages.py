@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..datasets.splits import Split, TaskData
-from ..spec import Spec, StageSpec, TaskSpec
+from ..spec import STAGES, Spec, StageSpec, TaskSpec
 from ..tasks import delta_mtl
 from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
@@ -30,14 +30,6 @@ from .weighting import make_weighting
 
 Echo = Callable[[str], None]
 WEIGHT_PREFIXES = ("edge_", "node_", "op_")  # Θ's submodules; the heads are `head_*`
-
-
-STAGES = ("warmup", "search", "finetune")
-
-
-def final_stage(spec: Spec) -> str:
-    """The last stage that trains (the one whose weights the exported network keeps)."""
-    return next((name for name in reversed(STAGES) if getattr(spec.train, name).epochs > 0), "warmup")
 
 
 class BestEpoch:
@@ -112,7 +104,7 @@ class StageRunner:
         history as `select/...`); otherwise `train.select: best` keeps the final stage's best."""
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
         best = (BestEpoch(self.spec.tasks)
-                if select_on is not None or (self.spec.train.select == "best" and name == final_stage(self.spec))
+                if select_on is not None or (self.spec.train.select == "best" and name == self.spec.train.final_stage())
                 else None)
 
         def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
