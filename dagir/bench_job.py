@@ -302,7 +302,9 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
     seeds = ", ".join(str(s) for s in table["seeds"])
     budget = ("Budget: every method trains on the same data and seeds; `epochs w+s+f` are its warm-up, search "
               "and fine-tune epochs (passes over its training split), `steps` its optimiser steps in all, and "
-              "the seconds its wall time (warm-up + search: the cost of choosing the architecture).")
+              "the seconds its wall time (warm-up + search: the cost of choosing the architecture). Every "
+              "method's last stage follows the bench spec's last-stage learning-rate schedule "
+              f"({getattr(spec.train, spec.train.final_stage()).lr_schedule}) unless the method sets its own.")
     write_text(out / "table.md", f"# {spec.name}: searched network vs baselines (seeds {seeds})\n\n"
                + "\n".join(lines) + f"\n\n{budget}\n")
     write_csvs(out, table, results)

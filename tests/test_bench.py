@@ -157,6 +157,7 @@ def test_ablations_run_as_one_bench_and_the_table_states_each_budget(tmp_path):
     assert float(rows["searched"]["search_seconds_mean"]) <= float(rows["searched"]["seconds_mean"])
     assert "| 2+1+1 | 16 |" in (out / "table.md").read_text()
     assert "Budget: every method trains on the same data and seeds" in (out / "table.md").read_text()
+    assert "last-stage learning-rate schedule (cosine)" in (out / "table.md").read_text()
 
 
 def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
