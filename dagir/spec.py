@@ -81,7 +81,10 @@ class CentralSpec(Strict):
     channels: list[int] | int = Field(default_factory=lambda: [16, 32, 64])
     edge_op: Literal["auto", "conv", "mlp"] = "auto"
     resample: Literal["strided", "pool"] = "strided"
-    aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    # how a node combines its gated inputs: the paper's sum (DESIGN §4), NDDR's learned mixing, or a
+    # softmax gate computed from them (the default: it won or tied on every built-in task set,
+    # examples/levers/README.md; examples/levers/aggregation_sum.yaml switches back to the sum)
+    aggregation: Literal["sum", "nddr", "gate"] = "gate"
     # how an nddr node's mixing starts: torch's random weights, or the mean of its inputs (the sum
     # node it replaces, batch-normalised): the search then starts from the features of the sum
     nddr_start: Literal["random", "mean"] = "random"
@@ -257,9 +260,10 @@ class SearchStageSpec(StageSpec):
 class LossWeightingSpec(Strict):
     """How the task losses are combined (`dagir.training.weighting`): `sum` of w_t·L_t, `uw`
     (uncertainty weighting; its log-variances learn at `lr`) or `dwa` (dynamic weight average at
-    `temperature`)."""
+    `temperature`; the default: it won on MultiMNIST and tied on the small task sets,
+    examples/levers/README.md)."""
 
-    kind: Literal["sum", "uw", "dwa"] = "sum"
+    kind: Literal["sum", "uw", "dwa"] = "dwa"
     lr: float = Field(0.01, gt=0)
     temperature: float = Field(2.0, gt=0)
 

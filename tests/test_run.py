@@ -387,7 +387,7 @@ def test_resume_position_reads_as_a_person_would():
 def test_loss_weighting_from_torchjd_trains_and_resumes_exactly(tmp_path, tiny_spec, monkeypatch, kind):
     overrides = [f"train.loss_weighting.kind={kind}", "train.loss_weighting.lr=0.1"]
     whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=overrides)
-    run_quietly(tiny_spec, tmp_path / "plain")
+    run_quietly(tiny_spec, tmp_path / "plain", overrides=["train.loss_weighting.kind=sum"])
     history = json.loads((tmp_path / "whole" / "history.json").read_text())
     plain_history = json.loads((tmp_path / "plain" / "history.json").read_text())
     assert history[-1]["train/loss"] != plain_history[-1]["train/loss"]  # the weighting changed the training
@@ -531,8 +531,10 @@ def test_a_tasks_squeeze_strength_closes_more_of_its_gates(tmp_path, tiny_spec):
         return sum(values) / len(values)
 
     # a light squeeze that closes what the task losses do not hold open (ρ = 4), 20 times harder for
-    # parity (Adam normalises each gate's step: a strength matters against the task loss, not alone)
-    light = ["search.squeeze.rho=4", "search.squeeze.weight=0.1"]
+    # parity (Adam normalises each gate's step: a strength matters against the task loss, not alone);
+    # summed nodes and losses, so a gate's size reaches its task's loss undivided
+    light = ["search.squeeze.rho=4", "search.squeeze.weight=0.1", "network.central.aggregation=sum",
+             "train.loss_weighting.kind=sum"]
     run_quietly(tiny_spec, tmp_path / "plain", overrides=light)
     run_quietly(tiny_spec, tmp_path / "squeezed", overrides=light + ["tasks.1.squeeze=20"])
     parity_drop = mean_gate(tmp_path / "plain", "parity") - mean_gate(tmp_path / "squeezed", "parity")

@@ -72,7 +72,7 @@ def test_examples_load(name):
     (GOOD.replace("channels: [8, 16]", "channels: [8, 1000000000000]"),
      "network.central.channels.1: a width of 1,000,000,000,000 is more than limits.width"),
     (GOOD.replace("channels: [8, 16]", "channels: [8, 16000]") + "limits: {width: 20000}\n",
-     "spec.yaml:6:1: network: the search space holds 2,317,542,379 parameters, more than limits.parameters"),
+     "spec.yaml:6:1: network: the search space holds 2,317,942,429 parameters, more than limits.parameters"),
     (GOOD + "train: {search: {strategy: reinforce}}\n",
      "spec.yaml:8:18: train.search.strategy: reinforce samples categorical decisions, and this search space has none"),
     (GOOD + "pipeline: {before_search: ['build-routing{experts=2, route_size=3}', legalize-types, attach-gates]}\n",
