@@ -4,7 +4,7 @@
     warm-up   train Θ and the heads, every gate 1                       (dagir.training.stages)
     search    train the decisions with the stage's strategy, squeeze   (dagir.training.search)
     import the logits into the IR -> after-search pipeline (discretize, flow-reduce, fit-budget, share-states)
-    lower the compact network (weights from the supernet) -> fine-tune -> evaluate -> export
+    lower the compact network (weights from the supernet, or fresh) -> fine-tune -> evaluate -> export
 
 OUT/
   spec.resolved.yaml, history.json, metrics.json, .dagir.lock (who holds the folder)
@@ -177,7 +177,8 @@ class Run:
         self._images(self.out / "passes" / "after-search", "passes/after-search")
 
         from dagir.backends.torch_compact import lower_compact
-        compact = runner.precision.model(lower_compact(compact_ir, supernet).to(self.device))
+        inherited = supernet if self.spec.train.finetune.weights == "searched" else None  # fresh: default init
+        compact = runner.precision.model(lower_compact(compact_ir, inherited).to(self.device))
         self.world.broadcast_module(compact)
         served = stages.finetune(runner, compact, supernet, data, state)
         return self._finish(compact, compact_ir, searched, supernet, data, served)

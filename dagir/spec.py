@@ -257,6 +257,15 @@ class SearchStageSpec(StageSpec):
         return betas
 
 
+class FinetuneStageSpec(StageSpec):
+    """The fine-tune of the compact network. `weights`: where its weights start: `searched`, the
+    supernet's (the method's weight sharing: what the warm-up and the search trained), or `fresh`,
+    a new initialisation of the same architecture (as DARTS-style searches retrain what they found),
+    so the fine-tune keeps the architecture and nothing the shared warm-up learned."""
+
+    weights: Literal["searched", "fresh"] = "searched"
+
+
 class LossWeightingSpec(Strict):
     """How the task losses are combined (`dagir.training.weighting`): `sum` of w_t·L_t, `uw`
     (uncertainty weighting; its log-variances learn at `lr`) or `dwa` (dynamic weight average at
@@ -274,7 +283,7 @@ STAGES: tuple[str, ...] = ("warmup", "search", "finetune")  # the training stage
 class TrainSpec(Strict):
     warmup: WarmupStageSpec = Field(default_factory=lambda: WarmupStageSpec(epochs=3))
     search: SearchStageSpec = Field(default_factory=lambda: SearchStageSpec(epochs=3))
-    finetune: StageSpec = Field(default_factory=lambda: StageSpec(epochs=2, lr=5e-4))
+    finetune: FinetuneStageSpec = Field(default_factory=lambda: FinetuneStageSpec(epochs=2, lr=5e-4))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     checkpoint_every: int = Field(200, ge=1)
