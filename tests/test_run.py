@@ -687,3 +687,19 @@ def test_a_run_with_task_branches_keeps_each_tasks_branch_apart(tmp_path, tiny_s
     assert owners <= {"digit", "parity"} and owners  # the last stage's nodes are per-task copies
     assert all(node.task is None for node in compact.hidden_nodes() if node.name in ("h1", "h2"))
     assert metrics["compact"]["parameters"] > 0 and set(metrics["test"]) == {"digit", "parity"}
+
+
+def test_a_fresh_fine_tune_keeps_the_searched_architecture_and_none_of_its_weights(tmp_path, tiny_spec):
+    """`train.finetune.weights: fresh`: the same search (same seed), so the same compact network, but
+    its weights start from a new initialisation; with no fine-tune epoch the export shows the start."""
+    untrained = ["train.finetune.epochs=0"]
+    run_quietly(tiny_spec, tmp_path / "searched", overrides=untrained)
+    run_quietly(tiny_spec, tmp_path / "fresh", overrides=untrained + ["train.finetune.weights=fresh"])
+    assert (tmp_path / "fresh" / "compact.json").read_text() == (tmp_path / "searched" / "compact.json").read_text()
+    inherited = load_file(tmp_path / "searched" / "compact.safetensors")
+    fresh = load_file(tmp_path / "fresh" / "compact.safetensors")
+    assert inherited.keys() == fresh.keys()
+    weights = [name for name in fresh if name.endswith("weight") and fresh[name].dim() > 1]
+    assert weights and not any(torch.equal(fresh[name], inherited[name]) for name in weights)
+    recorded = (tmp_path / "fresh" / "spec.resolved.yaml").read_text()
+    assert "weights: fresh" in recorded and "weights: searched" in (tmp_path / "searched" / "spec.resolved.yaml").read_text()
