@@ -52,7 +52,7 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
                                           if cls.builds}
     options["build-central"].update(aggregation=central.aggregation, nddr_start=central.nddr_start,
                                     max_span=network.flow_restriction.max_span,
-                                    task_stages=central.task_stages)
+                                    task_stages=central.task_stages, task_copies=central.task_copies)
     options.update({
         "flow-restrict": {"max_span": network.flow_restriction.max_span},
         "insert-read-io": {"read_in": network.read_in, "read_out": network.read_out},

@@ -89,6 +89,9 @@ class CentralSpec(Strict):
     # node it replaces, batch-normalised): the search then starts from the features of the sum
     nddr_start: Literal["random", "mean"] = "random"
     task_stages: int = Field(0, ge=0)  # the last k stages: a copy of their nodes per task (build-central)
+    # where those copies go: in place of the shared nodes (`replace`), or beside them (`beside`), so
+    # the search chooses per task and per node between its own copy and the shared node
+    task_copies: Literal["replace", "beside"] = "replace"
 
     @model_validator(mode="after")
     def _stages_fit(self) -> "CentralSpec":

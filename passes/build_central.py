@@ -26,7 +26,11 @@ class BuildCentral(StagedBuild):
     (`h7_left`, owned by the task, with its own Θ): a task's copy reads the shared nodes and its own
     earlier copies, through edges gated for that task alone, so the search chooses per task which
     shared features to branch from, and the branches do not share weights (0: every node shared, the
-    paper's space; `stages`: a network per task on the shared stem).
+    paper's space; `stages`: a network per task on the shared stem). With `task_copies` = `beside`
+    the shared nodes of those stages stay too: a task's copy h_j_t reads its own earlier copies and
+    the shared nodes, the shared h_j reads the shared nodes, and each head may read its task's copy
+    and the shared node of the last layer, so the space holds the fully shared network, a network
+    per task and every mixture, and the search chooses between them per task and per node.
 
     `nddr_start` = `mean` starts each `nddr` node's 1x1 mixing as the mean of its inputs (the sum
     node it replaces, then batch norm and ReLU) rather than torch's random weights.
@@ -37,6 +41,7 @@ class BuildCentral(StagedBuild):
     nddr_start: Literal["random", "mean"] = "random"
     max_span: int | None = Field(None, ge=1)
     task_stages: int = Field(0, ge=0)
+    task_copies: Literal["replace", "beside"] = "replace"
 
     @model_validator(mode="after")
     def _task_stages_fit(self) -> "BuildCentral":
@@ -56,9 +61,19 @@ class BuildCentral(StagedBuild):
         out.add_node(Node("stem", "stem", self.layer_type(x.type, 0)))
         out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), shared))
 
+        beside = self.task_copies == "beside"
+
         def copies(i: int) -> dict[str | None, str]:
             """Node h_i's name per owning task (None: the one shared node)."""
-            return {task: f"h{i}_{task}" for task in tasks} if self.owned(i) else {None: f"h{i}"}
+            if not self.owned(i):
+                return {None: f"h{i}"}
+            return {**({None: f"h{i}"} if beside else {}), **{task: f"h{i}_{task}" for task in tasks}}
+
+        def sources(src: dict[str | None, str], task: str | None) -> list[str]:
+            """What a node owned by `task` (None: shared) reads of layer `src`: its own copy where there
+            is one, the shared node where there is no copy or the copies sit beside it."""
+            own = [src[task]] if task is not None and task in src else []
+            return own + ([src[None]] if None in src and (not own or beside) else [])
 
         # every input of a central node is its own (no cross edges): (1, 0) starts it as their mean
         fusion = (1.0, 0.0) if self.aggregation == "nddr" and self.nddr_start == "mean" else None
@@ -69,9 +84,9 @@ class BuildCentral(StagedBuild):
 
         def connect(src: dict[str | None, str], dst: dict[str | None, str], kind: str, gated: bool) -> None:
             for task, name in dst.items():
-                source = src.get(task, src.get(None))
                 serves = shared if task is None else {task: shared[task]}
-                out.add_edge(Edge(source, name, kind, None, serves, gated=gated))
+                for source in sources(src, task):
+                    out.add_edge(Edge(source, name, kind, None, serves, gated=gated))
 
         span = self.nodes if self.max_span is None else self.max_span
         for j in range(2, self.nodes + 1):
@@ -82,6 +97,6 @@ class BuildCentral(StagedBuild):
         for task in out.tasks:
             head = task_head(task, self.head_hidden, x.type)
             out.add_node(head)
-            out.add_edge(Edge(last.get(task.name, last.get(None)), head.name, "read_out", None,
-                              {task.name: shared[task.name]}))
+            for source in sources(last, task.name):
+                out.add_edge(Edge(source, head.name, "read_out", None, {task.name: shared[task.name]}))
         return out

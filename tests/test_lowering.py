@@ -74,13 +74,14 @@ def test_gate_aggregation_gives_an_empty_slot_no_weight():
 # -- random search spaces -------------------------------------------------------------------------
 def make_spec(image: bool, nodes: int = 4, stages: int = 2, tasks: int = 2, aggregation: str = "sum",
               max_span: int | None = None, read_in: bool = True, read_out: bool = True,
-              channels: list[int] | None = None, shape: list[int] | None = None, task_stages: int = 0) -> Spec:
+              channels: list[int] | None = None, shape: list[int] | None = None, task_stages: int = 0,
+              task_copies: str = "replace") -> Spec:
     task_specs = [{"name": f"t{i}", "kind": "classification", "classes": 2 + i} if i % 2 == 0
                   else {"name": f"t{i}", "kind": "regression"} for i in range(tasks)]
     return Spec(tasks=task_specs, network={
         "input": {"shape": shape or ([1, 8, 8] if image else [5])}, "stem": {"channels": 3},
         "central": {"nodes": nodes, "stages": stages, "channels": channels or [2 + s for s in range(stages)],
-                    "aggregation": aggregation, "task_stages": task_stages},
+                    "aggregation": aggregation, "task_stages": task_stages, "task_copies": task_copies},
         "flow_restriction": {"max_span": max_span}, "read_in": read_in, "read_out": read_out,
         "heads": {"hidden": 5}})
 
@@ -112,7 +113,8 @@ def search_spaces(draw) -> IR:
                      max_span=draw(st.none() | st.integers(1, nodes)),
                      read_in=draw(st.booleans()), read_out=draw(st.booleans()),
                      channels=draw(st.lists(st.integers(1, 4), min_size=stages, max_size=stages)),
-                     shape=shape, task_stages=draw(st.integers(0, stages)))
+                     shape=shape, task_stages=draw(st.integers(0, stages)),
+                     task_copies=draw(st.sampled_from(["replace", "beside"])))
     rng = random.Random(draw(st.integers(0, 2 ** 16)))
     return with_random_gates(compile_spec(spec), rng, drop=draw(st.sampled_from([0.0, 0.3])))
 

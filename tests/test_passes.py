@@ -45,6 +45,23 @@ def test_task_stages_give_each_task_its_own_branch_of_the_last_stages():
     assert len(ir.hidden_nodes()) == len(paper_space.hidden_nodes()) + 2  # h5, h6: one copy more
 
 
+def test_task_copies_beside_the_shared_nodes_let_each_task_read_either():
+    ir = small_ir(tasks=2, nodes=6, stages=3, max_span=2, task_stages=1, task_copies="beside")
+    assert [n.name for n in ir.hidden_nodes() if n.task is None] == ["h1", "h2", "h3", "h4", "h5", "h6"]
+    assert sorted(n.name for n in ir.hidden_nodes() if n.task == "t0") == ["h5_t0", "h6_t0"]
+    # a copy reads its own earlier copy and the shared nodes within the span, for its task alone
+    assert {src for src, dst in ir.edges if dst == "h6_t0"} == {"stem", "h4", "h5", "h5_t0"}
+    assert list(ir.edges[("h5", "h6_t0")].tasks) == ["t0"]
+    # the shared nodes read only shared nodes, and serve every task
+    assert {src for src, dst in ir.edges if dst == "h6"} == {"stem", "h4", "h5"}
+    assert set(ir.edges[("h5", "h6")].tasks) == {"t0", "t1"}
+    # each head may leave from its task's copies and from every shared node, never another task's copy
+    assert {src for src, dst in ir.edges if dst == "head_t0"} == {f"h{i}" for i in range(1, 7)} | {"h5_t0", "h6_t0"}
+    without_read_out = small_ir(tasks=2, nodes=6, stages=3, max_span=2, task_stages=1, task_copies="beside",
+                                read_out=False)
+    assert {src for src, dst in without_read_out.edges if dst == "head_t1"} == {"h6", "h6_t1"}
+
+
 def test_task_stages_cannot_exceed_the_stages():
     from dagir.errors import SpecError
     from dagir.spec import load_spec
