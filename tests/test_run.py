@@ -703,3 +703,21 @@ def test_a_fresh_fine_tune_keeps_the_searched_architecture_and_none_of_its_weigh
     assert weights and not any(torch.equal(fresh[name], inherited[name]) for name in weights)
     recorded = (tmp_path / "fresh" / "spec.resolved.yaml").read_text()
     assert "weights: fresh" in recorded and "weights: searched" in (tmp_path / "searched" / "spec.resolved.yaml").read_text()
+
+
+def test_a_run_with_task_copies_beside_the_shared_nodes(tmp_path, tiny_spec):
+    """`task_copies: beside`: the supernet holds the shared last stage and a copy per task; the compact
+    network keeps, per task and node, whichever the search chose, and no copy serves another task."""
+    out = tmp_path / "run"
+    metrics = run_quietly(tiny_spec, out, overrides=["network.central.task_stages=1",
+                                                    "network.central.task_copies=beside"])
+    searched = read_ir(out / "architecture.json")
+    last_stage = {node.name: node.task for node in searched.hidden_nodes() if node.name.startswith(("h3", "h4"))}
+    assert last_stage == {"h3": None, "h3_digit": "digit", "h3_parity": "parity",
+                          "h4": None, "h4_digit": "digit", "h4_parity": "parity"}
+    compact = read_ir(out / "compact.json")
+    for (src, dst), edge in compact.edges.items():
+        owner = compact.nodes[src].task
+        if owner is not None:
+            assert set(edge.tasks) == {owner}, (src, dst)
+    assert set(metrics["test"]) == {"digit", "parity"}
