@@ -67,7 +67,8 @@ class BuildCentral(StagedBuild):
             """Node h_i's name per owning task (None: the one shared node)."""
             if not self.owned(i):
                 return {None: f"h{i}"}
-            return {**({None: f"h{i}"} if beside else {}), **{task: f"h{i}_{task}" for task in tasks}}
+            own = {task: f"h{i}_{task}" for task in tasks}
+            return {None: f"h{i}", **own} if beside else own
 
         def sources(src: dict[str | None, str], task: str | None) -> list[str]:
             """What a node owned by `task` (None: shared) reads of layer `src`: its own copy where there

@@ -20,8 +20,8 @@ set) are spent, so every method gets the same number: `same` (as the merged spec
 fine-tune epochs go to the search). Whatever the budget, a method's last stage follows the
 learning-rate schedule of the bench spec's last stage unless the method sets its own, so where the
 bench spec anneals its fine-tune every method's training ends annealed. A method may not set
-`data`, `tasks`, `seed` or `bench`. A method without the `fit-budget` pass after search has no `search.budget` (the bench spec's budget
-is the searched network's).
+`data`, `tasks`, `seed` or `bench`. A method without the `fit-budget` pass after search has no
+`search.budget` (the bench spec's budget is the searched network's).
 
 >>> sorted(set(BUILT_IN) - set(ABLATIONS))
 ['cross_stitch', 'hard_sharing', 'mmoe', 'mtl_nas', 'mtnas', 'searched', 'single_task']
