@@ -158,8 +158,8 @@ class StageLoop:
                 running.loss += loss
                 running.squeeze += squeeze
                 running.steps += 1
+                bar.set_postfix(loss=f"{running.loss / running.steps:.4f}", refresh=False)  # drawn by update
                 bar.update(1)
-                bar.set_postfix(loss=f"{running.loss / running.steps:.4f}")
                 if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
                     self.checkpoint(Position(epoch, step + 1), running)
             bar.close()

@@ -252,13 +252,13 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         context.sharing_weight = spec.search.sharing.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
 
     def step(batch, epoch: int, index: int) -> tuple[float, float]:
-        supernet.train()
-        if not trains_weights:  # frozen Θ: batch norm keeps its warm-up statistics
-            for name, child in supernet.named_children():
-                if name.startswith(WEIGHT_PREFIXES):
-                    child.eval()
-        if epoch_now["epoch"] != epoch:
+        if epoch_now["epoch"] != epoch:  # an epoch's first step (or a resumed one's): after validation
             epoch_now.update(epoch=epoch, compactness=None)
+            supernet.train()  # every mode change within an epoch restores what it changed
+            if not trains_weights:  # frozen Θ: batch norm keeps its warm-up statistics
+                for name, child in supernet.named_children():
+                    if name.startswith(WEIGHT_PREFIXES):
+                        child.eval()
         return strategy.step(batch, epoch, index)
 
     def discretised_metrics() -> dict[str, dict[str, float]]:  # `select: best` ranks the hard network
@@ -313,12 +313,8 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     if state is not None:
         compact.load_state_dict(state["model"])
     served = serving(runner, compact, runner.spec.train.compile)
-
-    def forward(inputs):
-        compact.train()
-        return runner.forward(served, inputs)
-
-    step = supervised_step(forward, optimizer, runner.spec.tasks, runner.weighting, runner.precision)
+    compact.train()  # validation puts it back in training mode
+    step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks, runner.weighting, runner.precision)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
                save_extra=lambda: {"supernet": supernet.state_dict()}, served=served)
     return served
