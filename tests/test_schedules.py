@@ -1,4 +1,4 @@
-"""The stage schedules: learning rate, temperature, squeeze ramp — pure functions of progress."""
+"""The stages' schedules (learning rate, temperature, squeeze ramp: pure functions of progress) and optimisers."""
 from __future__ import annotations
 
 import pytest
@@ -38,3 +38,30 @@ def test_temperature_and_squeeze_ramp_end_where_they_say():
     assert temperature(0.9, start=1.0, end=0.2, schedule="constant") == 1.0
     assert squeeze_ramp(0.0, ramp=0.5) == 0.0 and squeeze_ramp(0.7, ramp=0.5) == 1.0
     assert squeeze_ramp(0.0, ramp=0.0) == 1.0
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd"])
+def test_a_stages_optimiser_is_torchs_fused_kernel_and_steps_as_the_per_tensor_one(kind):
+    from dagir.spec import StageSpec
+    from dagir.training.loop import make_optimizer
+    stage = StageSpec(epochs=1, lr=0.01, optimizer=kind, weight_decay=0.1)
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3), torch.randn(3)]
+    fused_parameters = [torch.nn.Parameter(t.clone()) for t in start]
+    plain_parameters = [torch.nn.Parameter(t.clone()) for t in start]
+    fused = make_optimizer(fused_parameters, stage)
+    assert fused.defaults["fused"] is True
+    options = {"lr": 0.01, "weight_decay": 0.1, "foreach": False}  # torch's per-tensor loop: the oracle
+    plain = {"adam": lambda: torch.optim.Adam(plain_parameters, **options),
+             "adamw": lambda: torch.optim.AdamW(plain_parameters, **options),
+             "sgd": lambda: torch.optim.SGD(plain_parameters, momentum=0.9, **options)}[kind]()
+    for _ in range(3):
+        for parameters, optimizer in ((fused_parameters, fused), (plain_parameters, plain)):
+            for parameter, gradient in zip(parameters, (torch.ones(4, 3), torch.full((3,), -2.0))):
+                parameter.grad = gradient.clone()
+            optimizer.step()
+    for mine, theirs in zip(fused_parameters, plain_parameters):
+        torch.testing.assert_close(mine, theirs)
+    assert not torch.equal(fused_parameters[0], start[0])  # it stepped
+    # a device without the fused kernel keeps torch's default
+    assert not make_optimizer([torch.nn.Parameter(torch.zeros(2, device="meta"))], stage).defaults.get("fused")

@@ -21,6 +21,7 @@ from .distributed import World
 from .precision import Precision
 from ..tasks import MetricMeter, task_loss
 
+FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD, Adam and AdamW kernels run
 
 
 class DivergedError(UserError):
@@ -28,13 +29,21 @@ class DivergedError(UserError):
 
 
 def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: float | None = None) -> torch.optim.Optimizer:
+    """The stage's optimiser over the `parameters` that train. torch's fused kernel where every one
+    is a float tensor on a device that has it (CPU and CUDA): one call for all of them, not a few
+    per tensor. On the tabular generator's supernet (72 tensors) an Adam step takes 0.22x the time,
+    and a warm-up step 0.72x; on MultiMNIST's, whose convolutions dominate, 0.98x
+    (`benchmarks/optimizer_step.py`, `benchmarks/results/optimizer-step.txt`)."""
     parameters = [p for p in parameters if p.requires_grad]
     lr = stage.lr if lr is None else lr
+    options = {"lr": lr, "weight_decay": stage.weight_decay}
+    if parameters and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in parameters):
+        options["fused"] = True
     if stage.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=stage.weight_decay)
+        return torch.optim.SGD(parameters, momentum=0.9, **options)
     if stage.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=stage.weight_decay)
-    return torch.optim.Adam(parameters, lr=lr, weight_decay=stage.weight_decay)
+        return torch.optim.AdamW(parameters, **options)
+    return torch.optim.Adam(parameters, **options)
 
 
 def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
