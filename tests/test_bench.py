@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from dagir.errors import SpecError
 from test_cli import dagir
 from test_run import TINY
 
@@ -96,6 +98,26 @@ def test_a_method_of_ones_own_is_a_spec_file(tmp_path):
     # every method spends the bench spec's epochs: warm-up + search + fine-tune in one stage
     history = json.loads((out / "wide_trunk-seed3" / "history.json").read_text())
     assert [row["stage"] for row in history] == ["warmup"] * 5
+
+
+def test_a_method_file_may_extend_a_built_in_one_and_change_only_what_differs(tmp_path):
+    from dagir.methods import method_spec
+    from dagir.spec import load_spec
+
+    spec = load_spec(tiny_bench(tmp_path)[0])
+    (tmp_path / "narrow_mtl_nas.yaml").write_text("extends: mtl_nas\nnetwork: {central: {channels: [4, 4]}}\n"
+                                                  "train: {search: {gate_lr: 0.01}}\n")
+    built_in, narrow = method_spec(spec, "mtl_nas"), method_spec(spec, str(tmp_path / "narrow_mtl_nas.yaml"))
+    assert narrow.network.central.channels == [4, 4] != built_in.network.central.channels
+    assert (narrow.train.search.gate_lr, built_in.train.search.gate_lr) == (0.01, 0.05)
+    changed = {key for section in ("network", "train", "search", "pipeline")
+               for key, value in narrow.resolved_dict()[section].items()
+               if value != built_in.resolved_dict()[section][key]}
+    assert changed == {"central", "search"}  # the rest is MTL-NAS's: its pipeline, gates, budget of epochs
+    assert narrow.train.finetune.epochs == built_in.train.finetune.epochs == 0
+    (tmp_path / "bad.yaml").write_text("network: {central: {channels: [4, 4]}}\nextends: mtl_nass\n")
+    with pytest.raises(SpecError, match=r"bad.yaml:2:\d+: extends: must name a built-in method .*'mtl_nass'"):
+        method_spec(spec, str(tmp_path / "bad.yaml"))
 
 
 def test_bad_methods_exit_2_before_any_training(tmp_path):

@@ -14,6 +14,9 @@ same form, named by its path in `--methods` or `bench.methods` (its name in the 
     pipeline: {before_search: [build-hard-sharing, legalize-types, attach-gates],
                after_search: [discretize, share-states]}
 
+or one built-in method changed: `extends: hard_sharing` and then only what differs (here the `network`
+line), laid over the built-in's file as that file is laid over the bench spec.
+
 `budget` says how the bench spec's epochs (warm-up + search + fine-tune, passes over the training
 set) are spent, so every method gets the same number: `same` (as the merged spec says), `one-stage`
 (all of them in the first stage, for methods without decisions), `search-takes-finetune` (the
@@ -75,7 +78,7 @@ def method_spec(spec: Spec, method: str) -> Spec:
     source = SpecSource(file, locations)
     if not isinstance(overlay, dict):
         raise SpecError("a method is a mapping of spec sections (pipeline, search, train, ...)", file=file, line=1)
-    overlay = dict(overlay)
+    overlay = _extended(dict(overlay), source)
     budget = overlay.pop("budget", "same")
     if budget not in BUDGETS:
         raise source.error(("budget",), f"must be one of {', '.join(BUDGETS)} (got {budget!r})")
@@ -92,6 +95,19 @@ def method_spec(spec: Spec, method: str) -> Spec:
     resolved._source = source
     check_spec_semantics(resolved, source, methods=False)
     return resolved
+
+
+def _extended(overlay: dict[str, Any], source: SpecSource) -> dict[str, Any]:
+    """A method file that `extends` a built-in method: the built-in's file with this one laid over it."""
+    base = overlay.pop("extends", None)
+    if base is None:
+        return overlay
+    if base not in BUILT_IN:
+        raise source.error(("extends",), f"must name a built-in method ({', '.join(BUILT_IN)}), not {base!r}")
+    if base == "searched":
+        return overlay
+    inherited, _, _ = read_spec_file(HERE / f"{base}.yaml")
+    return _merge(inherited, overlay)
 
 
 def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
