@@ -8,12 +8,15 @@ training time?
 Each argument is `label=FOLDER[,FOLDER...]`: `dagir bench` output folders of one task set, whose
 `METHOD-seedN/` runs are read (the first folder holding a method and seed wins). Prints one markdown row per
 task set. "Seed noise" is the standard deviation over seeds of the paired difference; a target is
-met when the paired mean clears it on the right side (beat: > 0; not below single-task: > −noise).
+met when the paired mean clears it on the right side (beat: > 0; not below single-task: > −noise). The
+search's cost is the ratio of CPU seconds where every run recorded them (runs sharing the machine inflate
+those less than wall time), else of wall seconds; `benchmarks/search_cost.py` times it alone.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -50,7 +53,7 @@ def paired(mine: dict[int, dict[str, float]], other: dict[int, dict[str, float]]
 
 
 def mean(runs: dict[int, dict[str, float]], key: str) -> float:
-    return statistics.fmean(run[key] for run in runs.values())
+    return statistics.fmean(run.get(key, math.nan) for run in runs.values())
 
 
 def row(label: str, runs: dict[str, dict[int, dict[str, float]]], method: str) -> str:
@@ -70,8 +73,9 @@ def row(label: str, runs: dict[str, dict[int, dict[str, float]]], method: str) -
     for key in ("parameters", "macs"):
         ratio = mean(mine, key) / mean(single, key)
         cells.append(f"{ratio:.2f}x ({'met' if ratio < 1 else 'not met'})")
-    ratio = mean(mine, "search_seconds") / mean(single, "seconds")
-    cells.append(f"{ratio:.2f}x ({'met' if ratio <= 1 else 'not met'})")
+    cpu = mean(mine, "search_cpu_seconds") / mean(single, "search_cpu_seconds")  # NaN where a run recorded none
+    ratio, clock = (cpu, "CPU") if not math.isnan(cpu) else (mean(mine, "search_seconds") / mean(single, "seconds"), "wall")
+    cells.append(f"{ratio:.2f}x {clock} ({'met' if ratio <= 1 else 'not met'})")
     return "| " + " | ".join(cells) + " |"
 
 

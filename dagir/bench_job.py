@@ -172,11 +172,12 @@ def _ray_run(spec: Spec, folder: Path, resume: bool, threads: int) -> tuple[dict
 def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """The bench's row for a run, from its metrics.json and its spec: test metrics, size, and the
     budget it spent (epochs and optimiser steps per stage, seconds: in all and for warm-up + search,
-    the search's cost)."""
-    seconds = metrics["stage_seconds"]
+    the search's cost, that also in CPU seconds)."""
+    seconds, cpu = metrics["stage_seconds"], metrics.get("stage_cpu_seconds")  # older runs recorded none
     return {"test": metrics["test"], "parameters": metrics["compact"]["parameters"],
             "macs": metrics["compact"]["macs"]["total"], "seconds": sum(seconds.values()),
             "search_seconds": seconds.get("warmup", 0.0) + seconds.get("search", 0.0),
+            "search_cpu_seconds": cpu.get("warmup", 0.0) + cpu.get("search", 0.0) if cpu else math.nan,
             "epochs": {stage: getattr(spec.train, stage).epochs for stage in STAGES},
             "steps": sum(metrics["stage_steps"].values()) if "stage_steps" in metrics else math.nan}
 
@@ -263,8 +264,8 @@ def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict
             searched = per_seed_delta.get("searched", {})
             row["delta_vs_searched"] = _mean_std([delta - searched[seed] for seed, delta in per_seed_delta[method].items()
                                                   if seed in searched])
-        for key in ("parameters", "macs", "seconds", "search_seconds", "steps"):
-            row[key] = _mean_std([float(r[key]) for r in by_seed.values()])
+        for key in ("parameters", "macs", "seconds", "search_seconds", "search_cpu_seconds", "steps"):
+            row[key] = _mean_std([float(r.get(key, math.nan)) for r in by_seed.values()])
         row["epochs"] = next(iter(by_seed.values()))["epochs"]  # a method's epochs are the same for every seed
         rows[method] = row
     return {"metrics": metric_of, "rows": rows, "seeds": sorted({s for r in results.values() for s in r}),
@@ -289,7 +290,8 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
     tasks = list(metric_of)
     header = ["method"] + [f"{t} {metric_of[t]}" for t in tasks] + ["Δ_MTL %", "Δ_MTL − searched (paired)",
                                                                      "parameters", "MACs", "epochs w+s+f", "steps",
-                                                                     "warm-up + search s", "train s"]
+                                                                     "warm-up + search s", "train s",
+                                                                     "warm-up + search CPU s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in rows.items():
         delta = _cell(row["delta_mtl"], 2) if "delta_mtl" in row else "n/a"
@@ -297,12 +299,15 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
         cells = ([method] + [_cell(row[t]) for t in tasks] + [delta, paired, f"{row['parameters']['mean']:,.0f}",
                  f"{row['macs']['mean']:,.0f}", "+".join(str(row["epochs"][stage]) for stage in STAGES),
                  "n/a" if math.isnan(row["steps"]["mean"]) else f"{row['steps']['mean']:,.0f}",
-                 f"{row['search_seconds']['mean']:.0f}", f"{row['seconds']['mean']:.0f}"])
+                 f"{row['search_seconds']['mean']:.0f}", f"{row['seconds']['mean']:.0f}",
+                 "n/a" if math.isnan(row["search_cpu_seconds"]["mean"]) else f"{row['search_cpu_seconds']['mean']:.1f}"])
         lines.append("| " + " | ".join(cells) + " |")
     seeds = ", ".join(str(s) for s in table["seeds"])
     budget = ("Budget: every method trains on the same data and seeds; `epochs w+s+f` are its warm-up, search "
               "and fine-tune epochs (passes over its training split), `steps` its optimiser steps in all, and "
-              "the seconds its wall time (warm-up + search: the cost of choosing the architecture). Every "
+              "the seconds its wall time (warm-up + search: the cost of choosing the architecture), then the "
+              "CPU time of warm-up + search, which runs sharing the machine (`--workers`, other jobs) inflate "
+              "less than their wall time (n/a: a run recorded none). Every "
               "method's last stage follows the bench spec's last-stage learning-rate schedule "
               f"({getattr(spec.train, spec.train.final_stage()).lr_schedule}) unless the method sets its own.")
     write_text(out / "table.md", f"# {spec.name}: searched network vs baselines (seeds {seeds})\n\n"
@@ -312,7 +317,9 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
     plot_comparison(table, out / "comparison.png")
 
 
-NUMERIC = ("delta_mtl", "delta_vs_searched", "parameters", "macs", "steps", "search_seconds", "seconds")
+RUN_FIGURES = ("parameters", "macs", "steps", "search_seconds", "seconds", "search_cpu_seconds")  # runs.csv
+NUMERIC = ("delta_mtl", "delta_vs_searched", "parameters", "macs", "steps", "search_seconds", "seconds",
+           "search_cpu_seconds")
 
 
 def write_csvs(out: Path, table: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]]) -> None:
@@ -329,10 +336,10 @@ def write_csvs(out: Path, table: dict[str, Any], results: dict[str, dict[int, di
                      + [row[next(iter(metric_of))]["n"]] + [row["epochs"][stage] for stage in STAGES])
     _write_csv(out / "table.csv", header, lines)
     per_seed = ["method", "seed"] + [f"{task}_{metric}" for task, metric in metric_of.items()] + [
-        "delta_mtl", "parameters", "macs", "steps", "search_seconds", "seconds"]
+        "delta_mtl", *RUN_FIGURES]
     lines = [[method, seed] + [_number(run["test"][task][metric]) for task, metric in metric_of.items()]
              + [_number(table["per_seed_delta"].get(method, {}).get(seed, math.nan))]
-             + [_number(run[key]) for key in ("parameters", "macs", "steps", "search_seconds", "seconds")]
+             + [_number(run.get(key, math.nan)) for key in RUN_FIGURES]
              for method, by_seed in results.items() for seed, run in sorted(by_seed.items())]
     _write_csv(out / "runs.csv", per_seed, lines)
 

@@ -194,6 +194,7 @@ class Run:
                                 f"not {self.world.size}; or start again with --overwrite")
             self.runner.history = list(state.get("history", []))
             self.runner.stage_seconds = dict(state.get("stage_seconds", {}))
+            self.runner.stage_cpu_seconds = dict(state.get("stage_cpu_seconds", {}))
             self.runner.stage_steps = dict(state.get("stage_steps", {}))
             if state["stage"] == "done":
                 raise UserError(f"{out}: this run is already finished (metrics.json holds its results)")
@@ -289,6 +290,7 @@ class Run:
             "fit_budget": compact_ir.meta.get("fit_budget"),
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
+            "stage_cpu_seconds": runner.stage_cpu_seconds,
             "stage_steps": runner.stage_steps,
             "selected_epoch": runner.selected,
             "world_size": self.world.size,
@@ -310,5 +312,6 @@ class Run:
                 board.artifact(self.out / name)
         save_checkpoint(self.checkpoint_path, {"stage": "done", "epoch": 0, "step": 0, "history": runner.history,
                                                "stage_seconds": runner.stage_seconds,
+                                               "stage_cpu_seconds": runner.stage_cpu_seconds,
                                                "stage_steps": runner.stage_steps, "world_size": self.world.size})
         return metrics

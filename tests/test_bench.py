@@ -177,6 +177,9 @@ def test_ablations_run_as_one_bench_and_the_table_states_each_budget(tmp_path):
                for row in rows.values() if row["method"] != "single_task")
     assert rows["searched"]["steps_mean"] == rows["no_squeeze"]["steps_mean"] == "16"
     assert float(rows["searched"]["search_seconds_mean"]) <= float(rows["searched"]["seconds_mean"])
+    assert 0 < float(rows["searched"]["search_cpu_seconds_mean"])
+    runs = list(csv.DictReader((out / "runs.csv").open()))
+    assert all(float(run["search_cpu_seconds"]) > 0 for run in runs)
     assert "| 2+1+1 | 16 |" in (out / "table.md").read_text()
     assert "Budget: every method trains on the same data and seeds" in (out / "table.md").read_text()
     assert "last-stage learning-rate schedule (cosine)" in (out / "table.md").read_text()

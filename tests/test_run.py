@@ -83,7 +83,8 @@ def test_run_writes_every_artifact_and_eval_reproduces(tmp_path, tiny_spec):
     assert metrics["compact"]["parameters"] <= metrics["supernet"]["parameters"]
     assert max(metrics["compact"]["parameters_per_task"].values()) <= metrics["compact"]["parameters"]
     assert metrics["compact"]["macs"]["total"] <= metrics["compact"]["macs"]["separate_total"]
-    assert set(metrics["stage_seconds"]) == {"warmup", "search", "finetune"}
+    assert set(metrics["stage_seconds"]) == set(metrics["stage_cpu_seconds"]) == {"warmup", "search", "finetune"}
+    assert all(seconds > 0 for seconds in metrics["stage_cpu_seconds"].values())
     assert read_ir(out / "compact.json").reduced
     history = json.loads((out / "history.json").read_text())
     assert [row["stage"] for row in history] == ["warmup"] * 2 + ["search"] * 2 + ["finetune"]
@@ -345,6 +346,7 @@ def test_resume_takes_a_new_learning_rate_and_more_epochs_and_records_them(tmp_p
     metrics = run_quietly(tiny_spec, out, resume=True, overrides=overrides)
     assert 0.003 in seen and 0.01 not in seen  # the resumed search stepped with the new lr, not the saved one
     assert metrics["stage_seconds"]["finetune"] > 0
+    assert set(metrics["stage_cpu_seconds"]) == {"warmup", "search", "finetune"}  # the first run's carried over
     finetune_rows = [row for row in json.loads((out / "history.json").read_text()) if row["stage"] == "finetune"]
     assert len(finetune_rows) == 2
     log = json.loads((out / "resume-changes.json").read_text())

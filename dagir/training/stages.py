@@ -73,7 +73,8 @@ class StageRunner:
         self.precision = Precision(spec.train.precision, device, world, spec.train.channels_last)  # autocast etc.
         self.dtype = self.precision.dtype
         self.history: list[dict[str, Any]] = list(history or [])
-        self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
+        self.stage_seconds: dict[str, float] = dict(stage_seconds or {})  # wall time
+        self.stage_cpu_seconds: dict[str, float] = {}  # this process's CPU time: what sharing the machine does not inflate
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
         self.selected: dict[str, int] = {}  # the epoch (1-based) a `select: best` kept, per stage
@@ -103,6 +104,11 @@ class StageRunner:
         if given, gives the validation metrics the stage keeps its best epoch by (recorded in the
         history as `select/...`); otherwise `train.select: best` keeps the final stage's best."""
         started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
+        started_cpu = time.process_time() - self.stage_cpu_seconds.get(name, 0.0)
+
+        def clock() -> None:
+            self.stage_seconds[name] = time.perf_counter() - started
+            self.stage_cpu_seconds[name] = time.process_time() - started_cpu
         best = (BestEpoch(self.spec.tasks)
                 if select_on is not None or (self.spec.train.select == "best" and name == self.spec.train.final_stage())
                 else None)
@@ -128,11 +134,12 @@ class StageRunner:
             self.echo(f"{name} epoch {epoch + 1}/{stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
 
         def checkpoint(position: Position, totals: EpochTotals) -> None:
-            self.stage_seconds[name] = time.perf_counter() - started
+            clock()
             payload = {"stage": name, "epoch": position.epoch, "step": position.step,
                        "totals": totals.as_dict(), "model": model.state_dict(),
                        "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
-                       "stage_seconds": self.stage_seconds, "stage_steps": self.stage_steps,
+                       "stage_seconds": self.stage_seconds, "stage_cpu_seconds": self.stage_cpu_seconds,
+                       "stage_steps": self.stage_steps,
                        "world_size": self.world.size}
             if self.weighting is not None:
                 payload["weighting"] = self.weighting.state_dict()
@@ -187,7 +194,7 @@ class StageRunner:
             model.load_state_dict(best.model)
             self.selected[name] = best.epoch + 1
             self.echo(f"{name}: kept epoch {best.epoch + 1} of {stage.epochs}, the best on validation")
-        self.stage_seconds[name] = time.perf_counter() - started
+        clock()
 
 
 def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[str, Any] | None) -> None:
