@@ -78,6 +78,16 @@ class GateAggregation(nn.Module):
             joined = torch.cat(filled, dim=1) if query is None else query
             pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
         logits = self.route(pooled)
+        if gates is None and all(slot is not None for slot in slots):
+            weights = torch.softmax(logits, dim=1)  # every input present (the warm-up, a compact state): no mask
+        else:
+            weights = torch.softmax(logits.masked_fill(self._absent(slots, gates, logits), float("-inf")), dim=1)
+        shape = (-1,) + (1,) * (present.dim() - 1)
+        return sum(weights[:, i].reshape(shape) * filled[i] for i in range(len(filled)))
+
+    @staticmethod
+    def _absent(slots: list, gates: list | None, logits: Tensor) -> Tensor:
+        """Per row of `logits` and input, whether the input is absent: an empty slot, or a gate of 0."""
         rows = logits.shape[0]
         absent = torch.zeros_like(logits, dtype=torch.bool)
         for i, slot in enumerate(slots):
@@ -87,6 +97,4 @@ class GateAggregation(nn.Module):
                 off = torch.as_tensor(gates[i], device=logits.device).reshape(-1) == 0
                 absent[:, i] = off.repeat_interleave(rows // off.numel()) if off.numel() > 1 else off.expand(rows)
         absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
-        weights = torch.softmax(logits.masked_fill(absent, float("-inf")), dim=1)
-        shape = (-1,) + (1,) * (present.dim() - 1)
-        return sum(weights[:, i].reshape(shape) * filled[i] for i in range(len(filled)))
+        return absent
