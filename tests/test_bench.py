@@ -414,3 +414,22 @@ def test_the_workers_of_a_killed_bench_stop(tmp_path):
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"workers {names} trained on after their bench was killed"
+
+
+METHOD_FILES = {  # each of examples/methods/ and the example spec it is written for
+    "mtnas_staged.yaml": "multimnist.yaml", "mtl_nas_matched_multimnist.yaml": "multimnist.yaml",
+    "mtl_nas_matched_tabular.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_sum.yaml": "mmoe_synthetic.yaml",
+    "mtl_nas_matched_frozen.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_small_tables.yaml": "penguins.yaml",
+    "mtl_nas_matched_small_tables_frozen.yaml": "penguins.yaml"}
+
+
+def test_every_example_method_file_resolves_on_the_spec_it_is_written_for():
+    from dagir.bench_job import resolve_methods
+    from dagir.spec import load_spec
+
+    examples = Path(__file__).parent.parent / "examples"
+    files = sorted((examples / "methods").rglob("*.yaml"))
+    assert sorted(path.name for path in files) == sorted(METHOD_FILES)
+    for path in files:
+        method = resolve_methods(load_spec(examples / METHOD_FILES[path.name]), [str(path)])[path.stem]
+        assert method.pipeline.before_search[0].startswith(("build-cross-task", "build-routing")), path.name
