@@ -420,7 +420,8 @@ METHOD_FILES = {  # each of examples/methods/ and the example spec it is written
     "mtnas_staged.yaml": "multimnist.yaml", "mtl_nas_matched_multimnist.yaml": "multimnist.yaml",
     "mtl_nas_matched_tabular.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_sum.yaml": "mmoe_synthetic.yaml",
     "mtl_nas_matched_frozen.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_small_tables.yaml": "penguins.yaml",
-    "mtl_nas_matched_small_tables_frozen.yaml": "penguins.yaml"}
+    "mtl_nas_matched_small_tables_frozen.yaml": "penguins.yaml",
+    "mtl_nas_matched_digits_images.yaml": "digits_images.yaml", "mtl_nas_matched_digits_images_frozen.yaml": "digits_images.yaml"}
 
 
 def test_every_example_method_file_resolves_on_the_spec_it_is_written_for():
