@@ -421,6 +421,7 @@ METHOD_FILES = {  # each of examples/methods/ and the example spec it is written
     "mtl_nas_matched_tabular.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_sum.yaml": "mmoe_synthetic.yaml",
     "mtl_nas_matched_frozen.yaml": "mmoe_synthetic.yaml", "mtl_nas_matched_small_tables.yaml": "penguins.yaml",
     "mtl_nas_matched_small_tables_frozen.yaml": "penguins.yaml",
+    "mtl_nas_matched_multimnist_frozen.yaml": "multimnist.yaml",
     "mtl_nas_matched_digits_images.yaml": "digits_images.yaml", "mtl_nas_matched_digits_images_frozen.yaml": "digits_images.yaml"}
 
 
