@@ -264,7 +264,7 @@ def summarise(spec: Spec, results: dict[str, dict[int, dict[str, Any]]]) -> dict
             searched = per_seed_delta.get("searched", {})
             row["delta_vs_searched"] = _mean_std([delta - searched[seed] for seed, delta in per_seed_delta[method].items()
                                                   if seed in searched])
-        for key in ("parameters", "macs", "seconds", "search_seconds", "search_cpu_seconds", "steps"):
+        for key in RUN_FIGURES:
             row[key] = _mean_std([float(r.get(key, math.nan)) for r in by_seed.values()])
         row["epochs"] = next(iter(by_seed.values()))["epochs"]  # a method's epochs are the same for every seed
         rows[method] = row
@@ -317,9 +317,8 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
     plot_comparison(table, out / "comparison.png")
 
 
-RUN_FIGURES = ("parameters", "macs", "steps", "search_seconds", "seconds", "search_cpu_seconds")  # runs.csv
-NUMERIC = ("delta_mtl", "delta_vs_searched", "parameters", "macs", "steps", "search_seconds", "seconds",
-           "search_cpu_seconds")
+RUN_FIGURES = ("parameters", "macs", "steps", "search_seconds", "seconds", "search_cpu_seconds")  # runs.csv columns, each summarised
+NUMERIC = ("delta_mtl", "delta_vs_searched") + RUN_FIGURES
 
 
 def write_csvs(out: Path, table: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]]) -> None:

@@ -321,7 +321,8 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
         compact.load_state_dict(state["model"])
     served = serving(runner, compact, runner.spec.train.compile)
     compact.train()  # validation puts it back in training mode
-    step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks, runner.weighting, runner.precision)
+    step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks,
+                           runner.weighting, runner.precision)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
                save_extra=lambda: {"supernet": supernet.state_dict()}, served=served)
     return served
