@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from torch import Tensor, nn
 
 from dagir import gates
-from dagir.ir import IR, SHARED, Edge
+from dagir.ir import IR, SHARED, SOFTMAX_AGGREGATIONS, Edge
 from dagir.task_states import reached_nodes, state_owner
 
 from .torch_supernet import aggregation_module_name, node_op_module_name
@@ -73,7 +73,7 @@ def evaluate_reference(ir: IR, modules: nn.Module, x: Tensor, *, tau: float = 1.
         else:
             aggregate = modules.get_submodule(aggregation_module_name(node))
             slots = [terms.get(edge.name) for edge in incoming[name]]
-            if node.aggregation == "gate":  # a gate of exactly 0 takes its edge out of the softmax
+            if node.aggregation in SOFTMAX_AGGREGATIONS:  # a gate of exactly 0 takes its edge out of the softmax
                 value = aggregate(slots, [gates.get(edge.name) for edge in incoming[name]],
                                   x if node.query == "input" else None)
             else:

@@ -1,4 +1,4 @@
-"""The modules a node uses to combine its incoming edges (`nddr`, `gate`; `sum` needs none),
+"""The modules a node uses to combine its incoming edges (`nddr`, `gate`, `mix`; `sum` needs none),
 written once for the supernet and the compact network. Torch only: `export_compact` copies their
 source verbatim into the standalone `compact.py`.
 
@@ -98,3 +98,21 @@ class GateAggregation(nn.Module):
                 absent[:, i] = off.repeat_interleave(rows // off.numel()) if off.numel() > 1 else off.expand(rows)
         absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
         return absent
+
+
+class MixAggregation(nn.Module):
+    """Both aggregations over the same inputs, weighed by a learned weight m of the node:
+    `σ(m) · nddr(inputs) + (1 − σ(m)) · gate(inputs)`. m starts at 0 (the two halves alike) and
+    trains with the network's weights. The `nddr` half fills an empty slot with zeros, the `gate`
+    half leaves it (and any input gated 0) out of its softmax, as each does alone."""
+
+    def __init__(self, inputs: int, width: int, image: bool, query_width: int | None = None) -> None:
+        super().__init__()
+        self.config = dict(inputs=inputs, width=width, image=image, query_width=query_width)
+        self.nddr = NddrAggregation(inputs, width, image)
+        self.gate = GateAggregation(inputs, width, query_width)
+        self.mix = nn.Parameter(torch.zeros(()))
+
+    def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
+        weight = torch.sigmoid(self.mix)
+        return weight * self.nddr(slots) + (1 - weight) * self.gate(slots, gates, query)

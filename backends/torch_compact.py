@@ -38,9 +38,9 @@ import torch
 from torch import Tensor, fx, nn
 
 from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states, untied_states
-from dagir.ir import IR, Edge, Node, TensorType, gate_query_width
+from dagir.ir import AGGREGATIONS, IR, Edge, Node, TensorType, gate_query_width
 
-from .torch_aggregations import GateAggregation, NddrAggregation
+from .torch_aggregations import GateAggregation, MixAggregation, NddrAggregation
 from .torch_ops import build_op
 from .torch_supernet import aggregation_module_name, apply_node_op
 
@@ -48,8 +48,8 @@ from .torch_supernet import aggregation_module_name, apply_node_op
 class PerStateNorm(nn.Module):
     """An op the compact network calls on several states: one set of weights, but every state keeps
     its own batch norms (statistics and affine parameters), so fine-tuning can train batch norm
-    without averaging statistics over inputs that differ. `forward(x, state)`: state 0 runs `op`
-    as it is, state i > 0 runs it with the batch norms in `norms[i - 1]` (same order as `names`)."""
+    without averaging statistics over inputs that differ. `forward(*inputs, state)`: state 0 runs
+    `op` as it is, state i > 0 runs it with the batch norms in `norms[i - 1]` (same order as `names`)."""
 
     def __init__(self, op: nn.Module, states: int) -> None:
         super().__init__()
@@ -58,12 +58,13 @@ class PerStateNorm(nn.Module):
         self.norms = nn.ModuleList(nn.ModuleList(copy.deepcopy(op.get_submodule(name)) for name in self.names)
                                    for _ in range(states - 1))
 
-    def forward(self, x, state: int) -> Tensor:
+    def forward(self, *inputs) -> Tensor:
+        *x, state = inputs
         if state == 0:
-            return self.op(x)
+            return self.op(*x)
         swapped = {f"{name}.{key}": tensor for name, norm in zip(self.names, self.norms[state - 1])
                    for key, tensor in [*norm.named_parameters(), *norm.named_buffers()]}
-        return torch.func.functional_call(self.op, swapped, (x,))
+        return torch.func.functional_call(self.op, swapped, tuple(x))
 
     def copy_to_states(self) -> None:
         """Give every state the op's own batch norms (after its weights were loaded)."""
@@ -75,15 +76,16 @@ class PerStateNorm(nn.Module):
 class PerStateCopy(nn.Module):
     """An op the compact network calls on several states, with untied states
     (`search.reduction.untie`): every state has its own copy of the op, weights and batch norms,
-    each starting as the op's. `forward(x, state)`: state 0 runs `op`, state i > 0 `copies[i - 1]`."""
+    each starting as the op's. `forward(*inputs, state)`: state 0 runs `op`, state i > 0 `copies[i - 1]`."""
 
     def __init__(self, op: nn.Module, states: int) -> None:
         super().__init__()
         self.op = op
         self.copies = nn.ModuleList(copy.deepcopy(op) for _ in range(states - 1))
 
-    def forward(self, x, state: int) -> Tensor:
-        return self.op(x) if state == 0 else self.copies[state - 1](x)
+    def forward(self, *inputs) -> Tensor:
+        *x, state = inputs
+        return self.op(*x) if state == 0 else self.copies[state - 1](*x)
 
     def copy_to_states(self) -> None:
         """Start every state from the op's weights (after they were loaded)."""
@@ -173,7 +175,9 @@ def _aggregation_module(node: Node, inputs: int, network_input: TensorType) -> n
         return NddrAggregation(inputs, width, image)
     if node.aggregation == "gate":
         return GateAggregation(inputs, width, gate_query_width(node, network_input))
-    raise ValueError(f"unknown aggregation {node.aggregation!r} (known: sum, nddr, gate)")
+    if node.aggregation == "mix":
+        return MixAggregation(inputs, width, image, gate_query_width(node, network_input))
+    raise ValueError(f"unknown aggregation {node.aggregation!r} (known: {', '.join(AGGREGATIONS)})")
 
 
 def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
@@ -254,7 +258,7 @@ def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR, slots:
                 raise ValueError(f"the supernet has no submodule {name!r}: was it lowered from another IR?")
             per_state = isinstance(child, (PerStateNorm, PerStateCopy))
             target = child.op if per_state else child
-            if isinstance(target, (NddrAggregation, GateAggregation)):
+            if isinstance(target, (NddrAggregation, GateAggregation, MixAggregation)):
                 node = ir.nodes[name[len("node_"):]]
                 _copy_aggregation(target, source, supernet, node, slots[node.name])
             else:
@@ -265,6 +269,11 @@ def copy_supernet_weights(module: nn.Module, supernet: nn.Module, ir: IR, slots:
 
 def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, node: Node,
                       edges: list[Edge]) -> None:
+    if isinstance(child, MixAggregation):  # each half as it is alone, and the weight mixing them
+        _copy_aggregation(child.nddr, source.nddr, supernet, node, edges)
+        _copy_aggregation(child.gate, source.gate, supernet, node, edges)
+        child.mix.copy_(source.mix)
+        return
     original = supernet_slots(supernet, node)
     width = child.config["width"]
     kept = [original.index(e.name) for e in edges]

@@ -17,7 +17,7 @@ from torch import fx, nn
 from dagir.errors import UserError
 from dagir.ir import IR
 
-from .torch_aggregations import GateAggregation, NddrAggregation
+from .torch_aggregations import GateAggregation, MixAggregation, NddrAggregation
 from .torch_compact import PerStateCopy, PerStateNorm, lower_compact
 
 WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
@@ -33,7 +33,7 @@ def _module_source(module: nn.Module) -> str:
         return f"PerStateNorm({_module_source(module.op)}, {len(module.norms) + 1})"
     if isinstance(module, PerStateCopy):
         return f"PerStateCopy({_module_source(module.op)}, {len(module.copies) + 1})"
-    if isinstance(module, (NddrAggregation, GateAggregation)):
+    if isinstance(module, (NddrAggregation, GateAggregation, MixAggregation)):
         args = ", ".join(f"{k}={v!r}" for k, v in module.config.items())
         return f"{type(module).__name__}({args})"
     if type(module).__name__ == "Scale":  # torch_ops.Scale: its value is a weight, loaded afterwards
@@ -100,7 +100,7 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
     used = {type(child) for child in module.modules()}
     # layer classes of torch_ops beyond plain torch.nn (Scale, UpsampleConv) travel as source too
     local = [cls for cls in used if cls.__module__ == "dagir.backends.torch_ops" and cls.__name__ in _OP_CLASSES]
-    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, PerStateNorm, PerStateCopy,
+    helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, MixAggregation, PerStateNorm, PerStateCopy,
                                                   *sorted(local, key=str)) if cls in used]
     layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
     forward = module.graph.python_code(root_module="self").src

@@ -2,7 +2,7 @@
 
 `build_op` turns an IR op into an `nn.Module` whose output shape is `dagir.ops.output_type`;
 `build_aggregation` makes the module a hidden node uses to combine its incoming edges (`nddr`,
-`gate`, from `torch_aggregations`; `sum` needs none).
+`gate`, `mix`, from `torch_aggregations`; `sum` needs none).
 
 >>> build_op(Op("conv_bn_relu", {"c_in": 1, "c_out": 8, "stride": 2}))(torch.zeros(2, 1, 28, 28)).shape
 torch.Size([2, 8, 14, 14])
@@ -15,10 +15,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from dagir.ir import Op, TensorType
+from dagir.ir import AGGREGATIONS, Op, TensorType
 from dagir.ops import REGISTRY, OpTypeError
 
-from .torch_aggregations import GateAggregation, NddrAggregation
+from .torch_aggregations import GateAggregation, MixAggregation, NddrAggregation
 
 
 def _conv_bn_relu(p: Mapping) -> nn.Module:
@@ -139,4 +139,6 @@ def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, o
                                None if own is None else list(own), fusion)
     if aggregation == "gate":
         return GateAggregation(inputs, node_type.channels, query_width)
-    raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
+    if aggregation == "mix":
+        return MixAggregation(inputs, node_type.channels, node_type.is_image, query_width)
+    raise ValueError(f"unknown aggregation {aggregation!r} (known: {', '.join(AGGREGATIONS)})")

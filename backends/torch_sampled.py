@@ -86,11 +86,12 @@ class SampledForward:
         else:
             aggregate = root.get_submodule(aggregation_module_name(node))
             slots = [terms.get(edge.name) for edge in incoming]
+            query = x if node.query == "input" else None
             if node.aggregation == "gate":
-                value = (aggregate(slots, None, x if node.query == "input" else None) if terms
-                         else self._zeros(node, x))
+                value = aggregate(slots, None, query) if terms else self._zeros(node, x)
             else:  # nddr: an empty slot is zeros, as 0 · output is (and all empty: zeros in all)
-                value = aggregate(slots if terms else [self._zeros(node, x)] + slots[1:])
+                filled = slots if terms else [self._zeros(node, x)] + slots[1:]
+                value = aggregate(filled, None, query) if node.aggregation == "mix" else aggregate(filled)
         if node.op is not None:
             value = root.get_submodule(node_op_module_name(node))(value)
         return value

@@ -1,7 +1,7 @@
 """Lower a gated IR to the supernet: a `torch.fx.GraphModule` with readable generated code.
 
 The graph computes DESIGN §4 literally. Per task t, a hidden node's state is
-`h_j^t = Σ_{i→j active for t} g^t_ij · o_ij(h_i^t)` (or the node's `nddr` / `gate` aggregation of the
+`h_j^t = Σ_{i→j active for t} g^t_ij · o_ij(h_i^t)` (or the node's `nddr` / `gate` / `mix` aggregation of the
 gated terms), and a head computes `head_op(Σ_j g^t_j · q^t_j(h_j^t))`. Edge ops are shared by all
 tasks: one submodule per edge (`edge_h2_h4`). Gates come from one `GateTable` submodule (`gates`),
 whose mode and temperature are set at run time:
@@ -51,7 +51,7 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor, fx, nn
 
-from dagir.ir import IR, Edge, Node, TensorType, gate_query_width
+from dagir.ir import IR, SOFTMAX_AGGREGATIONS, Edge, Node, TensorType, gate_query_width
 from dagir.task_states import state_owner
 
 from .torch_gates import GateTable, import_logits
@@ -424,7 +424,7 @@ class _BatchedGraph:
         each state the call computes (`group`: those states; None: all `count`), so a gate of 0
         takes the edge out of the softmax; and, for `query="input"`, the network input once per
         state. Other aggregations take the slots alone."""
-        if node.aggregation != "gate":
+        if node.aggregation not in SOFTMAX_AGGREGATIONS:
             return (slots,)
         gates = None
         if any(edge.name in self.gate_of for edge in in_edges):
@@ -501,7 +501,7 @@ class _BatchedGraph:
                                              "calls": sorted({tuple(i for i, p in enumerate(m) if p) for m in masks})}
         # nddr fills an absent input with zeros, which is what a 0 gate gives: one call for all states.
         # gate masks absent inputs out of its softmax: one call per group of states with the same inputs.
-        groups = [list(range(count))] if node.aggregation != "gate" else [
+        groups = [list(range(count))] if node.aggregation not in SOFTMAX_AGGREGATIONS else [
             [k for k in range(count) if masks[k] == mask] for mask in dict.fromkeys(masks)]
         if len(groups) == 1:
             slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
@@ -579,7 +579,7 @@ def _lower_per_task(ir: IR, root: nn.Module, dtype: torch.dtype) -> fx.GraphModu
             by_edge = dict(terms)
             slots_in = [by_edge.get(edge.name) for edge in incoming[node.name]]
             arguments: tuple = (slots_in,)
-            if node.aggregation == "gate":  # a gate of 0 takes its edge out of the softmax
+            if node.aggregation in SOFTMAX_AGGREGATIONS:  # a gate of 0 takes its edge out of the softmax
                 gates_in = [gate_of.get(edge.name) for edge in incoming[node.name]] if gate_of else None
                 arguments = (slots_in, gates_in, values[0]) if node.query == "input" else (
                     (slots_in,) if gates_in is None else (slots_in, gates_in))

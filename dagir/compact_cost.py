@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
-from .ir import IR, Edge, Node, TensorType
+from .ir import AGGREGATIONS, IR, MIX_HALVES, Edge, Node, TensorType
 from .ops import aggregation_parameter_count, mac_count, norm_parameter_count, parameter_count
 from .task_states import state_owner
 
@@ -105,7 +105,7 @@ def aggregation_macs(aggregation: str, node_type: TensorType, inputs: int, query
     the concatenated inputs to the node's width, `inputs·C·C` per position; batch norm and ReLU are
     not counted (batch norm folds into the convolution at inference). `gate`: the routing layer on
     its query (the pooled concatenation, `inputs·C`, or `query_width` features) to `inputs` logits,
-    plus the weighted sum, `inputs·C·H·W`. Inputs the
+    plus the weighted sum, `inputs·C·H·W`. `mix`: both, and their weighted sum, `2·C·H·W`. Inputs the
     state lacks (zeros in the module's slot) are not counted: they contribute nothing, and a network
     built for that state alone would not have them.
     """
@@ -115,9 +115,11 @@ def aggregation_macs(aggregation: str, node_type: TensorType, inputs: int, query
     positions = node_type.shape[1] * node_type.shape[2] if node_type.is_image else 1
     if aggregation == "nddr":
         return inputs * width * width * positions
+    if aggregation == "mix":
+        return sum(aggregation_macs(half, node_type, inputs, query_width) for half in MIX_HALVES) + 2 * width * positions
     if aggregation == "gate":
         return (inputs * width if query_width is None else query_width) * inputs + inputs * width * positions
-    raise ValueError(f"unknown aggregation {aggregation!r} (known: sum, nddr, gate)")
+    raise ValueError(f"unknown aggregation {aggregation!r} (known: {', '.join(AGGREGATIONS)})")
 
 
 def _state_macs(ir: IR, state: CompactState) -> int:
@@ -156,7 +158,7 @@ def compact_macs(ir: IR) -> dict[str, Any]:
 
 def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
     """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm)."""
-    return 2 * node_type.shape[0] if aggregation == "nddr" else 0
+    return 2 * node_type.shape[0] if aggregation in ("nddr", "mix") else 0
 
 
 def untied_states(ir: IR) -> bool:

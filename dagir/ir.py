@@ -26,11 +26,13 @@ import networkx as nx
 
 NodeKind = Literal["input", "stem", "hidden", "head"]
 EdgeKind = Literal["stem", "internal", "read_in", "read_out", "cross"]
-Aggregation = Literal["sum", "nddr", "gate"]
+Aggregation = Literal["sum", "nddr", "gate", "mix"]
 
 NODE_KINDS: tuple[str, ...] = ("input", "stem", "hidden", "head")
 EDGE_KINDS: tuple[str, ...] = ("stem", "internal", "read_in", "read_out", "cross")
-AGGREGATIONS: tuple[str, ...] = ("sum", "nddr", "gate")
+AGGREGATIONS: tuple[str, ...] = ("sum", "nddr", "gate", "mix")
+SOFTMAX_AGGREGATIONS: tuple[str, ...] = ("gate", "mix")  # a softmax over the inputs: an input gated 0 leaves it
+MIX_HALVES: tuple[str, ...] = ("nddr", "gate")  # what a `mix` aggregation mixes
 DECISION_KINDS: tuple[str, ...] = ("bernoulli", "categorical")
 DECISION_SCOPES: tuple[str, ...] = ("task", "shared")
 SHARED = "*"  # the logits key of a decision shared by all tasks (not a valid task name)
@@ -92,7 +94,8 @@ class Node:
     the identity on the node's own inputs and w_s / k times it on each of its k cross edges
     (MTL-NAS); None keeps torch's random initialisation. `query` is what a `gate` aggregation's
     softmax looks at: `inputs` (the pooled inputs it mixes) or `input` (the network's input, as
-    MMoE's gates do).
+    MMoE's gates do). A `mix` aggregation is both: σ(m)·nddr + (1 − σ(m))·gate over the same inputs,
+    m a weight of the node (0 at the start: the two halves alike).
     """
 
     name: str
@@ -211,7 +214,7 @@ def gate_query_width(node: Node, network_input: TensorType) -> int | None:
     """The width of a `gate` node's own query: the network input's channels (`query="input"`), 0
     for a task's own gate (`query="task"`: no query, a learned logit per input), or None when it
     looks at the inputs it mixes (`query="inputs"`, and every other aggregation)."""
-    if node.aggregation != "gate" or node.query == "inputs":
+    if node.aggregation not in SOFTMAX_AGGREGATIONS or node.query == "inputs":
         return None
     return 0 if node.query == "task" else network_input.channels
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from math import ceil
 from typing import Callable, Mapping
 
-from .ir import Op, TensorType
+from .ir import MIX_HALVES, Op, TensorType
 
 
 class OpTypeError(ValueError):
@@ -209,13 +209,15 @@ def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degr
     `sum` has none; `nddr` is a 1x1 conv (images) or a linear layer (vectors), without bias, from the
     concatenated inputs to the node's width, then batch norm; `gate` is one linear layer (with bias)
     from its query (the pooled concatenation, or `query_width` features of its own) to one weight
-    per incoming edge.
+    per incoming edge; `mix` holds an `nddr` and a `gate` and the weight mixing them.
     """
     width = node_type.shape[0]
     if aggregation == "sum" or in_degree == 0:
         return 0
     if aggregation == "nddr":
         return in_degree * width * width + 2 * width
+    if aggregation == "mix":
+        return sum(aggregation_parameter_count(half, node_type, in_degree, query_width) for half in MIX_HALVES) + 1
     if aggregation == "gate":
         return (in_degree * width if query_width is None else query_width) * in_degree + in_degree
     raise OpTypeError(f"unknown aggregation {aggregation!r}")

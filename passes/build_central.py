@@ -37,7 +37,7 @@ class BuildCentral(StagedBuild):
     """
 
     name = "build-central"
-    aggregation: Literal["sum", "nddr", "gate"] = "sum"
+    aggregation: Literal["sum", "nddr", "gate", "mix"] = "sum"
     nddr_start: Literal["random", "mean"] = "random"
     max_span: int | None = Field(None, ge=1)
     task_stages: int = Field(0, ge=0)

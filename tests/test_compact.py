@@ -17,7 +17,7 @@ from dagir.backends.torch_export import export_compact, load_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
 from dagir.errors import UserError
-from dagir.ir import IR
+from dagir.ir import AGGREGATIONS, IR
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import compile_spec
 
@@ -72,7 +72,7 @@ def searched_spaces(draw) -> IR:
     spec = make_spec(tasks=draw(st.integers(1, 3)), nodes=nodes, stages=draw(st.integers(1, min(2, nodes))),
                      max_span=draw(st.none() | st.integers(1, nodes)), image=draw(st.booleans()),
                      read_in=draw(st.booleans()), read_out=draw(st.booleans()),
-                     aggregation=draw(st.sampled_from(["sum", "nddr", "gate"])))
+                     aggregation=draw(st.sampled_from(AGGREGATIONS)))
     return with_random_logits(compile_spec(spec), draw(st.integers(0, 2 ** 16)))
 
 
@@ -211,7 +211,7 @@ def test_generated_code_is_readable_and_names_follow_the_ir():
     assert {"head_t0", "head_t1"} <= children
 
 
-@pytest.mark.parametrize("aggregation", ["sum", "nddr", "gate"])
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
 def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, aggregation: str):
     searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation)), 4)
     reduced = post_search(searched)

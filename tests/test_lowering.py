@@ -15,7 +15,7 @@ from dagir.backends.torch_ops import build_aggregation, build_op
 from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
                                            import_gates_from_module, lower_supernet, weight_parameters)
-from dagir.ir import IR, SHARED, Decision, Edge, EdgeTaskState, Node, Op, Task, TensorType, edge_name
+from dagir.ir import AGGREGATIONS, IR, SHARED, Decision, Edge, EdgeTaskState, Node, Op, Task, TensorType, edge_name
 from dagir.ops import REGISTRY, output_type, parameter_count
 from dagir.pipeline import before_search_pipeline, compile_spec
 from dagir.spec import Spec
@@ -55,7 +55,7 @@ def test_op_module_matches_the_registry(op, shape):
     assert count_parameters(module) == parameter_count(op)
 
 
-@pytest.mark.parametrize("aggregation", ["nddr", "gate"])
+@pytest.mark.parametrize("aggregation", [a for a in AGGREGATIONS if a != "sum"])
 @pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
 def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation, shape):
     node_type = TensorType(shape)
@@ -109,7 +109,7 @@ def search_spaces(draw) -> IR:
     nodes = draw(st.integers(1, 12))
     stages = draw(st.integers(1, min(3, nodes)))
     spec = make_spec(image, nodes=nodes, stages=stages, tasks=draw(st.integers(1, 4)),
-                     aggregation=draw(st.sampled_from(["sum", "nddr", "gate"])),
+                     aggregation=draw(st.sampled_from(AGGREGATIONS)),
                      max_span=draw(st.none() | st.integers(1, nodes)),
                      read_in=draw(st.booleans()), read_out=draw(st.booleans()),
                      channels=draw(st.lists(st.integers(1, 4), min_size=stages, max_size=stages)),
@@ -194,8 +194,8 @@ def test_generated_code_is_readable_and_names_follow_the_ir():
     assert sorted(edges) == sorted(e.name for e in ir.edges.values())
 
 
-def test_nddr_and_gate_nodes_get_an_aggregation_module():
-    for aggregation in ("nddr", "gate"):
+def test_nddr_gate_and_mix_nodes_get_an_aggregation_module():
+    for aggregation in ("nddr", "gate", "mix"):
         module = lower_supernet(compile_spec(make_spec(image=False, nodes=3, stages=1, aggregation=aggregation)))
         assert {"node_h1", "node_h2", "node_h3"} <= {name for name, _ in module.named_children()}
         assert "self.node_h3([" in module.code
