@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from dagir.backends.torch_aggregations import MixAggregation
 from dagir.backends.torch_compact import PerStateCopy, PerStateNorm, lower_compact
 from dagir.backends.torch_export import export_compact, load_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
@@ -48,6 +49,10 @@ def hard_supernet(searched: IR, reduced: IR, seed: int = 0) -> nn.Module:
     task, 0 elsewhere (edges the reduction deleted included)."""
     supernet = lower_supernet(searched, dtype=torch.float64)
     randomize_batch_norm(supernet, seed)
+    with torch.no_grad():  # a mix node's weight away from its start, so copying it is tested
+        for layer in supernet.modules():
+            if isinstance(layer, MixAggregation):
+                layer.mix.uniform_(-2, 2, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for entry in supernet.gates.entries:
             edge = reduced.edges.get((entry.src, entry.dst))

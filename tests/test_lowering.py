@@ -2,6 +2,7 @@
 reference evaluator (DESIGN §4 computed straight from the IR) on random search spaces."""
 from __future__ import annotations
 
+import math
 import random
 import re
 
@@ -63,6 +64,25 @@ def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation,
     slots = [torch.randn(2, *shape), None, torch.randn(2, *shape)]
     assert module(slots).shape == (2, *shape)
     assert count_parameters(module) == aggregation_parameter_count(aggregation, node_type, 3)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
+def test_a_mix_aggregation_weighs_an_nddr_and_a_gate_aggregation_of_the_same_inputs(shape):
+    """σ(m)·nddr + (1 − σ(m))·gate, each half as it is alone: modules built separately with the
+    halves' weights are the oracle, an input gated 0 left out of the gate half's softmax."""
+    node_type = TensorType(shape)
+    torch.manual_seed(0)
+    mix = build_aggregation("mix", 3, node_type).eval()
+    with torch.no_grad():
+        mix.mix.fill_(0.8)
+    nddr, gate = build_aggregation("nddr", 3, node_type).eval(), build_aggregation("gate", 3, node_type)
+    nddr.load_state_dict(mix.nddr.state_dict())
+    gate.load_state_dict(mix.gate.state_dict())
+    slots = [torch.randn(2, *shape), None, torch.randn(2, *shape)]
+    gates = [torch.tensor(0.0), None, torch.tensor(0.5)]
+    weight = 1 / (1 + math.exp(-0.8))
+    torch.testing.assert_close(mix(slots, gates), weight * nddr(slots) + (1 - weight) * gate(slots, gates))
+    torch.testing.assert_close(gate(slots, gates), slots[2])  # the gated-0 input takes no weight
 
 
 def test_gate_aggregation_gives_an_empty_slot_no_weight():
