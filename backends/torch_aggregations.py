@@ -71,33 +71,36 @@ class GateAggregation(nn.Module):
 
     def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
-        filled = [torch.zeros_like(present) if s is None else s for s in slots]
+        if len(slots) == 1:  # one input: its softmax weight is 1 whatever the logit
+            return present
+        # the inputs as one [B, k, ...] tensor: the query's concatenation is a view of it, and the
+        # weighted sum one batched product (a loop over the inputs costs a few ops per input)
+        stacked = torch.stack([torch.zeros_like(present) if s is None else s for s in slots], dim=1)
         if self.config["query_width"] == 0:  # a task's own gate: softmax(W e_t), a learned logit per input
             pooled = present.new_zeros(present.shape[0], 0)
         else:
-            joined = torch.cat(filled, dim=1) if query is None else query
+            joined = stacked.flatten(1, 2) if query is None else query
             pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
         logits = self.route(pooled)
         if gates is None and all(slot is not None for slot in slots):
             weights = torch.softmax(logits, dim=1)  # every input present (the warm-up, a compact state): no mask
         else:
             weights = torch.softmax(logits.masked_fill(self._absent(slots, gates, logits), float("-inf")), dim=1)
-        shape = (-1,) + (1,) * (present.dim() - 1)
-        return sum(weights[:, i].reshape(shape) * filled[i] for i in range(len(filled)))
+        return (weights.view(weights.shape + (1,) * (present.dim() - 1)) * stacked).sum(dim=1)
 
     @staticmethod
     def _absent(slots: list, gates: list | None, logits: Tensor) -> Tensor:
         """Per row of `logits` and input, whether the input is absent: an empty slot, or a gate of 0."""
-        rows = logits.shape[0]
-        absent = torch.zeros_like(logits, dtype=torch.bool)
-        for i, slot in enumerate(slots):
-            if slot is None:
-                absent[:, i] = True
-            elif gates is not None and gates[i] is not None:
-                off = torch.as_tensor(gates[i], device=logits.device).reshape(-1) == 0
-                absent[:, i] = off.repeat_interleave(rows // off.numel()) if off.numel() > 1 else off.expand(rows)
-        absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
-        return absent
+        with torch.no_grad():
+            constants = logits.new_tensor([0.0, 1.0])  # an empty slot's gate, an ungated slot's
+            per_slot = [constants[:1] if slot is None
+                        else constants[1:] if gates is None or gates[i] is None
+                        else torch.as_tensor(gates[i], device=logits.device).reshape(-1)
+                        for i, slot in enumerate(slots)]
+            states = max(gate.numel() for gate in per_slot)
+            table = torch.stack([gate.expand(states) for gate in per_slot], dim=1)  # [states, k]
+            absent = (table == 0).repeat_interleave(logits.shape[0] // states, dim=0)
+            return absent & ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
 
 
 class MixAggregation(nn.Module):
