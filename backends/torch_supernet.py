@@ -41,6 +41,11 @@ channel, then each edge's own batch norm (on a contiguous copy of its channels: 
 ran 2-3x slower, which made fusion lose at N = 32) and ReLU (BN is per channel, so the split is exact). The
 submodules and state-dict keys stay the same. On by default: on the CPU a search step with fused
 edges takes 0.83-1.00x the time of one without (`benchmarks/supernet_step.py`).
+
+**Summed linear edges (`fuse_edges=True`, the `fuse-sums` rewrite).** A node of one state that sums
+two or more `linear` / `pool_linear` edges (a head's read-outs) computes `Σ_i g_i (W_i x_i + b_i)`
+as one linear layer, `[g_1 x_1, ..., g_n x_n] @ [W_1 ... W_n]^T + Σ_i g_i b_i` (the gate, where the
+edge has one, commutes with the linear map): one matrix product instead of n, and no chain of adds.
 """
 from __future__ import annotations
 
@@ -188,8 +193,10 @@ def lower_supernet(ir: IR, *, dtype: torch.dtype = torch.float32, batched: bool 
     from .torch_sampled import SampledForward
     object.__setattr__(module, "sampled_forward", SampledForward(ir, module))
     module.aggregation_slots = gated.aggregation_slots
-    module.rewrites = {"fuse-edges": {graph_name: [[edge.name for edge in members] for members in built.fusion]
-                                      for graph_name, built in (("search", gated), ("warmup", warmup))}}
+    graphs = (("search", gated), ("warmup", warmup))
+    module.rewrites = {"fuse-edges": {name: [[edge.name for edge in members] for members in built.fusion]
+                                      for name, built in graphs},
+                       "fuse-sums": {name: built.sums for name, built in graphs}}
     return module
 
 
@@ -265,6 +272,12 @@ def _fusion_key(edge: Edge) -> tuple | None:
     return None
 
 
+def summable_linears(edges: list[Edge], fused: dict[str, list[Edge]]) -> bool:
+    """Whether a node's summed edges can run as one linear layer (`fuse-sums`): two or more
+    `linear` / `pool_linear` edges, none already fused with others of its source."""
+    return len(edges) > 1 and all(edge.op.name in ("linear", "pool_linear") and edge.name not in fused for edge in edges)
+
+
 class _BatchedGraph:
     """Builds the task-batched graph of one plan: a node's K states as one `[K·B, ...]` tensor."""
 
@@ -285,7 +298,9 @@ class _BatchedGraph:
                 reads = set(self.reads.get(term.edge.name, ())) | {self.position[term.source]}
                 self.reads[term.edge.name] = tuple(sorted(reads))
                 edges[term.edge.name] = term.edge
+        self.fuse_edges = fuse_edges
         self.fusion = fuse_edges_rewrite(edges, self.reads) if fuse_edges else []
+        self.sums: list[list[str]] = []  # the fuse-sums rewrite: the edges of each node summed as one layer
         self.fused: dict[str, list[Edge]] = {edge.name: members for members in self.fusion for edge in members}
         self.values: dict[str, fx.Node] = {}
         self.inputs: dict[tuple[str, tuple[int, ...]], fx.Node] = {}
@@ -471,10 +486,12 @@ class _BatchedGraph:
             width = len(node.input_type.shape) + 1  # batch and sample dimensions of a term
             sole = (count == 1 and len(edges) == 1 and node.aggregation == "sum" and node.op is None
                     and per_edge[edges[0].name][0].slot is None and edges[0].name not in self.fused)
-            terms = {edge.name: self.term(edge, self.edge_output(edge, name if sole else None),
-                                          per_edge[edge.name], width) for edge in edges}
             aggregate_name = name + "_in" if node.op is not None else name
-            if node.aggregation == "sum":
+            if self.fuse_edges and count == 1 and node.aggregation == "sum" and summable_linears(edges, self.fused):
+                value = self.linear_sum(edges, per_edge, aggregate_name)
+            elif node.aggregation == "sum":
+                terms = {edge.name: self.term(edge, self.edge_output(edge, name if sole else None),
+                                              per_edge[edge.name], width) for edge in edges}
                 value, leading = None, 1
                 for position, (term, term_leading) in enumerate(terms.values(), start=1):
                     last = position == len(terms) and count == 1
@@ -484,12 +501,45 @@ class _BatchedGraph:
                 if count > 1:
                     value = self.flatten(value, leading, count, width, name=aggregate_name)
             else:
+                terms = {edge.name: self.term(edge, self.edge_output(edge), per_edge[edge.name], width) for edge in edges}
                 value = self.aggregate(node, incoming[name], per_edge, terms, count, width, aggregate_name)
             if node.op is not None:
                 module_name = self.module(node_op_module_name(node), lambda: build_op(node.op))
                 value = self.call("call_module", module_name, (value,), name=name)
             self.values[name] = value
         self.graph.output({task: self.values[ir.head_of(task).name] for task in ir.task_names})
+
+    def linear_sum(self, edges: list[Edge], per_edge: dict[str, list[Contribution | None]], name: str) -> fx.Node:
+        """The `fuse-sums` rewrite of one node: its summed linear edges as one linear layer."""
+        self.sums.append([edge.name for edge in edges])
+        inputs, weights, biases, slots = [], [], [], []
+        for edge in edges:
+            self.module(edge.name, lambda edge=edge: build_op(edge.op))
+            value, layer = self.edge_input(edge), edge.name
+            if edge.op.name == "pool_linear":
+                value = self.call("call_module", f"{edge.name}.pool", (value,))
+                value = self.call("call_module", f"{edge.name}.flatten", (value,))
+                layer = f"{edge.name}.linear"
+            slot = per_edge[edge.name][0].slot
+            if slot is not None:
+                gate = self.call("call_function", operator.getitem, (self.gates(), slot),
+                                 name=f"gate_{edge.name}_{self.slot_task[slot]}")
+                self.gate_of[edge.name] = gate
+                value = self.call("call_function", operator.mul, (value, gate))
+            inputs.append(value)
+            slots.append(slot)
+            weights.append(self.call("get_attr", f"{layer}.weight", ()))
+            biases.append(self.call("get_attr", f"{layer}.bias", ()))
+        joined = self.call("call_function", torch.cat, (inputs, 1))
+        weight = self.call("call_function", torch.cat, (weights, 1))
+        stacked_biases = self.call("call_function", torch.stack, (biases,))
+        if all(slot is None for slot in slots):
+            bias = self.call("call_method", "sum", (stacked_biases, 0))
+        else:
+            table, one, _ = self.gate_table()
+            gates = self.call("call_function", operator.getitem, (table, [one if s is None else s for s in slots]))
+            bias = self.call("call_function", torch.matmul, (gates, stacked_biases))
+        return self.call("call_function", torch.nn.functional.linear, (joined, weight, bias), name=name)
 
     def aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                   terms: dict[str, tuple[fx.Node, int]], count: int, width: int, name: str) -> fx.Node:

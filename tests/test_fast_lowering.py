@@ -160,9 +160,23 @@ def test_edge_fusion_is_a_named_rewrite_recorded_per_graph():
     groups = fused.rewrites["fuse-edges"]["search"]
     assert ["edge_h1_h2", "edge_h1_h3", "edge_h1_h4"] in groups
     assert all(len(group) > 1 for graph in fused.rewrites["fuse-edges"].values() for group in graph)
-    assert unfused.rewrites == {"fuse-edges": {"search": [], "warmup": []}}
+    assert unfused.rewrites == {"fuse-edges": {"search": [], "warmup": []}, "fuse-sums": {"search": [], "warmup": []}}
     for group in groups:  # each group runs as one wide layer in the generated code
         assert "fused_" + "_".join(name[len("edge_"):] for name in group) in fused.code
+
+
+def test_a_heads_summed_read_outs_run_as_one_linear_layer():
+    """`fuse-sums`: every head sums its read-out edges (pool_linear here) as one layer, in both
+    graphs; the read-out layers are then only pooled, never called (their weights are read)."""
+    ir = compile_spec(make_spec(image=True, nodes=4, stages=1, tasks=2, max_span=3))
+    fused = lower_supernet(ir, fuse_edges=True)
+    incoming = ir.in_edges()
+    read_outs = {task: sorted(edge.name for edge in incoming[ir.head_of(task).name]) for task in ir.task_names}
+    assert all(len(names) > 1 for names in read_outs.values())
+    for graph_name, graph in (("search", fused.graph), ("warmup", fused.warmup_module.graph)):
+        assert sorted(map(sorted, fused.rewrites["fuse-sums"][graph_name])) == sorted(read_outs.values())
+        called = {str(node.target) for node in graph.nodes if node.op == "call_module"}
+        assert not called & {name for names in read_outs.values() for name in names}
 
 
 def test_the_compiled_supernet_computes_the_supernet_and_its_gate_gradients():
