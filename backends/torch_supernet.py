@@ -38,7 +38,8 @@ each such state is computed once; its `forward` switches to it (`forward_ones`) 
 (`conv_bn_relu` with the same kernel and stride, `pool_conv_bn_relu` with the same stride,
 `linear_relu`) run as one wider convolution / linear layer on the concatenated weights, split by
 channel, then each edge's own batch norm (on a contiguous copy of its channels: BN on the strided slice
-ran 2-3x slower, which made fusion lose at N = 32) and ReLU (BN is per channel, so the split is exact). The
+ran 2-3x slower, which made fusion lose at N = 32) and ReLU (BN is per channel, so the split is exact);
+fused linear edges take one ReLU on the wide output before the split. The
 submodules and state-dict keys stay the same. On by default: on the CPU a search step with fused
 edges takes 0.83-1.00x the time of one without (`benchmarks/supernet_step.py`).
 
@@ -394,14 +395,18 @@ class _BatchedGraph:
                     value = self.call("call_module", f"{first.name}.pool", (value,))
                 stride, kernel = 1, 1
             wide = self.call("call_function", torch.conv2d, (value, weight, None, stride, kernel // 2))
+        if layer == "linear":  # ReLU is elementwise: once on the wide output
+            wide = self.call("call_module", f"{first.name}.relu", (wide,))
         parts = self.call("call_function", torch.split, (wide, widths, 1),
                           name="fused_" + "_".join(edge.name[len("edge_"):] for edge in members))
         for position, edge in enumerate(members):
-            part = self.call("call_function", operator.getitem, (parts, position))
+            part = self.call("call_function", operator.getitem, (parts, position),
+                             name=edge.name if layer == "linear" else None)
             if layer == "conv":  # a channel slice of the wide output: contiguous, BN's kernels run faster
                 part = self.call("call_method", "contiguous", (part,))
                 part = self.call("call_module", f"{edge.name}.bn", (part,))
-            self.outputs[edge.name] = self.call("call_module", f"{edge.name}.relu", (part,), name=edge.name)
+                part = self.call("call_module", f"{edge.name}.relu", (part,), name=edge.name)
+            self.outputs[edge.name] = part
 
     def term(self, edge: Edge, output: fx.Node, per_state: list[Contribution | None],
              width: int) -> tuple[fx.Node, int]:
