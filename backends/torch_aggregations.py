@@ -71,22 +71,31 @@ class GateAggregation(nn.Module):
 
     def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
-        if len(slots) == 1:  # one input: its softmax weight is 1 whatever the logit
-            return present
-        # the inputs as one [B, k, ...] tensor: the query's concatenation is a view of it, and the
-        # weighted sum one batched product (a loop over the inputs costs a few ops per input)
+        # the inputs as one [B, k, ...] tensor: the query's concatenation is a view of it, and the weighted
+        # sum one product and a sum, or one batched matrix product on large inputs (a loop over the inputs
+        # costs a few ops per input; benchmarks/aggregation_step.py)
         stacked = torch.stack([torch.zeros_like(present) if s is None else s for s in slots], dim=1)
         if self.config["query_width"] == 0:  # a task's own gate: softmax(W e_t), a learned logit per input
             pooled = present.new_zeros(present.shape[0], 0)
         else:
-            joined = stacked.flatten(1, 2) if query is None else query
-            pooled = joined.flatten(2).mean(dim=2) if joined.dim() > 2 else joined
+            pooled = self.global_average(stacked.flatten(1, 2) if query is None else query)
         logits = self.route(pooled)
         if gates is None and all(slot is not None for slot in slots):
             weights = torch.softmax(logits, dim=1)  # every input present (the warm-up, a compact state): no mask
         else:
             weights = torch.softmax(logits.masked_fill(self._absent(slots, gates, logits), float("-inf")), dim=1)
+        if present[0].numel() > 1024:  # large inputs (feature maps): one batched matrix product is faster
+            return torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).view(present.shape)
         return (weights.view(weights.shape + (1,) * (present.dim() - 1)) * stacked).sum(dim=1)
+
+    @staticmethod
+    def global_average(value: Tensor) -> Tensor:
+        """`[B, C, ...]` averaged over its positions to `[B, C]`: a sum, then the scale on the small result
+        (`mean`'s backward writes a full-size tensor, a sum's is a broadcast view of the gradient)."""
+        if value.dim() <= 2:
+            return value
+        flat = value.flatten(2)
+        return flat.sum(dim=2) * (1.0 / flat.shape[2])
 
     @staticmethod
     def _absent(slots: list, gates: list | None, logits: Tensor) -> Tensor:
