@@ -276,7 +276,8 @@ def _fusion_key(edge: Edge) -> tuple | None:
 def summable_linears(edges: list[Edge], fused: dict[str, list[Edge]]) -> bool:
     """Whether a node's summed edges can run as one linear layer (`fuse-sums`): two or more
     `linear` / `pool_linear` edges, none already fused with others of its source."""
-    return len(edges) > 1 and all(edge.op.name in ("linear", "pool_linear") and edge.name not in fused for edge in edges)
+    return len(edges) > 1 and all(edge.op.name in ("linear", "pool_linear") and edge.name not in fused
+                                  for edge in edges)
 
 
 class _BatchedGraph:
@@ -506,7 +507,8 @@ class _BatchedGraph:
                 if count > 1:
                     value = self.flatten(value, leading, count, width, name=aggregate_name)
             else:
-                terms = {edge.name: self.term(edge, self.edge_output(edge), per_edge[edge.name], width) for edge in edges}
+                terms = {edge.name: self.term(edge, self.edge_output(edge), per_edge[edge.name], width)
+                         for edge in edges}
                 value = self.aggregate(node, incoming[name], per_edge, terms, count, width, aggregate_name)
             if node.op is not None:
                 module_name = self.module(node_op_module_name(node), lambda: build_op(node.op))

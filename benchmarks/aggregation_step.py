@@ -47,8 +47,8 @@ def weighted_sums(batch: int, k: int, rest: tuple[int, ...]) -> dict[str, float]
         torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).sum().backward()
 
     inner = 50 if len(rest) == 1 else 5
-    return {name: round(seconds * 1e3, 4)
-            for name, seconds in best_times({"loop": loop, "mul_sum": mul_sum, "bmm": bmm}, repeats=5, inner=inner).items()}
+    times = best_times({"loop": loop, "mul_sum": mul_sum, "bmm": bmm}, repeats=5, inner=inner)
+    return {name: round(seconds * 1e3, 4) for name, seconds in times.items()}
 
 
 def main() -> None:

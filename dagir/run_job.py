@@ -9,7 +9,7 @@
 OUT/
   spec.resolved.yaml, history.json, metrics.json, .dagir.lock (who holds the folder)
   passes/before-search/NN-name.json|.dot|.svg, passes/after-search/...
-  supernet.py, supernet.rewrites.json (the lowering's named rewrites: edge fusion), architecture.json (the searched IR with its gates), compact.json (the compact IR)
+  supernet.py, supernet.rewrites.json (the lowering's named rewrites: fused edges, summed linear edges), architecture.json (the searched IR with its gates), compact.json (the compact IR)
   compact.py + compact.safetensors (the exported network), gates.png, curves.png
   checkpoints/latest.pt (after each stage and every `checkpoint_every` steps)
 
