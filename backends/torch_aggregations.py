@@ -71,22 +71,29 @@ class GateAggregation(nn.Module):
 
     def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         present = next(s for s in slots if s is not None)
-        # the inputs as one [B, k, ...] tensor: the query's concatenation is a view of it, and the weighted
-        # sum one product and a sum, or one batched matrix product on large inputs (a loop over the inputs
-        # costs a few ops per input; benchmarks/aggregation_step.py)
-        stacked = torch.stack([torch.zeros_like(present) if s is None else s for s in slots], dim=1)
+        filled = [torch.zeros_like(present) if s is None else s for s in slots]
+        # eager: the inputs as one [B, k, ...] tensor, the query's concatenation a view of it, the weighted sum
+        # one product and a sum, or one batched matrix product on large inputs (a loop over the inputs costs a
+        # few ops per input; benchmarks/aggregation_step.py). Compiled: the loop, which inductor fuses into one
+        # kernel reading the inputs where they are (the stack it would copy).
+        eager = not torch.compiler.is_compiling()
+        stacked = torch.stack(filled, dim=1) if eager else None
         if self.config["query_width"] == 0:  # a task's own gate: softmax(W e_t), a learned logit per input
             pooled = present.new_zeros(present.shape[0], 0)
         else:
-            pooled = self.global_average(stacked.flatten(1, 2) if query is None else query)
+            joined = query if query is not None else stacked.flatten(1, 2) if eager else torch.cat(filled, dim=1)
+            pooled = self.global_average(joined)
         logits = self.route(pooled)
         if gates is None and all(slot is not None for slot in slots):
             weights = torch.softmax(logits, dim=1)  # every input present (the warm-up, a compact state): no mask
         else:
             weights = torch.softmax(logits.masked_fill(self._absent(slots, gates, logits), float("-inf")), dim=1)
-        if present[0].numel() > 1024:  # large inputs (feature maps): one batched matrix product is faster
+        per_input = (-1,) + (1,) * (present.dim() - 1)
+        if not eager:
+            return sum(weights[:, i].reshape(per_input) * filled[i] for i in range(len(filled)))
+        if present[0].numel() > 1024:
             return torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).view(present.shape)
-        return (weights.view(weights.shape + (1,) * (present.dim() - 1)) * stacked).sum(dim=1)
+        return (weights.view(weights.shape + per_input[1:]) * stacked).sum(dim=1)
 
     @staticmethod
     def global_average(value: Tensor) -> Tensor:
