@@ -64,6 +64,8 @@ class GateAggregation(nn.Module):
     inputs as they come (`input_i` is the gated edge output). A state whose inputs are all absent
     gets zeros."""
 
+    BMM_ABOVE = 1024  # values per input and sample above which the eager weighted sum is one batched product
+
     def __init__(self, inputs: int, width: int, query_width: int | None = None) -> None:
         super().__init__()
         self.config = dict(inputs=inputs, width=width, query_width=query_width)
@@ -91,7 +93,7 @@ class GateAggregation(nn.Module):
         per_input = (-1,) + (1,) * (present.dim() - 1)
         if not eager:
             return sum(weights[:, i].reshape(per_input) * filled[i] for i in range(len(filled)))
-        if present[0].numel() > 1024:
+        if present[0].numel() > self.BMM_ABOVE:
             return torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).view(present.shape)
         return (weights.view(weights.shape + per_input[1:]) * stacked).sum(dim=1)
 

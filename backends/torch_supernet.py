@@ -493,11 +493,14 @@ class _BatchedGraph:
             sole = (count == 1 and len(edges) == 1 and node.aggregation == "sum" and node.op is None
                     and per_edge[edges[0].name][0].slot is None and edges[0].name not in self.fused)
             aggregate_name = name + "_in" if node.op is not None else name
-            if self.fuse_edges and count == 1 and node.aggregation == "sum" and summable_linears(edges, self.fused):
+            summed_as_one = (self.fuse_edges and count == 1 and node.aggregation == "sum"
+                             and summable_linears(edges, self.fused))
+            terms = {} if summed_as_one else {
+                edge.name: self.term(edge, self.edge_output(edge, name if sole else None), per_edge[edge.name], width)
+                for edge in edges}
+            if summed_as_one:
                 value = self.linear_sum(edges, per_edge, aggregate_name)
             elif node.aggregation == "sum":
-                terms = {edge.name: self.term(edge, self.edge_output(edge, name if sole else None),
-                                              per_edge[edge.name], width) for edge in edges}
                 value, leading = None, 1
                 for position, (term, term_leading) in enumerate(terms.values(), start=1):
                     last = position == len(terms) and count == 1
@@ -507,8 +510,6 @@ class _BatchedGraph:
                 if count > 1:
                     value = self.flatten(value, leading, count, width, name=aggregate_name)
             else:
-                terms = {edge.name: self.term(edge, self.edge_output(edge), per_edge[edge.name], width)
-                         for edge in edges}
                 value = self.aggregate(node, incoming[name], per_edge, terms, count, width, aggregate_name)
             if node.op is not None:
                 module_name = self.module(node_op_module_name(node), lambda: build_op(node.op))
@@ -519,32 +520,33 @@ class _BatchedGraph:
     def linear_sum(self, edges: list[Edge], per_edge: dict[str, list[Contribution | None]], name: str) -> fx.Node:
         """The `fuse-sums` rewrite of one node: its summed linear edges as one linear layer."""
         self.sums.append([edge.name for edge in edges])
-        inputs, weights, biases, slots = [], [], [], []
-        for edge in edges:
+        slots = [per_edge[edge.name][0].slot for edge in edges]
+        gates = None  # every edge's gate, 1 for an ungated one: one lookup, read by the inputs and the bias
+        if any(slot is not None for slot in slots):
+            table, one, _ = self.gate_table()
+            gates = self.call("call_function", operator.getitem, (table, [one if s is None else s for s in slots]))
+        inputs, weights, biases = [], [], []
+        for position, (edge, slot) in enumerate(zip(edges, slots)):
             self.module(edge.name, lambda edge=edge: build_op(edge.op))
             value, layer = self.edge_input(edge), edge.name
             if edge.op.name == "pool_linear":
                 value = self.call("call_module", f"{edge.name}.pool", (value,))
                 value = self.call("call_module", f"{edge.name}.flatten", (value,))
                 layer = f"{edge.name}.linear"
-            slot = per_edge[edge.name][0].slot
             if slot is not None:
-                gate = self.call("call_function", operator.getitem, (self.gates(), slot),
+                gate = self.call("call_function", operator.getitem, (gates, position),
                                  name=f"gate_{edge.name}_{self.slot_task[slot]}")
                 self.gate_of[edge.name] = gate
                 value = self.call("call_function", operator.mul, (value, gate))
             inputs.append(value)
-            slots.append(slot)
             weights.append(self.call("get_attr", f"{layer}.weight", ()))
             biases.append(self.call("get_attr", f"{layer}.bias", ()))
         joined = self.call("call_function", torch.cat, (inputs, 1))
         weight = self.call("call_function", torch.cat, (weights, 1))
         stacked_biases = self.call("call_function", torch.stack, (biases,))
-        if all(slot is None for slot in slots):
+        if gates is None:
             bias = self.call("call_method", "sum", (stacked_biases, 0))
         else:
-            table, one, _ = self.gate_table()
-            gates = self.call("call_function", operator.getitem, (table, [one if s is None else s for s in slots]))
             bias = self.call("call_function", torch.matmul, (gates, stacked_biases))
         return self.call("call_function", torch.nn.functional.linear, (joined, weight, bias), name=name)
 

@@ -6,8 +6,9 @@ three ways:
 - `mul_sum`: the inputs stacked `[B, k, ...]` (the query a view of the stack), one broadcast
   product and one sum over k;
 - `bmm`: the same stack as `[B, k, rest]`, one batched matrix product `[B, 1, k] @ [B, k, rest]`.
-`GateAggregation` takes `mul_sum` on small inputs and `bmm` where an input has more than 1024
-values per sample. Best of interleaved repeats in one process, on one thread.
+`GateAggregation` takes `mul_sum` on small inputs and `bmm` where an input has more than
+`GateAggregation.BMM_ABOVE` (1024) values per sample. Best of interleaved repeats in one process, on
+one thread.
 
     .venv/bin/python benchmarks/aggregation_step.py
 """
@@ -19,6 +20,8 @@ import torch
 
 from timing import best_times
 
+from dagir.backends.torch_aggregations import GateAggregation
+
 SHAPES = [(128, 3, (64,)), (256, 3, (64,)), (32, 3, (16, 8, 8)), (128, 3, (16, 8, 8)), (128, 3, (8, 16, 16)),
           (128, 3, (32, 8, 8)), (384, 3, (16, 18, 18)), (384, 4, (32, 9, 9))]
 
@@ -29,8 +32,7 @@ def weighted_sums(batch: int, k: int, rest: tuple[int, ...]) -> dict[str, float]
     ones = (1,) * len(rest)
 
     def weights_of(joined: torch.Tensor) -> torch.Tensor:
-        pooled = joined.flatten(2).sum(2) / joined.flatten(2).shape[2] if joined.dim() > 2 else joined
-        return torch.softmax(route(pooled), 1)
+        return torch.softmax(route(GateAggregation.global_average(joined)), 1)
 
     def loop() -> None:
         weights = weights_of(torch.cat(inputs, dim=1))
@@ -57,7 +59,7 @@ def main() -> None:
     for batch, k, rest in SHAPES:
         label = f"B={batch} k={k} input={'x'.join(map(str, rest))}"
         results[label] = times = weighted_sums(batch, k, rest)
-        chosen = "bmm" if torch.Size(rest).numel() > 1024 else "mul_sum"
+        chosen = "bmm" if torch.Size(rest).numel() > GateAggregation.BMM_ABOVE else "mul_sum"
         print(f"{label:>28}  ms: " + "  ".join(f"{name} {value:8.3f}" for name, value in times.items())
               + f"   chosen {chosen}: {times[chosen] / times['loop']:.2f}x the loop")
     print(json.dumps(results))
