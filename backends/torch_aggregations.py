@@ -97,6 +97,46 @@ class GateAggregation(nn.Module):
             return torch.bmm(weights.unsqueeze(1), stacked.flatten(2)).view(present.shape)
         return (weights.view(weights.shape + per_input[1:]) * stacked).sum(dim=1)
 
+    def gated_forward(self, blocks: list, slot_gates: Tensor, query: Tensor | None = None) -> Tensor:
+        """The same aggregation of K stacked states over ungated inputs, the gates applied here.
+        `blocks[i]` is input i as `[K, B, ...]` (or `[1, B, ...]`, the same for every state; None:
+        absent for all), `slot_gates` the `[K, k]` gate of each state on each input (0: absent from
+        its softmax). Returns `[K·B, ...]`: `Σ_i w_i · (g_i · input_i)`, the query over the gated
+        inputs, as `forward` of the gated inputs computes it. The callers' k full-size gating
+        products become one (vectors, whose query is the gated inputs themselves) or none (images:
+        the gates scale the pooled query and the softmax weights)."""
+        present = next(block for block in blocks if block is not None)
+        states, batch, count = slot_gates.shape[0], present.shape[1], len(blocks)
+        shape = (states, batch) + tuple(present.shape[2:])
+        zero = present.new_zeros(())
+        stacked = torch.stack([(zero if block is None else block).expand(shape) for block in blocks], dim=2)
+        per_state = slot_gates.view(states, 1, count)  # broadcast over a state's samples: [K, 1, k]
+        image = present.dim() > 3
+        if not image:  # the query is the gated inputs themselves
+            stacked = stacked * per_state.unsqueeze(-1)
+        inputs = stacked.flatten(0, 1)  # [K·B, k, ...]
+        if self.config["query_width"] == 0:
+            pooled = present.new_zeros(states * batch, 0)
+        elif query is not None:
+            pooled = self.global_average(query)
+        elif image:  # pooling is linear: the gates scale the pooled inputs
+            flat = stacked.flatten(4)
+            pooled = (flat.sum(dim=4) * (per_state.unsqueeze(-1) * (1.0 / flat.shape[4]))).flatten(2)
+        else:
+            pooled = inputs.flatten(1)
+        logits = self.route(pooled.reshape(states * batch, -1)).view(states, batch, count)
+        with torch.no_grad():
+            absent = slot_gates == 0
+            absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
+        weights = torch.softmax(logits.masked_fill(absent.unsqueeze(1), float("-inf")), dim=2)
+        if image:  # Σ_i (w_i g_i) · input_i
+            weights = (weights * per_state).view(states * batch, 1, count)
+            return torch.bmm(weights, inputs.flatten(2)).view((states * batch,) + shape[2:])
+        weights = weights.view(states * batch, count, 1)
+        if present.shape[2:].numel() > self.BMM_ABOVE:
+            return torch.bmm(weights.transpose(1, 2), inputs).squeeze(1)
+        return (weights * inputs).sum(dim=1)
+
     @staticmethod
     def global_average(value: Tensor) -> Tensor:
         """`[B, C, ...]` averaged over its positions to `[B, C]`: a sum, then the scale on the small result

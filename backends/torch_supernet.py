@@ -45,8 +45,16 @@ edges takes 0.83-1.00x the time of one without (`benchmarks/supernet_step.py`).
 
 **Summed linear edges (`fuse_edges=True`, the `fuse-sums` rewrite).** A node of one state that sums
 two or more `linear` / `pool_linear` edges (a head's read-outs) computes `Σ_i g_i (W_i x_i + b_i)`
-as one linear layer, `[g_1 x_1, ..., g_n x_n] @ [W_1 ... W_n]^T + Σ_i g_i b_i` (the gate, where the
-edge has one, commutes with the linear map): one matrix product instead of n, and no chain of adds.
+as one linear layer, `[x_1, ..., x_n] @ [g_1 W_1 ... g_n W_n]^T + Σ_i g_i b_i` (the gate, where the
+edge has one, commutes with the linear map, so it scales the edge's weight columns): one matrix
+product instead of n, no chain of adds, and no product of an input with its gate.
+
+**Gates applied by a `gate` node.** Where every state of a `gate` node sees the same inputs (the soft
+search), its edges' outputs go to the aggregation ungated, with the `[K, k]` gates of its states
+(`GateAggregation.gated_forward`, one lookup in the gate table): the node gates the stacked inputs in
+one product (vectors) or scales the pooled query and the softmax weights (images) instead of one
+full-size product per edge. Other nodes, and a gate node whose states see different inputs, take
+their terms gated as above.
 """
 from __future__ import annotations
 
@@ -315,8 +323,8 @@ class _BatchedGraph:
         self._build()
 
     # -- helpers ------------------------------------------------------------------------------
-    def call(self, op: str, target: Any, args: tuple, name: str | None = None) -> fx.Node:
-        return self.graph.create_node(op, target, args, name=name)
+    def call(self, op: str, target: Any, args: tuple, kwargs: dict | None = None, name: str | None = None) -> fx.Node:
+        return self.graph.create_node(op, target, args, kwargs, name=name)
 
     def module(self, name: str, build) -> str:
         if not hasattr(self.root, name):
@@ -414,7 +422,6 @@ class _BatchedGraph:
         """The gated term of `edge` for the K states of its destination: `(value, leading)`, with
         `value` flat `[B, ...]` when K = 1, else `[leading, B, ...]` (leading 1: the same for all)."""
         count = len(per_state)
-        reads = self.reads[edge.name]
         if count == 1:
             slot = per_state[0].slot
             if slot is None:
@@ -423,13 +430,7 @@ class _BatchedGraph:
             gate = self.call("call_function", operator.getitem, (self.gates(), slot), name=f"gate_{suffix}")
             self.gate_of[edge.name] = gate
             return self.call("call_function", operator.mul, (output, gate), name=f"gated_{suffix}"), 1
-        if len(reads) == 1:
-            value, leading = self.call("call_method", "unsqueeze", (output, 0)), 1
-        else:
-            value, leading = self.blocks_of(output, len(reads)), count
-            index = [reads.index(self.position[c.source]) if c is not None else 0 for c in per_state]
-            if index != list(range(len(reads))):
-                value = self.call("call_function", operator.getitem, (value, index))
+        value, leading = self.ungated_term(edge, output, per_state)
         if all(c is not None and c.slot is None for c in per_state):
             return value, leading
         table, one, zero = self.gate_table()
@@ -438,6 +439,60 @@ class _BatchedGraph:
         self.gate_of[edge.name] = gate  # [K]: the gate of each state, 0 where the edge is absent
         gate = self.call("call_method", "view", (gate, (count,) + (1,) * width), name=f"gate_{edge.name}")
         return self.call("call_function", operator.mul, (value, gate), name=f"gated_{edge.name}"), count
+
+    def ungated_term(self, edge: Edge, output: fx.Node, per_state: list[Contribution | None]) -> tuple[fx.Node, int]:
+        """`edge`'s output for the K states of its destination as `[leading, B, ...]`, before its gates
+        (leading 1: one source state, the same for all)."""
+        reads = self.reads[edge.name]
+        if len(reads) == 1:
+            return self.call("call_method", "unsqueeze", (output, 0)), 1
+        value = self.blocks_of(output, len(reads))
+        index = [reads.index(self.position[c.source]) if c is not None else 0 for c in per_state]
+        if index != list(range(len(reads))):
+            value = self.call("call_function", operator.getitem, (value, index))
+        return value, len(per_state)
+
+    def folds_gates(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
+                    count: int) -> bool:
+        """Whether a `gate` node takes its inputs ungated and applies the gates itself
+        (`GateAggregation.gated_forward`): in the gated graph, where every state sees the same inputs
+        (one call) and some input is gated."""
+        if not self.gated or node.aggregation != "gate" or len(self.state_groups(in_edges, per_edge, count, node)) > 1:
+            return False
+        return any(c is not None and c.slot is not None for edge in in_edges for c in per_edge.get(edge.name, ()))
+
+    def folded_aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
+                         count: int, name: str) -> fx.Node:
+        """A `gate` node's one call on its ungated inputs and the `[K, k]` gates of its states (one lookup)."""
+        module_name = self.module(aggregation_module_name(node),
+                                  lambda: node_aggregation(node, in_edges, self.ir.input_node().type))
+        blocks = []
+        for edge in in_edges:
+            if edge.name not in per_edge:
+                blocks.append(None)
+                continue
+            output = self.edge_output(edge)
+            blocks.append(self.call("call_method", "unsqueeze", (output, 0)) if count == 1
+                          else self.ungated_term(edge, output, per_edge[edge.name])[0])
+        table, one, zero = self.gate_table()
+        index = [zero if edge.name not in per_edge or per_edge[edge.name][k] is None
+                 else one if per_edge[edge.name][k].slot is None else per_edge[edge.name][k].slot
+                 for k in range(count) for edge in in_edges]
+        gates = self.call("call_function", operator.getitem, (table, index))
+        gates = self.call("call_method", "view", (gates, (count, len(in_edges))), name=f"gates_{node.name}")
+        query = (self.input_query(count),) if node.query == "input" else ()
+        aggregation = self.call("get_attr", module_name, ())
+        return self.call("call_method", "gated_forward", (aggregation, blocks, gates, *query), name=name)
+
+    def state_groups(self, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]], count: int,
+                     node: Node) -> list[list[int]]:
+        """The node's states in groups of one aggregation call each: all in one, but for a softmax
+        aggregation, which masks absent inputs out, one group per set of inputs present."""
+        if node.aggregation not in SOFTMAX_AGGREGATIONS:
+            return [list(range(count))]
+        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
+                 for k in range(count)]
+        return [[k for k in range(count) if masks[k] == mask] for mask in dict.fromkeys(masks)]
 
     def with_gates(self, node: Node, slots: list, in_edges: list[Edge], group: list[int] | None,
                    count: int) -> tuple:
@@ -457,12 +512,15 @@ class _BatchedGraph:
                 gates.append(gate)
         if node.query != "input":
             return (slots,) if gates is None else (slots, gates)
-        states = count if group is None else len(group)
+        return (slots, gates, self.input_query(count if group is None else len(group)))
+
+    def input_query(self, states: int) -> fx.Node:
+        """The network input once per state, `[states·B, ...]` (the query of `query: input`)."""
         query = self.values["input"]
         if states > 1:
             width = len(self.ir.input_node().type.shape) + 1
             query = self.flatten(self.call("call_method", "unsqueeze", (query, 0)), 1, states, width)
-        return (slots, gates, query)
+        return query
 
     def flatten(self, value: fx.Node, leading: int, count: int, width: int, name: str | None = None) -> fx.Node:
         """A `[leading, B, ...]` term for `count` states as one `[count·B, ...]` tensor."""
@@ -495,10 +553,14 @@ class _BatchedGraph:
             aggregate_name = name + "_in" if node.op is not None else name
             summed_as_one = (self.fuse_edges and count == 1 and node.aggregation == "sum"
                              and summable_linears(edges, self.fused))
-            terms = {} if summed_as_one else {
+            folded = not summed_as_one and self.folds_gates(node, incoming[name], per_edge, count)
+            terms = {} if summed_as_one or folded else {
                 edge.name: self.term(edge, self.edge_output(edge, name if sole else None), per_edge[edge.name], width)
                 for edge in edges}
-            if summed_as_one:
+            if folded:
+                self.record_slots(node, incoming[name], per_edge, count)
+                value = self.folded_aggregate(node, incoming[name], per_edge, count, aggregate_name)
+            elif summed_as_one:
                 value = self.linear_sum(edges, per_edge, aggregate_name)
             elif node.aggregation == "sum":
                 value, leading = None, 1
@@ -525,43 +587,49 @@ class _BatchedGraph:
         if any(slot is not None for slot in slots):
             table, one, _ = self.gate_table()
             gates = self.call("call_function", operator.getitem, (table, [one if s is None else s for s in slots]))
-        inputs, weights, biases = [], [], []
-        for position, (edge, slot) in enumerate(zip(edges, slots)):
+        inputs, weights, biases, widths = [], [], [], []
+        for edge in edges:
             self.module(edge.name, lambda edge=edge: build_op(edge.op))
             value, layer = self.edge_input(edge), edge.name
             if edge.op.name == "pool_linear":
                 value = self.call("call_module", f"{edge.name}.pool", (value,))
                 value = self.call("call_module", f"{edge.name}.flatten", (value,))
                 layer = f"{edge.name}.linear"
-            if slot is not None:
-                gate = self.call("call_function", operator.getitem, (gates, position),
-                                 name=f"gate_{edge.name}_{self.slot_task[slot]}")
-                self.gate_of[edge.name] = gate
-                value = self.call("call_function", operator.mul, (value, gate))
             inputs.append(value)
             weights.append(self.call("get_attr", f"{layer}.weight", ()))
             biases.append(self.call("get_attr", f"{layer}.bias", ()))
+            widths.append(self.root.get_submodule(layer).in_features)
         joined = self.call("call_function", torch.cat, (inputs, 1))
         weight = self.call("call_function", torch.cat, (weights, 1))
         stacked_biases = self.call("call_function", torch.stack, (biases,))
         if gates is None:
             bias = self.call("call_method", "sum", (stacked_biases, 0))
-        else:
+        else:  # each input's gate scales its columns of the weight: one small product, not one per input
+            repeats = self.call("call_method", "new_tensor", (gates, widths), {"dtype": torch.long})
+            gate_columns = self.call("call_method", "repeat_interleave", (gates, repeats),
+                                     {"output_size": sum(widths)}, name=f"gate_columns_{name}")
+            weight = self.call("call_function", operator.mul, (weight, gate_columns))
             bias = self.call("call_function", torch.matmul, (gates, stacked_biases))
         return self.call("call_function", torch.nn.functional.linear, (joined, weight, bias), name=name)
+
+    def record_slots(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
+                     count: int) -> list[tuple[bool, ...]]:
+        """Note the node's slots and the inputs each of its calls sees (`module.aggregation_slots`);
+        returns, per state, which inputs it has."""
+        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
+                 for k in range(count)]
+        self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
+                                             "calls": sorted({tuple(i for i, p in enumerate(m) if p) for m in masks})}
+        return masks
 
     def aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                   terms: dict[str, tuple[fx.Node, int]], count: int, width: int, name: str) -> fx.Node:
         module_name = self.module(aggregation_module_name(node),
                                   lambda: node_aggregation(node, in_edges, self.ir.input_node().type))
-        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
-                 for k in range(count)]
-        self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
-                                             "calls": sorted({tuple(i for i, p in enumerate(m) if p) for m in masks})}
+        masks = self.record_slots(node, in_edges, per_edge, count)
         # nddr fills an absent input with zeros, which is what a 0 gate gives: one call for all states.
         # gate masks absent inputs out of its softmax: one call per group of states with the same inputs.
-        groups = [list(range(count))] if node.aggregation not in SOFTMAX_AGGREGATIONS else [
-            [k for k in range(count) if masks[k] == mask] for mask in dict.fromkeys(masks)]
+        groups = self.state_groups(in_edges, per_edge, count, node)
         if len(groups) == 1:
             slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
                      for edge in in_edges]
