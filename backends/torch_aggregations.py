@@ -108,6 +108,12 @@ class GateAggregation(nn.Module):
         present = next(block for block in blocks if block is not None)
         states, batch, count = slot_gates.shape[0], present.shape[1], len(blocks)
         shape = (states, batch) + tuple(present.shape[2:])
+        if torch.compiler.is_compiling():  # the gated inputs one by one: inductor fuses each product into its reader
+            per_input = (states,) + (1,) * (present.dim() - 1)
+            slots = [None if block is None else (block * slot_gates[:, i].view(per_input)).expand(shape).flatten(0, 1)
+                     for i, block in enumerate(blocks)]
+            return self.forward(slots, [None if block is None else slot_gates[:, i] for i, block in enumerate(blocks)],
+                                query)
         zero = present.new_zeros(())
         stacked = torch.stack([(zero if block is None else block).expand(shape) for block in blocks], dim=2)
         per_state = slot_gates.view(states, 1, count)  # broadcast over a state's samples: [K, 1, k]
