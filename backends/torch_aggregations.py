@@ -14,6 +14,25 @@ import torch
 from torch import Tensor, nn
 
 
+def stack_blocks(blocks: list, states: int) -> Tensor:
+    """K states' inputs, each `[K, B, ...]` or `[1, B, ...]` (the same for all; None: zeros), as one `[K, B, k, ...]`."""
+    present = next(block for block in blocks if block is not None)
+    shape = (states,) + tuple(present.shape[1:])
+    zero = present.new_zeros(())
+    return torch.stack([(zero if block is None else block).expand(shape) for block in blocks], dim=2)
+
+
+def gated_slots(blocks: list, slot_gates: Tensor) -> tuple[list, list]:
+    """`forward`'s arguments for the same inputs: each slot gated and flat `[K·B, ...]`, and its `[K]` gates.
+    Under torch.compile the aggregations take these: inductor fuses each product into its reader."""
+    present = next(block for block in blocks if block is not None)
+    states = slot_gates.shape[0]
+    shape, per_input = (states,) + tuple(present.shape[1:]), (states,) + (1,) * (present.dim() - 1)
+    slots = [None if block is None else (block * slot_gates[:, i].view(per_input)).expand(shape).flatten(0, 1)
+             for i, block in enumerate(blocks)]
+    return slots, [None if block is None else slot_gates[:, i] for i, block in enumerate(blocks)]
+
+
 class NddrAggregation(nn.Module):
     """MTL-NAS's NDDR fusion: concatenate the inputs along channels (zeros in an empty slot: an
     absent edge is one whose gate is 0), then 1x1 conv (a linear layer for vectors), batch norm,
@@ -48,7 +67,11 @@ class NddrAggregation(nn.Module):
     def forward(self, slots: list) -> Tensor:
         present = next(s for s in slots if s is not None)
         filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        return self.relu(self.bn(self.fuse(torch.cat(filled, dim=1))))
+        return self.mixed(torch.cat(filled, dim=1))
+
+    def mixed(self, joined: Tensor) -> Tensor:
+        """The inputs' channel concatenation `[B, k·C, ...]` mixed back to `[B, C, ...]`."""
+        return self.relu(self.bn(self.fuse(joined)))
 
 
 class GateAggregation(nn.Module):
@@ -105,43 +128,40 @@ class GateAggregation(nn.Module):
         inputs, as `forward` of the gated inputs computes it. The callers' k full-size gating
         products become one (vectors, whose query is the gated inputs themselves) or none (images:
         the gates scale the pooled query and the softmax weights)."""
-        present = next(block for block in blocks if block is not None)
-        states, batch, count = slot_gates.shape[0], present.shape[1], len(blocks)
-        shape = (states, batch) + tuple(present.shape[2:])
-        if torch.compiler.is_compiling():  # the gated inputs one by one: inductor fuses each product into its reader
-            per_input = (states,) + (1,) * (present.dim() - 1)
-            slots = [None if block is None else (block * slot_gates[:, i].view(per_input)).expand(shape).flatten(0, 1)
-                     for i, block in enumerate(blocks)]
-            return self.forward(slots, [None if block is None else slot_gates[:, i] for i, block in enumerate(blocks)],
-                                query)
-        zero = present.new_zeros(())
-        stacked = torch.stack([(zero if block is None else block).expand(shape) for block in blocks], dim=2)
+        if torch.compiler.is_compiling():
+            return self.forward(*gated_slots(blocks, slot_gates), query)
+        stacked = stack_blocks(blocks, slot_gates.shape[0])
+        image = stacked.dim() > 4
+        if not image:
+            stacked = stacked * slot_gates.view(slot_gates.shape + (1, 1)).transpose(1, 2)
+        return self.weigh(stacked, slot_gates, query, gated=not image)
+
+    def weigh(self, stacked: Tensor, slot_gates: Tensor, query: Tensor | None, *, gated: bool) -> Tensor:
+        """`Σ_i w_i · g_i · input_i` of a `[K, B, k, ...]` stack of K states' inputs, the gates already
+        applied to it (`gated`) or not (then they scale the pooled query and the weights)."""
+        states, batch, count = stacked.shape[:3]
         per_state = slot_gates.view(states, 1, count)  # broadcast over a state's samples: [K, 1, k]
-        image = present.dim() > 3
-        if not image:  # the query is the gated inputs themselves
-            stacked = stacked * per_state.unsqueeze(-1)
-        inputs = stacked.flatten(0, 1)  # [K·B, k, ...]
+        image = stacked.dim() > 4
         if self.config["query_width"] == 0:
-            pooled = present.new_zeros(states * batch, 0)
+            pooled = stacked.new_zeros(states * batch, 0)
         elif query is not None:
             pooled = self.global_average(query)
-        elif image:  # pooling is linear: the gates scale the pooled inputs
+        elif image:  # pooling is linear: the gates may scale the pooled inputs
             flat = stacked.flatten(4)
-            pooled = (flat.sum(dim=4) * (per_state.unsqueeze(-1) * (1.0 / flat.shape[4]))).flatten(2)
+            scale = (1.0 / flat.shape[4]) * (1.0 if gated else per_state.unsqueeze(-1))
+            pooled = (flat.sum(dim=4) * scale).flatten(2)
         else:
-            pooled = inputs.flatten(1)
+            pooled = stacked.flatten(2)
         logits = self.route(pooled.reshape(states * batch, -1)).view(states, batch, count)
         with torch.no_grad():
             absent = slot_gates == 0
             absent &= ~absent.all(dim=1, keepdim=True)  # nothing present: no mask, and the inputs are zeros
         weights = torch.softmax(logits.masked_fill(absent.unsqueeze(1), float("-inf")), dim=2)
-        if image:  # Σ_i (w_i g_i) · input_i
-            weights = (weights * per_state).view(states * batch, 1, count)
-            return torch.bmm(weights, inputs.flatten(2)).view((states * batch,) + shape[2:])
-        weights = weights.view(states * batch, count, 1)
-        if present.shape[2:].numel() > self.BMM_ABOVE:
-            return torch.bmm(weights.transpose(1, 2), inputs).squeeze(1)
-        return (weights * inputs).sum(dim=1)
+        weights = (weights if gated else weights * per_state).view(states * batch, count)
+        inputs = stacked.flatten(0, 1)  # [K·B, k, ...]
+        if image or inputs[0, 0].numel() > self.BMM_ABOVE:
+            return torch.bmm(weights.unsqueeze(1), inputs.flatten(2)).view((states * batch,) + inputs.shape[2:])
+        return (weights.unsqueeze(-1) * inputs).sum(dim=1)
 
     @staticmethod
     def global_average(value: Tensor) -> Tensor:
@@ -183,3 +203,14 @@ class MixAggregation(nn.Module):
     def forward(self, slots: list, gates: list | None = None, query: Tensor | None = None) -> Tensor:
         weight = torch.sigmoid(self.mix)
         return weight * self.nddr(slots) + (1 - weight) * self.gate(slots, gates, query)
+
+    def gated_forward(self, blocks: list, slot_gates: Tensor, query: Tensor | None = None) -> Tensor:
+        """`forward` of K stacked states' ungated inputs and their `[K, k]` gates (as
+        `GateAggregation.gated_forward`): the inputs gated in one product, which both halves read."""
+        if torch.compiler.is_compiling():
+            return self.forward(*gated_slots(blocks, slot_gates), query)
+        stacked = stack_blocks(blocks, slot_gates.shape[0])
+        stacked = stacked * slot_gates.view(slot_gates.shape + (1,) * (stacked.dim() - 2)).transpose(1, 2)
+        weight = torch.sigmoid(self.mix)
+        joined = stacked.flatten(0, 1).flatten(1, 2)  # [K·B, k·C, ...]: the concatenation of the gated inputs
+        return weight * self.nddr.mixed(joined) + (1 - weight) * self.gate.weigh(stacked, slot_gates, query, gated=True)

@@ -49,12 +49,12 @@ as one linear layer, `[x_1, ..., x_n] @ [g_1 W_1 ... g_n W_n]^T + Σ_i g_i b_i` 
 edge has one, commutes with the linear map, so it scales the edge's weight columns): one matrix
 product instead of n, no chain of adds, and no product of an input with its gate.
 
-**Gates applied by a `gate` node.** Where every state of a `gate` node sees the same inputs (the soft
-search), its edges' outputs go to the aggregation ungated, with the `[K, k]` gates of its states
-(`GateAggregation.gated_forward`, one lookup in the gate table): the node gates the stacked inputs in
-one product (vectors) or scales the pooled query and the softmax weights (images) instead of one
-full-size product per edge. Other nodes, and a gate node whose states see different inputs, take
-their terms gated as above.
+**Gates applied by a `gate` or `mix` node.** Where every state of such a node sees the same inputs
+(the soft search), its edges' outputs go to the aggregation ungated, with the `[K, k]` gates of its
+states (`gated_forward`, one lookup in the gate table): a `gate` node gates the stacked inputs in one
+product (vectors) or scales the pooled query and the softmax weights (images), a `mix` node gates the
+stack once for both its halves, instead of one full-size product per edge. Other nodes, and a node
+whose states see different inputs, take their terms gated as above.
 """
 from __future__ import annotations
 
@@ -454,16 +454,17 @@ class _BatchedGraph:
 
     def folds_gates(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                     count: int) -> bool:
-        """Whether a `gate` node takes its inputs ungated and applies the gates itself
-        (`GateAggregation.gated_forward`): in the gated graph, where every state sees the same inputs
-        (one call) and some input is gated."""
-        if not self.gated or node.aggregation != "gate" or len(self.state_groups(in_edges, per_edge, count, node)) > 1:
+        """Whether a `gate` or `mix` node takes its inputs ungated and applies the gates itself
+        (`gated_forward`): in the gated graph, where every state sees the same inputs (one call) and
+        some input is gated."""
+        if (not self.gated or node.aggregation not in SOFTMAX_AGGREGATIONS
+                or len(self.state_groups(in_edges, per_edge, count, node)) > 1):
             return False
         return any(c is not None and c.slot is not None for edge in in_edges for c in per_edge.get(edge.name, ()))
 
     def folded_aggregate(self, node: Node, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
                          count: int, name: str) -> fx.Node:
-        """A `gate` node's one call on its ungated inputs and the `[K, k]` gates of its states (one lookup)."""
+        """A `gate` or `mix` node's one call on its ungated inputs and the `[K, k]` gates of its states (one lookup)."""
         module_name = self.module(aggregation_module_name(node),
                                   lambda: node_aggregation(node, in_edges, self.ir.input_node().type))
         blocks = []

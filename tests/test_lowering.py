@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagir.backends.reference import evaluate_reference
-from dagir.backends.torch_aggregations import GateAggregation
+from dagir.backends.torch_aggregations import GateAggregation, MixAggregation
 from dagir.backends.torch_ops import build_aggregation, build_op
 from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
@@ -88,14 +88,19 @@ def test_a_mix_aggregation_weighs_an_nddr_and_a_gate_aggregation_of_the_same_inp
 
 @pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
 @pytest.mark.parametrize("query", ["inputs", "input", "none"])
-def test_a_gate_node_applying_the_gates_computes_what_it_computes_of_gated_inputs(shape, query):
+@pytest.mark.parametrize("kind", ["gate", "mix"])
+def test_a_node_applying_the_gates_computes_what_it_computes_of_gated_inputs(shape, query, kind):
     """`gated_forward` (ungated `[K, B, ...]` inputs, the `[K, k]` gates of K states) against the oracle
     of `forward` called per state on the inputs multiplied by their gates: an input gated 0 is out of
     that state's softmax, a state with every gate 0 gets zeros, an empty slot and an input the same for
-    every state (`[1, B, ...]`) included."""
+    every state (`[1, B, ...]`) included; a `mix` node's halves read the same gated inputs."""
     torch.manual_seed(0)
     query_width = {"inputs": None, "input": 6, "none": 0}[query]
-    module = GateAggregation(3, shape[0], query_width).double()
+    module = (GateAggregation(3, shape[0], query_width) if kind == "gate"
+              else MixAggregation(3, shape[0], image=len(shape) > 1, query_width=query_width)).double().eval()
+    if kind == "mix":
+        with torch.no_grad():
+            module.mix.fill_(0.8)
     states, batch = 3, 2
     blocks = [torch.randn(states, batch, *shape, dtype=torch.float64), None,
               torch.randn(1, batch, *shape, dtype=torch.float64)]
@@ -109,8 +114,9 @@ def test_a_gate_node_applying_the_gates_computes_what_it_computes_of_gated_input
         own_query = None if network_input is None else network_input[k * batch:(k + 1) * batch]
         expected.append(module(slots, per_slot, own_query))
     torch.testing.assert_close(module.gated_forward(blocks, gates, network_input), torch.cat(expected))
-    torch.testing.assert_close(expected[1], blocks[2][0] * 1.3)  # the one input not gated 0 takes all the weight
-    assert not expected[2].any()
+    if kind == "gate":
+        torch.testing.assert_close(expected[1], blocks[2][0] * 1.3)  # the one input not gated 0 takes all the weight
+        assert not expected[2].any()
 
 
 def test_gate_aggregation_gives_an_empty_slot_no_weight():
@@ -246,7 +252,7 @@ def test_nddr_gate_and_mix_nodes_get_an_aggregation_module():
     for aggregation in ("nddr", "gate", "mix"):
         module = lower_supernet(compile_spec(make_spec(image=False, nodes=3, stages=1, aggregation=aggregation)))
         assert {"node_h1", "node_h2", "node_h3"} <= {name for name, _ in module.named_children()}
-        called = "self.node_h3([" if aggregation != "gate" else "node_h3.gated_forward(["  # a gate node applies the gates
+        called = "self.node_h3([" if aggregation == "nddr" else "node_h3.gated_forward(["  # gate, mix: they apply the gates
         assert called in module.code
 
 
