@@ -40,6 +40,25 @@ def test_python_export_equals_pytorch_and_runs_without_dagir(finished_run, tmp_p
                            "print(sorted(m(torch.zeros(2, 64))))")
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "['digit', 'parity']"
+    source = target.read_text()
+    assert "class GateAggregation" in source  # the tiny spec's nodes (the default aggregation)
+    assert unbound_globals(source) == set(), "every name the copied classes read is defined in the file"
+
+
+def unbound_globals(source: str) -> set[str]:
+    """The global names some scope of `source` reads that neither the module nor Python's builtins define."""
+    import builtins
+    import symtable
+    top = symtable.symtable(source, "network.py", "exec")
+    defined = {symbol.get_name() for symbol in top.get_symbols() if symbol.is_assigned() or symbol.is_imported()}
+    unbound, tables = set(), [top]
+    while tables:
+        table = tables.pop()
+        tables.extend(table.get_children())
+        unbound |= {symbol.get_name() for symbol in table.get_symbols()
+                    if symbol.is_referenced() and (symbol.is_global() or table is top)
+                    and symbol.get_name() not in defined and not hasattr(builtins, symbol.get_name())}
+    return unbound
 
 
 def test_onnx_passes_the_checker_and_equals_pytorch_in_onnxruntime(finished_run, tmp_path):
