@@ -22,6 +22,11 @@ def stack_blocks(blocks: list, states: int) -> Tensor:
     return torch.stack([(zero if block is None else block).expand(shape) for block in blocks], dim=2)
 
 
+def gate_stack(stacked: Tensor, slot_gates: Tensor) -> Tensor:
+    """A `[K, B, k, ...]` stack of K states' inputs times the `[K, k]` gates of each state on each input."""
+    return stacked * slot_gates.view(slot_gates.shape + (1,) * (stacked.dim() - 2)).transpose(1, 2)
+
+
 def gated_slots(blocks: list, slot_gates: Tensor) -> tuple[list, list]:
     """`forward`'s arguments for the same inputs: each slot gated and flat `[K·B, ...]`, and its `[K]` gates.
     Under torch.compile the aggregations take these: inductor fuses each product into its reader."""
@@ -133,7 +138,7 @@ class GateAggregation(nn.Module):
         stacked = stack_blocks(blocks, slot_gates.shape[0])
         image = stacked.dim() > 4
         if not image:
-            stacked = stacked * slot_gates.view(slot_gates.shape + (1, 1)).transpose(1, 2)
+            stacked = gate_stack(stacked, slot_gates)
         return self.weigh(stacked, slot_gates, query, gated=not image)
 
     def weigh(self, stacked: Tensor, slot_gates: Tensor, query: Tensor | None, *, gated: bool) -> Tensor:
@@ -209,8 +214,7 @@ class MixAggregation(nn.Module):
         `GateAggregation.gated_forward`): the inputs gated in one product, which both halves read."""
         if torch.compiler.is_compiling():
             return self.forward(*gated_slots(blocks, slot_gates), query)
-        stacked = stack_blocks(blocks, slot_gates.shape[0])
-        stacked = stacked * slot_gates.view(slot_gates.shape + (1,) * (stacked.dim() - 2)).transpose(1, 2)
+        stacked = gate_stack(stack_blocks(blocks, slot_gates.shape[0]), slot_gates)
         weight = torch.sigmoid(self.mix)
         joined = stacked.flatten(0, 1).flatten(1, 2)  # [K·B, k·C, ...]: the concatenation of the gated inputs
         return weight * self.nddr.mixed(joined) + (1 - weight) * self.gate.weigh(stacked, slot_gates, query, gated=True)

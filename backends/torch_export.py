@@ -17,7 +17,8 @@ from torch import fx, nn
 from dagir.errors import UserError
 from dagir.ir import IR
 
-from .torch_aggregations import GateAggregation, MixAggregation, NddrAggregation, gated_slots, stack_blocks
+from .torch_aggregations import (GateAggregation, MixAggregation, NddrAggregation, gate_stack, gated_slots,
+                                 stack_blocks)
 from .torch_compact import PerStateCopy, PerStateNorm, lower_compact
 
 WEIGHTS_FILE, CODE_FILE, IR_FILE = "compact.safetensors", "compact.py", "compact.json"
@@ -103,7 +104,7 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
     helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, MixAggregation, PerStateNorm, PerStateCopy,
                                                   *sorted(local, key=str)) if cls in used]
     if used & {GateAggregation, MixAggregation}:  # what their supernet-side `gated_forward` calls, so the copy is whole
-        helpers = [inspect.getsource(stack_blocks), inspect.getsource(gated_slots)] + helpers
+        helpers = [inspect.getsource(helper) for helper in (stack_blocks, gate_stack, gated_slots)] + helpers
     layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
     forward = module.graph.python_code(root_module="self").src
     forward = re.sub(r";  [\w =]+ = None$", "", forward, flags=re.MULTILINE).strip()  # fx's early frees

@@ -349,6 +349,11 @@ class _BatchedGraph:
         offset = len(self.root.gates.entries) if self.gated else 0
         return self._table, offset, offset + 1
 
+    def table_index(self, term: Contribution | None) -> int:
+        """A state's index into `gate_table()`: its gate slot, the 1 of an ungated edge, or the 0 of an absent one."""
+        _, one, zero = self.gate_table()
+        return zero if term is None else one if term.slot is None else term.slot
+
     def blocks_of(self, value: fx.Node, count: int) -> fx.Node:
         """`[K·B, ...]` as `[K, B, ...]` (one view per value)."""
         if value not in self.stacked:
@@ -433,9 +438,8 @@ class _BatchedGraph:
         value, leading = self.ungated_term(edge, output, per_state)
         if all(c is not None and c.slot is None for c in per_state):
             return value, leading
-        table, one, zero = self.gate_table()
-        index = [zero if c is None else one if c.slot is None else c.slot for c in per_state]
-        gate = self.call("call_function", operator.getitem, (table, index))
+        table = self.gate_table()[0]
+        gate = self.call("call_function", operator.getitem, (table, [self.table_index(c) for c in per_state]))
         self.gate_of[edge.name] = gate  # [K]: the gate of each state, 0 where the edge is absent
         gate = self.call("call_method", "view", (gate, (count,) + (1,) * width), name=f"gate_{edge.name}")
         return self.call("call_function", operator.mul, (value, gate), name=f"gated_{edge.name}"), count
@@ -458,7 +462,7 @@ class _BatchedGraph:
         (`gated_forward`): in the gated graph, where every state sees the same inputs (one call) and
         some input is gated."""
         if (not self.gated or node.aggregation not in SOFTMAX_AGGREGATIONS
-                or len(self.state_groups(in_edges, per_edge, count, node)) > 1):
+                or len(self.state_groups(node, self.presence(in_edges, per_edge, count))) > 1):
             return False
         return any(c is not None and c.slot is not None for edge in in_edges for c in per_edge.get(edge.name, ()))
 
@@ -475,25 +479,28 @@ class _BatchedGraph:
             output = self.edge_output(edge)
             blocks.append(self.call("call_method", "unsqueeze", (output, 0)) if count == 1
                           else self.ungated_term(edge, output, per_edge[edge.name])[0])
-        table, one, zero = self.gate_table()
-        index = [zero if edge.name not in per_edge or per_edge[edge.name][k] is None
-                 else one if per_edge[edge.name][k].slot is None else per_edge[edge.name][k].slot
+        index = [self.table_index(per_edge[edge.name][k] if edge.name in per_edge else None)
                  for k in range(count) for edge in in_edges]
-        gates = self.call("call_function", operator.getitem, (table, index))
+        gates = self.call("call_function", operator.getitem, (self.gate_table()[0], index))
         gates = self.call("call_method", "view", (gates, (count, len(in_edges))), name=f"gates_{node.name}")
         query = (self.input_query(count),) if node.query == "input" else ()
         aggregation = self.call("get_attr", module_name, ())
         return self.call("call_method", "gated_forward", (aggregation, blocks, gates, *query), name=name)
 
-    def state_groups(self, in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]], count: int,
-                     node: Node) -> list[list[int]]:
-        """The node's states in groups of one aggregation call each: all in one, but for a softmax
-        aggregation, which masks absent inputs out, one group per set of inputs present."""
+    @staticmethod
+    def presence(in_edges: list[Edge], per_edge: dict[str, list[Contribution | None]],
+                 count: int) -> list[tuple[bool, ...]]:
+        """Per state of the node, which of its in-edges it has."""
+        return [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
+                for k in range(count)]
+
+    @staticmethod
+    def state_groups(node: Node, masks: list[tuple[bool, ...]]) -> list[list[int]]:
+        """The node's states (`masks`: their `presence`) in groups of one aggregation call each: all in
+        one, but for a softmax aggregation, which masks absent inputs out, one group per set of inputs present."""
         if node.aggregation not in SOFTMAX_AGGREGATIONS:
-            return [list(range(count))]
-        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
-                 for k in range(count)]
-        return [[k for k in range(count) if masks[k] == mask] for mask in dict.fromkeys(masks)]
+            return [list(range(len(masks)))]
+        return [[k for k, own in enumerate(masks) if own == mask] for mask in dict.fromkeys(masks)]
 
     def with_gates(self, node: Node, slots: list, in_edges: list[Edge], group: list[int] | None,
                    count: int) -> tuple:
@@ -583,11 +590,11 @@ class _BatchedGraph:
     def linear_sum(self, edges: list[Edge], per_edge: dict[str, list[Contribution | None]], name: str) -> fx.Node:
         """The `fuse-sums` rewrite of one node: its summed linear edges as one linear layer."""
         self.sums.append([edge.name for edge in edges])
-        slots = [per_edge[edge.name][0].slot for edge in edges]
-        gates = None  # every edge's gate, 1 for an ungated one: one lookup, read by the inputs and the bias
-        if any(slot is not None for slot in slots):
-            table, one, _ = self.gate_table()
-            gates = self.call("call_function", operator.getitem, (table, [one if s is None else s for s in slots]))
+        terms = [per_edge[edge.name][0] for edge in edges]
+        gates = None  # every edge's gate, 1 for an ungated one: one lookup, read by the weight and the bias
+        if any(term.slot is not None for term in terms):
+            gates = self.call("call_function", operator.getitem,
+                              (self.gate_table()[0], [self.table_index(term) for term in terms]))
         inputs, weights, biases, widths = [], [], [], []
         for edge in edges:
             self.module(edge.name, lambda edge=edge: build_op(edge.op))
@@ -617,8 +624,7 @@ class _BatchedGraph:
                      count: int) -> list[tuple[bool, ...]]:
         """Note the node's slots and the inputs each of its calls sees (`module.aggregation_slots`);
         returns, per state, which inputs it has."""
-        masks = [tuple(edge.name in per_edge and per_edge[edge.name][k] is not None for edge in in_edges)
-                 for k in range(count)]
+        masks = self.presence(in_edges, per_edge, count)
         self.aggregation_slots[node.name] = {"slots": [edge.name for edge in in_edges],
                                              "calls": sorted({tuple(i for i, p in enumerate(m) if p) for m in masks})}
         return masks
@@ -630,7 +636,7 @@ class _BatchedGraph:
         masks = self.record_slots(node, in_edges, per_edge, count)
         # nddr fills an absent input with zeros, which is what a 0 gate gives: one call for all states.
         # gate masks absent inputs out of its softmax: one call per group of states with the same inputs.
-        groups = self.state_groups(in_edges, per_edge, count, node)
+        groups = self.state_groups(node, masks)
         if len(groups) == 1:
             slots = [self.slot_value(terms[edge.name], count, width) if edge.name in terms else None
                      for edge in in_edges]
