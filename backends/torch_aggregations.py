@@ -40,21 +40,30 @@ def gated_slots(blocks: list, slot_gates: Tensor) -> tuple[list, list]:
 
 class NddrAggregation(nn.Module):
     """MTL-NAS's NDDR fusion: concatenate the inputs along channels (zeros in an empty slot: an
-    absent edge is one whose gate is 0), then 1x1 conv (a linear layer for vectors), batch norm,
-    ReLU back to the node's width. `fusion` = (w_t, w_s) starts the 1x1 conv as w_t times the
-    identity on the slots `own` marks (shared among them) and w_s / k on each of the k others;
-    None keeps torch's random initialisation."""
+    absent edge is one whose gate is 0), then 1x1 conv (a linear layer for vectors), a norm, ReLU
+    back to the node's width. `norm` is MTL-NAS's `batch` norm, a `layer` norm (per sample; on
+    images a group norm of one group, over channels and positions), or `none`. `fusion` = (w_t, w_s)
+    starts the 1x1 conv as w_t times the identity on the slots `own` marks (shared among them) and
+    w_s / k on each of the k others; None keeps torch's random initialisation."""
+
+    NORMS = ("batch", "layer", "none")
 
     def __init__(self, inputs: int, width: int, image: bool, own: list | None = None,
-                 fusion: tuple | None = None) -> None:
+                 fusion: tuple | None = None, norm: str = "batch") -> None:
         super().__init__()
-        self.config = dict(inputs=inputs, width=width, image=image)
+        self.config = dict(inputs=inputs, width=width, image=image, norm=norm)
         if image:
             self.fuse = nn.Conv2d(inputs * width, width, 1, bias=False)
-            self.bn = nn.BatchNorm2d(width)
         else:
             self.fuse = nn.Linear(inputs * width, width, bias=False)
-            self.bn = nn.BatchNorm1d(width)
+        if norm == "batch":
+            self.norm = nn.BatchNorm2d(width) if image else nn.BatchNorm1d(width)
+        elif norm == "layer":
+            self.norm = nn.GroupNorm(1, width) if image else nn.LayerNorm(width)
+        elif norm == "none":
+            self.norm = nn.Identity()
+        else:
+            raise ValueError(f"unknown nddr norm {norm!r} (known: {', '.join(self.NORMS)})")
         self.relu = nn.ReLU()
         if fusion is not None:
             self.start_as(list(own) if own is not None else [True] * inputs, fusion)
@@ -76,7 +85,7 @@ class NddrAggregation(nn.Module):
 
     def mixed(self, joined: Tensor) -> Tensor:
         """The inputs' channel concatenation `[B, k·C, ...]` mixed back to `[B, C, ...]`."""
-        return self.relu(self.bn(self.fuse(joined)))
+        return self.relu(self.norm(self.fuse(joined)))
 
 
 class GateAggregation(nn.Module):
@@ -198,10 +207,11 @@ class MixAggregation(nn.Module):
     trains with the network's weights. The `nddr` half fills an empty slot with zeros, the `gate`
     half leaves it (and any input gated 0) out of its softmax, as each does alone."""
 
-    def __init__(self, inputs: int, width: int, image: bool, query_width: int | None = None) -> None:
+    def __init__(self, inputs: int, width: int, image: bool, query_width: int | None = None,
+                 norm: str = "batch") -> None:
         super().__init__()
-        self.config = dict(inputs=inputs, width=width, image=image, query_width=query_width)
-        self.nddr = NddrAggregation(inputs, width, image)
+        self.config = dict(inputs=inputs, width=width, image=image, query_width=query_width, norm=norm)
+        self.nddr = NddrAggregation(inputs, width, image, norm=norm)
         self.gate = GateAggregation(inputs, width, query_width)
         self.mix = nn.Parameter(torch.zeros(()))
 

@@ -38,10 +38,10 @@ import torch
 from torch import Tensor, fx, nn
 
 from dagir.compact_cost import CompactState, StateKey, aggregation_edges, compact_states, untied_states
-from dagir.ir import AGGREGATIONS, IR, Edge, Node, TensorType, gate_query_width
+from dagir.ir import IR, Edge, Node, gate_query_width
 
 from .torch_aggregations import GateAggregation, MixAggregation, NddrAggregation
-from .torch_ops import build_op
+from .torch_ops import build_aggregation, build_op
 from .torch_supernet import aggregation_module_name, apply_node_op
 
 # -- per-state batch norm: torch only, so `export_compact` can copy its source verbatim -----------
@@ -169,17 +169,6 @@ def _state_names(states: list[CompactState]) -> dict[StateKey, str]:
     return names
 
 
-def _aggregation_module(node: Node, inputs: int, network_input: TensorType) -> nn.Module:
-    width, image = node.input_type.channels, node.input_type.is_image
-    if node.aggregation == "nddr":
-        return NddrAggregation(inputs, width, image)
-    if node.aggregation == "gate":
-        return GateAggregation(inputs, width, gate_query_width(node, network_input))
-    if node.aggregation == "mix":
-        return MixAggregation(inputs, width, image, gate_query_width(node, network_input))
-    raise ValueError(f"unknown aggregation {node.aggregation!r} (known: {', '.join(AGGREGATIONS)})")
-
-
 def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
                   dtype: torch.dtype = torch.float32) -> fx.GraphModule:
     """The compact module of a reduced, shared IR: `module(x) -> {task: output}`, no gates.
@@ -230,7 +219,9 @@ def lower_compact(ir: IR, supernet: nn.Module | None = None, *,
         else:
             module_name = aggregation_module_name(node)
             if not hasattr(root, module_name):
-                root.add_module(module_name, _aggregation_module(node, len(slots[node.name]), ir.input_node().type))
+                root.add_module(module_name, build_aggregation(
+                    node.aggregation, len(slots[node.name]), node.input_type,
+                    query_width=gate_query_width(node, ir.input_node().type), nddr_norm=node.nddr_norm))
             inputs = [terms.get(edge.name) for edge in slots[node.name]]
             arguments = (inputs, None, network_input) if node.query == "input" else (inputs,)
             value = graph.create_node("call_module", module_name, arguments, name=aggregate_name)
@@ -280,7 +271,7 @@ def _copy_aggregation(child: nn.Module, source: nn.Module, supernet: nn.Module, 
     columns = torch.cat([torch.arange(slot * width, (slot + 1) * width) for slot in kept])
     if isinstance(child, NddrAggregation):
         child.fuse.weight.copy_(source.fuse.weight[:, columns])
-        child.bn.load_state_dict(source.bn.state_dict())
+        child.norm.load_state_dict(source.norm.state_dict())
     else:  # the routing logits of the kept inputs, over their features (or over the whole query)
         rows = torch.tensor(kept, dtype=torch.long)
         weight = source.route.weight[rows]

@@ -47,6 +47,10 @@ def _module_source(module: nn.Module) -> str:
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return (f"nn.{type(module).__name__}({module.num_features}, eps={module.eps}, momentum={module.momentum}, "
                 f"affine={module.affine}, track_running_stats={module.track_running_stats})")
+    if isinstance(module, nn.LayerNorm):
+        return f"nn.LayerNorm({tuple(module.normalized_shape)!r}, eps={module.eps})"
+    if isinstance(module, nn.GroupNorm):
+        return f"nn.GroupNorm({module.num_groups}, {module.num_channels}, eps={module.eps})"
     if isinstance(module, nn.Linear):
         return f"nn.Linear({module.in_features}, {module.out_features}, bias={module.bias is not None})"
     if isinstance(module, nn.AvgPool2d):

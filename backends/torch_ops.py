@@ -128,17 +128,19 @@ def build_op(op: Op) -> nn.Module:
 
 # -- aggregation ----------------------------------------------------------------------------------
 def build_aggregation(aggregation: str, inputs: int, node_type: TensorType, *, own: Sequence[bool] | None = None,
-                      fusion: tuple[float, float] | None = None, query_width: int | None = None) -> nn.Module | None:
+                      fusion: tuple[float, float] | None = None, query_width: int | None = None,
+                      nddr_norm: str = "batch") -> nn.Module | None:
     """The module combining `inputs` incoming edges into a node of `node_type`; None for `sum`.
     `own` marks the slots that are the node's own inputs (not cross edges), `fusion` the NDDR
-    initialisation (`Node.fusion`), `query_width` the width of a gate's own query (`Node.query`)."""
+    initialisation (`Node.fusion`), `query_width` the width of a gate's own query (`Node.query`),
+    `nddr_norm` the norm after an NDDR mixing (`Node.nddr_norm`)."""
     if aggregation == "sum":
         return None
     if aggregation == "nddr":
         return NddrAggregation(inputs, node_type.channels, node_type.is_image,
-                               None if own is None else list(own), fusion)
+                               None if own is None else list(own), fusion, nddr_norm)
     if aggregation == "gate":
         return GateAggregation(inputs, node_type.channels, query_width)
     if aggregation == "mix":
-        return MixAggregation(inputs, node_type.channels, node_type.is_image, query_width)
+        return MixAggregation(inputs, node_type.channels, node_type.is_image, query_width, nddr_norm)
     raise ValueError(f"unknown aggregation {aggregation!r} (known: {', '.join(AGGREGATIONS)})")

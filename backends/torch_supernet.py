@@ -95,7 +95,7 @@ def node_aggregation(node: Node, in_edges: list[Edge], network_input: TensorType
     query_width = gate_query_width(node, network_input)
     return build_aggregation(node.aggregation, len(in_edges), node.input_type,
                              own=[edge.kind != "cross" for edge in in_edges], fusion=node.fusion,
-                             query_width=query_width)
+                             query_width=query_width, nddr_norm=node.nddr_norm)
 
 
 # -- planning: which states exist, and what each is made of ---------------------------------------

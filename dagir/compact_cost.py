@@ -156,9 +156,11 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     return {"total": total, "per_task": per_task, "separate_total": sum(per_task.values())}
 
 
-def aggregation_norm_parameters(aggregation: str, node_type: TensorType) -> int:
-    """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm)."""
-    return 2 * node_type.shape[0] if aggregation in ("nddr", "mix") else 0
+def aggregation_norm_parameters(aggregation: str, node_type: TensorType, nddr_norm: str = "batch") -> int:
+    """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm, unless
+    its `nddr_norm` is a layer norm or none): what each further state of the node adds in the compact
+    network, whose states keep batch norms of their own (`PerStateNorm`)."""
+    return 2 * node_type.shape[0] if aggregation in ("nddr", "mix") and nddr_norm == "batch" else 0
 
 
 def untied_states(ir: IR) -> bool:
@@ -188,14 +190,15 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
 
     def node_parameters(name: str, node: Node) -> int:  # its op and its aggregation, once
         return parameter_count(node.op) + aggregation_parameter_count(
-            node.aggregation, node.input_type, len(slots.get(name, [])), ir.query_width(node))
+            node.aggregation, node.input_type, len(slots.get(name, [])), ir.query_width(node), node.nddr_norm)
 
     def extra_edge_state(edge: Edge) -> int:  # what each further state of an edge op costs
         return parameter_count(edge.op) if untie else norm_parameter_count(edge.op)
 
     def extra_node_state(name: str, node: Node) -> int:  # of a node's op and aggregation
         return node_parameters(name, node) if untie else (
-            norm_parameter_count(node.op) + aggregation_norm_parameters(node.aggregation, node.input_type))
+            norm_parameter_count(node.op) + aggregation_norm_parameters(node.aggregation, node.input_type,
+                                                                        node.nddr_norm))
 
     total = (sum(parameter_count(e.op) for e in edges.values())
              + sum(node_parameters(name, n) for name, n in nodes.items()))
@@ -206,6 +209,6 @@ def compact_parameters(ir: IR) -> dict[str, Any]:
         own = [s for s in states if task in s.tasks]
         per_task[task] = sum(parameter_count(s.node.op)
                              + aggregation_parameter_count(s.node.aggregation, s.node.input_type, len(s.inputs),
-                                                           ir.query_width(s.node))
+                                                           ir.query_width(s.node), s.node.nddr_norm)
                              + sum(parameter_count(edge.op) for edge, _ in s.inputs) for s in own)
     return {"total": total + extra, "per_task": per_task}

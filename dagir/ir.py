@@ -27,6 +27,7 @@ import networkx as nx
 NodeKind = Literal["input", "stem", "hidden", "head"]
 EdgeKind = Literal["stem", "internal", "read_in", "read_out", "cross"]
 Aggregation = Literal["sum", "nddr", "gate", "mix"]
+NddrNorm = Literal["batch", "layer", "none"]
 
 NODE_KINDS: tuple[str, ...] = ("input", "stem", "hidden", "head")
 EDGE_KINDS: tuple[str, ...] = ("stem", "internal", "read_in", "read_out", "cross")
@@ -95,7 +96,9 @@ class Node:
     (MTL-NAS); None keeps torch's random initialisation. `query` is what a `gate` aggregation's
     softmax looks at: `inputs` (the pooled inputs it mixes) or `input` (the network's input, as
     MMoE's gates do). A `mix` aggregation is both: σ(m)·nddr + (1 − σ(m))·gate over the same inputs,
-    m a weight of the node (0 at the start: the two halves alike).
+    m a weight of the node (0 at the start: the two halves alike). `nddr_norm` is what follows an
+    `nddr` mixing (and `mix`'s nddr half) before its ReLU: MTL-NAS's batch norm, a layer norm (per
+    sample: a group norm of one group on images), or none.
     """
 
     name: str
@@ -109,6 +112,7 @@ class Node:
     aggregation: Aggregation = "sum"
     fusion: tuple[float, float] | None = None
     query: Literal["inputs", "input", "task"] = "inputs"
+    nddr_norm: NddrNorm = "batch"
 
     @property
     def input_type(self) -> TensorType:
@@ -409,7 +413,8 @@ def _node_to_dict(node: Node) -> dict[str, Any]:
             "in_type": None if node.in_type is None else list(node.in_type.shape),
             "op": _op_to_dict(node.op), "index": node.index, "stage": node.stage,
             "task": node.task, "aggregation": node.aggregation,
-            "fusion": None if node.fusion is None else list(node.fusion), "query": node.query}
+            "fusion": None if node.fusion is None else list(node.fusion), "query": node.query,
+            "nddr_norm": node.nddr_norm}
 
 
 def _node_from_dict(raw: Mapping[str, Any]) -> Node:
@@ -417,7 +422,8 @@ def _node_from_dict(raw: Mapping[str, Any]) -> Node:
                 in_type=None if raw["in_type"] is None else TensorType(tuple(raw["in_type"])),
                 op=_op_from_dict(raw["op"]), index=raw["index"], stage=raw["stage"],
                 task=raw["task"], aggregation=raw["aggregation"],
-                fusion=None if raw.get("fusion") is None else tuple(raw["fusion"]), query=raw.get("query", "inputs"))
+                fusion=None if raw.get("fusion") is None else tuple(raw["fusion"]), query=raw.get("query", "inputs"),
+                nddr_norm=raw.get("nddr_norm", "batch"))
 
 
 def _edge_to_dict(edge: Edge) -> dict[str, Any]:

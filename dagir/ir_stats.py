@@ -18,7 +18,8 @@ def count_parameters(ir: IR) -> int:
     total = sum(parameter_count(e.op) for e in ir.edges.values())
     total += sum(parameter_count(n.op) for n in ir.nodes.values())
     in_degree = _in_degree(ir)
-    total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name], ir.query_width(n))
+    total += sum(aggregation_parameter_count(n.aggregation, n.input_type, in_degree[n.name], ir.query_width(n),
+                                             n.nddr_norm)
                  for n in ir.nodes.values() if n.kind == "hidden")
     return total
 

@@ -203,11 +203,12 @@ def mac_count(op: Op | None, input_type: TensorType) -> int:
 
 
 def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degree: int,
-                                query_width: int | None = None) -> int:
+                                query_width: int | None = None, nddr_norm: str = "batch") -> int:
     """Parameters of a node's aggregation over `in_degree` incoming edges.
 
     `sum` has none; `nddr` is a 1x1 conv (images) or a linear layer (vectors), without bias, from the
-    concatenated inputs to the node's width, then batch norm; `gate` is one linear layer (with bias)
+    concatenated inputs to the node's width, then its norm (`nddr_norm`: batch or layer norm, each
+    with a scale and a shift per channel, or none); `gate` is one linear layer (with bias)
     from its query (the pooled concatenation, or `query_width` features of its own) to one weight
     per incoming edge; `mix` holds an `nddr` and a `gate` and the weight mixing them.
     """
@@ -215,9 +216,10 @@ def aggregation_parameter_count(aggregation: str, node_type: TensorType, in_degr
     if aggregation == "sum" or in_degree == 0:
         return 0
     if aggregation == "nddr":
-        return in_degree * width * width + 2 * width
+        return in_degree * width * width + (0 if nddr_norm == "none" else 2 * width)
     if aggregation == "mix":
-        return sum(aggregation_parameter_count(half, node_type, in_degree, query_width) for half in MIX_HALVES) + 1
+        return sum(aggregation_parameter_count(half, node_type, in_degree, query_width, nddr_norm)
+                   for half in MIX_HALVES) + 1
     if aggregation == "gate":
         return (in_degree * width if query_width is None else query_width) * in_degree + in_degree
     raise OpTypeError(f"unknown aggregation {aggregation!r}")

@@ -51,6 +51,7 @@ def spec_options(spec: Spec) -> dict[str, dict[str, Any]]:
     options: dict[str, dict[str, Any]] = {name: dict(layout) for name, cls in registered_passes().items()
                                           if cls.builds}
     options["build-central"].update(aggregation=central.aggregation, nddr_start=central.nddr_start,
+                                    nddr_norm=central.nddr_norm,
                                     max_span=network.flow_restriction.max_span,
                                     task_stages=central.task_stages, task_copies=central.task_copies)
     options.update({

@@ -89,6 +89,9 @@ class CentralSpec(Strict):
     # how an nddr node's mixing starts: torch's random weights, or the mean of its inputs (the sum
     # node it replaces, batch-normalised): the search then starts from the features of the sum
     nddr_start: Literal["random", "mean"] = "random"
+    # what follows an nddr node's mixing (and mix's nddr half): MTL-NAS's batch norm, a per-sample layer
+    # norm, or none (examples/levers/README.md measures each: none wins on penguins, layer on the generator)
+    nddr_norm: Literal["batch", "layer", "none"] = "batch"
     task_stages: int = Field(0, ge=0)  # the last k stages: a copy of their nodes per task (build-central)
     # where those copies go: in place of the shared nodes (`replace`), or beside them (`beside`), so
     # the search chooses per task and per node between its own copy and the shared node

@@ -33,12 +33,14 @@ class BuildCentral(StagedBuild):
     per task and every mixture, and the search chooses between them per task and per node.
 
     `nddr_start` = `mean` starts each `nddr` node's 1x1 mixing as the mean of its inputs (the sum
-    node it replaces, then batch norm and ReLU) rather than torch's random weights.
+    node it replaces, then batch norm and ReLU) rather than torch's random weights; `nddr_norm` is
+    the norm after that mixing (`batch`, MTL-NAS's; `layer`; `none`), for `nddr` and `mix` nodes.
     """
 
     name = "build-central"
     aggregation: Literal["sum", "nddr", "gate", "mix"] = "sum"
     nddr_start: Literal["random", "mean"] = "random"
+    nddr_norm: Literal["batch", "layer", "none"] = "batch"
     max_span: int | None = Field(None, ge=1)
     task_stages: int = Field(0, ge=0)
     task_copies: Literal["replace", "beside"] = "replace"
@@ -81,7 +83,8 @@ class BuildCentral(StagedBuild):
         for i in range(1, self.nodes + 1):
             for task, name in copies(i).items():
                 out.add_node(Node(name, "hidden", self.layer_type(x.type, i), index=i, stage=self.stage_of(i),
-                                  aggregation=self.aggregation, fusion=fusion, task=task))
+                                  aggregation=self.aggregation, fusion=fusion, task=task,
+                                  nddr_norm=self.nddr_norm))
 
         def connect(src: dict[str | None, str], dst: dict[str | None, str], kind: str, gated: bool) -> None:
             for task, name in dst.items():

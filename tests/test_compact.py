@@ -12,13 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dagir.backends.torch_aggregations import MixAggregation
+from dagir.backends.torch_aggregations import MixAggregation, NddrAggregation
 from dagir.backends.torch_compact import PerStateCopy, PerStateNorm, lower_compact
 from dagir.backends.torch_export import export_compact, load_compact
 from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
 from dagir.errors import UserError
 from dagir.ir import AGGREGATIONS, IR
+
+NDDR_NORMS = NddrAggregation.NORMS
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import compile_spec
 
@@ -77,7 +79,7 @@ def searched_spaces(draw) -> IR:
     spec = make_spec(tasks=draw(st.integers(1, 3)), nodes=nodes, stages=draw(st.integers(1, min(2, nodes))),
                      max_span=draw(st.none() | st.integers(1, nodes)), image=draw(st.booleans()),
                      read_in=draw(st.booleans()), read_out=draw(st.booleans()),
-                     aggregation=draw(st.sampled_from(AGGREGATIONS)))
+                     aggregation=draw(st.sampled_from(AGGREGATIONS)), nddr_norm=draw(st.sampled_from(NDDR_NORMS)))
     return with_random_logits(compile_spec(spec), draw(st.integers(0, 2 ** 16)))
 
 
@@ -216,9 +218,11 @@ def test_generated_code_is_readable_and_names_follow_the_ir():
     assert {"head_t0", "head_t1"} <= children
 
 
-@pytest.mark.parametrize("aggregation", AGGREGATIONS)
-def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, aggregation: str):
-    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation)), 4)
+@pytest.mark.parametrize("aggregation, nddr_norm", [(aggregation, "batch") for aggregation in AGGREGATIONS]
+                         + [("nddr", "layer"), ("nddr", "none"), ("mix", "layer")])
+def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, aggregation: str, nddr_norm: str):
+    searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, aggregation=aggregation,
+                                                         nddr_norm=nddr_norm)), 4)
     reduced = post_search(searched)
     supernet = hard_supernet(searched, reduced, seed=1)
     compact = lower_compact(reduced, supernet, dtype=torch.float64).eval()
@@ -232,7 +236,7 @@ def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, agg
     source = (tmp_path / "compact.py").read_text()
     imports = {line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))}
     assert imports <= {"torch", "copy", "json", "struct", "collections"}
-    spec = importlib.util.spec_from_file_location(f"exported_compact_{aggregation}", tmp_path / "compact.py")
+    spec = importlib.util.spec_from_file_location(f"exported_compact_{aggregation}_{nddr_norm}", tmp_path / "compact.py")
     standalone = importlib.util.module_from_spec(spec)
     sys.modules.pop(spec.name, None)
     spec.loader.exec_module(standalone)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dagir.backends.reference import evaluate_reference
-from dagir.backends.torch_aggregations import GateAggregation, MixAggregation
+from dagir.backends.torch_aggregations import GateAggregation, MixAggregation, NddrAggregation
 from dagir.backends.torch_ops import build_aggregation, build_op
 from dagir.ops import aggregation_parameter_count
 from dagir.backends.torch_supernet import (count_parameters, gate_parameters, head_parameters,
@@ -59,12 +59,35 @@ def test_op_module_matches_the_registry(op, shape):
 
 @pytest.mark.parametrize("aggregation", [a for a in AGGREGATIONS if a != "sum"])
 @pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
-def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation, shape):
+@pytest.mark.parametrize("nddr_norm", NddrAggregation.NORMS)
+def test_aggregation_keeps_the_node_type_and_reports_its_parameters(aggregation, shape, nddr_norm):
     node_type = TensorType(shape)
-    module = build_aggregation(aggregation, 3, node_type).eval()
+    module = build_aggregation(aggregation, 3, node_type, nddr_norm=nddr_norm).eval()
     slots = [torch.randn(2, *shape), None, torch.randn(2, *shape)]
     assert module(slots).shape == (2, *shape)
-    assert count_parameters(module) == aggregation_parameter_count(aggregation, node_type, 3)
+    assert count_parameters(module) == aggregation_parameter_count(aggregation, node_type, 3, nddr_norm=nddr_norm)
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])
+def test_an_nddr_norm_is_what_its_name_says(shape):
+    """The oracle is the norm's defining property, on inputs scaled per sample by c > 0: with none the
+    node is ReLU(W x), so it scales by c; a layer norm undoes the scale (per sample); a batch norm in
+    eval mode with its running statistics is an affine map per channel, so it does neither."""
+    torch.manual_seed(0)
+    slots = [torch.randn(4, *shape), torch.randn(4, *shape)]
+    scale = torch.tensor([0.5, 2.0, 3.0, 7.0]).view((4,) + (1,) * len(shape))
+    scaled = [slot * scale for slot in slots]
+    modules = {norm: build_aggregation("nddr", 2, TensorType(shape), nddr_norm=norm).eval()
+               for norm in NddrAggregation.NORMS}
+    with torch.no_grad():
+        modules["batch"].norm.running_mean.uniform_(0.5, 1.0)  # as after training: not zero, not one
+        modules["batch"].norm.running_var.uniform_(0.5, 2.0)
+        modules["layer"].norm.bias.uniform_(0.5, 1.0)  # every output positive, so ReLU keeps the invariance
+        outputs = {norm: (module(slots), module(scaled)) for norm, module in modules.items()}
+    torch.testing.assert_close(outputs["none"][1], outputs["none"][0] * scale)
+    torch.testing.assert_close(outputs["layer"][1], outputs["layer"][0], atol=1e-3, rtol=1e-3)  # up to its eps
+    plain, of_scaled = outputs["batch"]
+    assert not torch.allclose(of_scaled, plain * scale) and not torch.allclose(of_scaled, plain)
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 4), (5,)])

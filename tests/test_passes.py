@@ -135,6 +135,16 @@ def test_round_trip_through_json():
     assert IR.from_json(ir.to_json()).to_dict() == ir.to_dict()
 
 
+def test_the_spec_s_nddr_norm_reaches_every_hidden_node_and_survives_a_dump():
+    spec = make_spec(aggregation="nddr", nddr_norm="layer")
+    assert spec.resolved_dict()["network"]["central"]["nddr_norm"] == "layer"
+    ir = compile_spec(spec)
+    hidden = [node for node in ir.nodes.values() if node.kind == "hidden"]
+    assert hidden and {node.nddr_norm for node in hidden} == {"layer"}
+    assert [node.nddr_norm for node in IR.from_json(ir.to_json()).nodes.values() if node.kind == "hidden"] == ["layer"] * len(hidden)
+    assert {node.nddr_norm for node in small_ir().nodes.values()} == {"batch"}  # MTL-NAS's, by default
+
+
 @pytest.mark.parametrize("text, message", [
     ("no-such-pass", "unknown pass 'no-such-pass'"),
     ("flow-restrict{max_span=0}", "option 'max_span'"),
