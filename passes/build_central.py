@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dagir.ir import IR, Edge, Node, all_tasks
+from dagir.ir import IR, Aggregation, Edge, Node, NddrNorm, all_tasks
 from dagir.pass_manager import register_pass
 
 from .staged_build import StagedBuild, task_head
@@ -38,9 +38,9 @@ class BuildCentral(StagedBuild):
     """
 
     name = "build-central"
-    aggregation: Literal["sum", "nddr", "gate", "mix"] = "sum"
+    aggregation: Aggregation = "sum"
     nddr_start: Literal["random", "mean"] = "random"
-    nddr_norm: Literal["batch", "layer", "none"] = "batch"
+    nddr_norm: NddrNorm = "batch"
     max_span: int | None = Field(None, ge=1)
     task_stages: int = Field(0, ge=0)
     task_copies: Literal["replace", "beside"] = "replace"

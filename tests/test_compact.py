@@ -19,8 +19,6 @@ from dagir.backends.torch_supernet import count_parameters, lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters, compact_states
 from dagir.errors import UserError
 from dagir.ir import AGGREGATIONS, IR
-
-NDDR_NORMS = NddrAggregation.NORMS
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import compile_spec
 
@@ -79,7 +77,7 @@ def searched_spaces(draw) -> IR:
     spec = make_spec(tasks=draw(st.integers(1, 3)), nodes=nodes, stages=draw(st.integers(1, min(2, nodes))),
                      max_span=draw(st.none() | st.integers(1, nodes)), image=draw(st.booleans()),
                      read_in=draw(st.booleans()), read_out=draw(st.booleans()),
-                     aggregation=draw(st.sampled_from(AGGREGATIONS)), nddr_norm=draw(st.sampled_from(NDDR_NORMS)))
+                     aggregation=draw(st.sampled_from(AGGREGATIONS)), nddr_norm=draw(st.sampled_from(NddrAggregation.NORMS)))
     return with_random_logits(compile_spec(spec), draw(st.integers(0, 2 ** 16)))
 
 
