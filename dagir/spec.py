@@ -82,10 +82,11 @@ class CentralSpec(Strict):
     edge_op: Literal["auto", "conv", "mlp"] = "auto"
     resample: Literal["strided", "pool"] = "strided"
     # how a node combines its gated inputs: the paper's sum (DESIGN §4), NDDR's learned mixing, a
-    # softmax gate computed from them (the default: it won or tied on every built-in task set,
-    # examples/levers/README.md; examples/levers/aggregation_sum.yaml switches back to the sum), or
-    # `mix`: both of the last two, weighed by a learned weight of the node (examples/levers/aggregation_mix.yaml)
-    aggregation: Literal["sum", "nddr", "gate", "mix"] = "gate"
+    # softmax gate computed from them, `mix`: both of the last two, weighed by a learned weight of the
+    # node (examples/levers/aggregation_mix.yaml), or `auto` (the default): NDDR's mixing in an MLP
+    # space, the gate in a conv space (examples/levers/README.md, stop 35: NDDR won the tabular
+    # generator and tied the real tables; in conv spaces it tied at twice the search's time)
+    aggregation: Literal["auto", "sum", "nddr", "gate", "mix"] = "auto"
     # how an nddr node's mixing starts: torch's random weights, or the mean of its inputs (the sum
     # node it replaces, batch-normalised): the search then starts from the features of the sum
     nddr_start: Literal["random", "mean"] = "random"

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dagir.ir import IR, Aggregation, Edge, Node, NddrNorm, all_tasks
+from dagir.ir import IR, Aggregation, Edge, Node, NddrNorm, TensorType, all_tasks
 from dagir.pass_manager import register_pass
 
 from .staged_build import StagedBuild, task_head
@@ -32,13 +32,18 @@ class BuildCentral(StagedBuild):
     and the shared node of the last layer, so the space holds the fully shared network, a network
     per task and every mixture, and the search chooses between them per task and per node.
 
+    `aggregation` = `auto` gives the nodes NDDR's mixing in an MLP space (vector inputs) and the
+    softmax gate in a conv space (images): the choice the built-in task sets measured (the NDDR
+    layer is one linear layer over the concatenated inputs in an MLP space, and a 1x1 conv with
+    batch norm over feature maps in a conv space, where it tied the gate at twice the search's time).
+
     `nddr_start` = `mean` starts each `nddr` node's 1x1 mixing as the mean of its inputs (the sum
     node it replaces, then batch norm and ReLU) rather than torch's random weights; `nddr_norm` is
     the norm after that mixing (`batch`, MTL-NAS's; `layer`; `none`), for `nddr` and `mix` nodes.
     """
 
     name = "build-central"
-    aggregation: Aggregation = "sum"
+    aggregation: Aggregation | Literal["auto"] = "sum"
     nddr_start: Literal["random", "mean"] = "random"
     nddr_norm: NddrNorm = "batch"
     max_span: int | None = Field(None, ge=1)
@@ -50,6 +55,12 @@ class BuildCentral(StagedBuild):
         if self.task_stages > self.stages:
             raise ValueError(f"task_stages ({self.task_stages}) cannot exceed the {self.stages} stages")
         return self
+
+    def node_aggregation(self, input_type: TensorType) -> Aggregation:
+        """The hidden nodes' aggregation: `aggregation`, `auto` resolved by the input's kind."""
+        if self.aggregation != "auto":
+            return self.aggregation
+        return "gate" if input_type.is_image else "nddr"
 
     def owned(self, layer: int) -> bool:
         """Whether hidden node `layer` has a copy per task."""
@@ -64,6 +75,7 @@ class BuildCentral(StagedBuild):
         out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), shared))
 
         beside = self.task_copies == "beside"
+        aggregation = self.node_aggregation(x.type)
 
         def copies(i: int) -> dict[str | None, str]:
             """Node h_i's name per owning task (None: the one shared node)."""
@@ -79,11 +91,11 @@ class BuildCentral(StagedBuild):
             return own + ([src[None]] if None in src and (not own or beside) else [])
 
         # every input of a central node is its own (no cross edges): (1, 0) starts it as their mean
-        fusion = (1.0, 0.0) if self.aggregation == "nddr" and self.nddr_start == "mean" else None
+        fusion = (1.0, 0.0) if aggregation == "nddr" and self.nddr_start == "mean" else None
         for i in range(1, self.nodes + 1):
             for task, name in copies(i).items():
                 out.add_node(Node(name, "hidden", self.layer_type(x.type, i), index=i, stage=self.stage_of(i),
-                                  aggregation=self.aggregation, fusion=fusion, task=task,
+                                  aggregation=aggregation, fusion=fusion, task=task,
                                   nddr_norm=self.nddr_norm))
 
         def connect(src: dict[str | None, str], dst: dict[str | None, str], kind: str, gated: bool) -> None:

@@ -41,7 +41,7 @@ def test_python_export_equals_pytorch_and_runs_without_dagir(finished_run, tmp_p
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "['digit', 'parity']"
     source = target.read_text()
-    assert "class GateAggregation" in source  # the tiny spec's nodes (the default aggregation)
+    assert "class NddrAggregation" in source  # the tiny spec's nodes (the default aggregation of an MLP space)
     assert unbound_globals(source) == set(), "every name the copied classes read is defined in the file"
 
 

@@ -145,6 +145,20 @@ def test_the_spec_s_nddr_norm_reaches_every_hidden_node_and_survives_a_dump():
     assert {node.nddr_norm for node in small_ir().nodes.values()} == {"batch"}  # MTL-NAS's, by default
 
 
+@pytest.mark.parametrize("image, chosen, built", [
+    (False, "auto", "nddr"),  # an MLP space mixes its inputs NDDR-style
+    (True, "auto", "gate"),  # a conv space weighs them by the softmax gate
+    (False, "gate", "gate"),  # a choice the spec names is kept in either space
+    (True, "nddr", "nddr"),
+])
+def test_the_default_aggregation_depends_on_the_space_and_a_named_one_is_kept(image, chosen, built):
+    spec = make_spec(image=image) if chosen == "auto" else make_spec(image=image, aggregation=chosen)
+    assert spec.resolved_dict()["network"]["central"]["aggregation"] == chosen
+    ir = compile_spec(spec)
+    hidden = [node for node in ir.nodes.values() if node.kind == "hidden"]
+    assert hidden and {node.aggregation for node in hidden} == {built}
+
+
 @pytest.mark.parametrize("text, message", [
     ("no-such-pass", "unknown pass 'no-such-pass'"),
     ("flow-restrict{max_span=0}", "option 'max_span'"),

@@ -643,8 +643,12 @@ def test_a_compiled_compact_network_trains_as_the_plain_one(tmp_path, tiny_spec)
     import shutil
     if not any(shutil.which(name) for name in ("g++", "c++", "clang++")):
         pytest.skip("torch.compile on the CPU needs a C++ compiler")
-    plain = run_quietly(tiny_spec, tmp_path / "plain")
-    compiled = run_quietly(tiny_spec, tmp_path / "compiled", overrides=["train.compile=true"])
+    # gate nodes: with the MLP default (NDDR, batch norm) the biases of the edges into a node get a zero
+    # gradient up to rounding (batch norm removes the mean), which Adam scales up to lr-sized steps, so
+    # the compiled and plain trainings part by ~1e-2 there: rounding, but not the 1e-4 this checks
+    overrides = ["network.central.aggregation=gate"]
+    plain = run_quietly(tiny_spec, tmp_path / "plain", overrides=overrides)
+    compiled = run_quietly(tiny_spec, tmp_path / "compiled", overrides=overrides + ["train.compile=true"])
     weights = [load_file(tmp_path / name / "compact.safetensors") for name in ("plain", "compiled")]
     assert weights[0].keys() == weights[1].keys()  # the export holds the plain module's names, not the compiled one's
     assert max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0]) < 1e-4  # fused kernels' rounding
