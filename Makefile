@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/bin/dagir run examples/multimnist.yaml -o $(OUT) --overwrite
 
 test: setup
-	$(VENV)/bin/python -m pytest -n auto --dist loadscope
+	$(VENV)/bin/python -m pytest -n auto --maxprocesses 8 --dist loadscope
 
 bench: setup
 	$(VENV)/bin/python benchmarks/compile_scaling.py

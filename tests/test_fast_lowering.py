@@ -182,7 +182,7 @@ def test_a_heads_summed_read_outs_run_as_one_linear_layer():
 def test_the_compiled_supernet_computes_the_supernet_and_its_gate_gradients():
     """`train.compile_supernet`: torch.compile of the fused supernet gives its outputs and gate
     gradients, with τ changing between calls as the search anneals it (~30 s on a 2-core CPU), its
-    gate nodes (the specs' default aggregation) applying the gates as compiled code does."""
+    gate nodes (the default aggregation of a conv space) applying the gates as compiled code does."""
     ir = with_random_gates(compile_spec(make_spec(image=True, nodes=3, stages=1, tasks=2, aggregation="gate")),
                            random.Random(5))
     module = lowerings(ir, 5)["fused"]

@@ -159,6 +159,13 @@ def test_the_default_aggregation_depends_on_the_space_and_a_named_one_is_kept(im
     assert hidden and {node.aggregation for node in hidden} == {built}
 
 
+def test_nddr_start_mean_reaches_the_nodes_that_auto_makes_nddr():
+    vectors = compile_spec(make_spec(image=False, nddr_start="mean"))
+    assert {node.fusion for node in vectors.nodes.values() if node.kind == "hidden"} == {(1.0, 0.0)}
+    images = compile_spec(make_spec(image=True, nddr_start="mean"))  # gate nodes: nothing to start
+    assert {node.fusion for node in images.nodes.values() if node.kind == "hidden"} == {None}
+
+
 @pytest.mark.parametrize("text, message", [
     ("no-such-pass", "unknown pass 'no-such-pass'"),
     ("flow-restrict{max_span=0}", "option 'max_span'"),
