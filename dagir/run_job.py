@@ -38,6 +38,7 @@ from .spec import Spec, check_data_root
 from .training import stages
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.distributed import World, scratch_folder
+from .training.norms import batch_norms
 from .training.plots import plot_curves, plot_gate_heatmaps
 from .training.schedules import temperature
 from .training.stages import StageRunner
@@ -156,6 +157,7 @@ class Run:
         from dagir.backends.torch_supernet import import_gates_from_module, lower_supernet
         runner = self.runner
         supernet = runner.precision.model(lower_supernet(ir, dtype=runner.dtype).to(self.device))
+        self._check_batch_rows(data, supernet)
         self.world.broadcast_module(supernet)  # the same initial weights on every rank
         write_text(self.out / "supernet.py", supernet.code)
         write_text(self.out / "supernet.rewrites.json", json.dumps(getattr(supernet, "rewrites", {}), indent=1))
@@ -214,6 +216,15 @@ class Run:
         if data.input_shape != tuple(seed_ir(self.spec).input_node().type.shape):
             raise self.spec.error(("network", "input"), f"the data set's inputs are {list(data.input_shape)}, "
                                   f"not {list(seed_ir(self.spec).input_node().type.shape)}")
+
+    def _check_batch_rows(self, data, supernet: torch.nn.Module) -> None:
+        """A batch norm over vectors (an MLP space's NDDR nodes) needs two rows in every training batch
+        of every rank; an image's positions count as rows."""
+        rows = min(len(data.train), self.spec.data.batch_size) // self.world.size
+        if rows < 2 and any(isinstance(norm, torch.nn.BatchNorm1d) for norm in batch_norms(supernet)):
+            raise self.spec.error(("data", "batch_size"), f"the network's batch norms need at least 2 rows per batch "
+                                  f"and process, and a batch here has {rows}: raise data.batch_size (or use fewer "
+                                  "processes), or set network.central.nddr_norm: layer or none")
 
     def _compile(self) -> IR:
         folder = self.out / "passes" / "before-search"

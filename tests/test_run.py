@@ -148,6 +148,16 @@ def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_pa
     assert (state["stage"], state["epoch"], state["step"]) == ("warmup", 2, 0)
 
 
+def test_one_row_batches_with_batch_norm_over_vectors_are_refused_before_training(tmp_path, tiny_spec):
+    # the MLP default's NDDR nodes batch-normalise; torch cannot in training mode on one row
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(tmp_path / "one"), "--set", "data.batch_size=1")
+    assert code == 2 and "data.batch_size" in stderr and "a batch here has 1" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "one" / "checkpoints" / "latest.pt").exists()
+    gated = run_quietly(tiny_spec, tmp_path / "gate", overrides=["data.batch_size=1", "network.central.aggregation=gate",
+                                                                  "train.search.epochs=0", "train.finetune.epochs=0"])
+    assert gated["test"]  # no batch norm: one row a batch trains
+
+
 def test_bad_resume_and_eval_inputs(tmp_path, tiny_spec):
     out = tmp_path / "run"
     code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
