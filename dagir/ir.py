@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping, get_args
 
 import networkx as nx
 
@@ -31,7 +31,7 @@ NddrNorm = Literal["batch", "layer", "none"]
 
 NODE_KINDS: tuple[str, ...] = ("input", "stem", "hidden", "head")
 EDGE_KINDS: tuple[str, ...] = ("stem", "internal", "read_in", "read_out", "cross")
-AGGREGATIONS: tuple[str, ...] = ("sum", "nddr", "gate", "mix")
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 SOFTMAX_AGGREGATIONS: tuple[str, ...] = ("gate", "mix")  # a softmax over the inputs: an input gated 0 leaves it
 MIX_HALVES: tuple[str, ...] = ("nddr", "gate")  # what a `mix` aggregation mixes
 DECISION_KINDS: tuple[str, ...] = ("bernoulli", "categorical")

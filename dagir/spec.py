@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
+from .ir import Aggregation, NddrNorm
 from .spec_loader import FieldPath, Location, apply_override, format_path, locate, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "segmentation", "depth", "normals"]
@@ -86,13 +87,13 @@ class CentralSpec(Strict):
     # node (examples/levers/aggregation_mix.yaml), or `auto` (the default): NDDR's mixing in an MLP
     # space, the gate in a conv space (examples/levers/README.md, stop 35: NDDR won the tabular
     # generator and tied the real tables; in conv spaces it tied at twice the search's time)
-    aggregation: Literal["auto", "sum", "nddr", "gate", "mix"] = "auto"
+    aggregation: Literal["auto", Aggregation] = "auto"
     # how an nddr node's mixing starts: torch's random weights, or the mean of its inputs (the sum
     # node it replaces, batch-normalised): the search then starts from the features of the sum
     nddr_start: Literal["random", "mean"] = "random"
     # what follows an nddr node's mixing (and mix's nddr half): MTL-NAS's batch norm, a per-sample layer
     # norm, or none (examples/levers/README.md measures each: none wins on penguins, layer on the generator)
-    nddr_norm: Literal["batch", "layer", "none"] = "batch"
+    nddr_norm: NddrNorm = "batch"
     task_stages: int = Field(0, ge=0)  # the last k stages: a copy of their nodes per task (build-central)
     # where those copies go: in place of the shared nodes (`replace`), or beside them (`beside`), so
     # the search chooses per task and per node between its own copy and the shared node

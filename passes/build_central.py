@@ -43,7 +43,7 @@ class BuildCentral(StagedBuild):
     """
 
     name = "build-central"
-    aggregation: Aggregation | Literal["auto"] = "sum"
+    aggregation: Literal["auto", Aggregation] = "sum"
     nddr_start: Literal["random", "mean"] = "random"
     nddr_norm: NddrNorm = "batch"
     max_span: int | None = Field(None, ge=1)
