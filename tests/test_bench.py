@@ -261,6 +261,28 @@ def test_a_budget_is_the_searched_networks_and_baselines_run_without_it(tmp_path
         assert (budget.macs, budget.parameters) == (None, None), method
 
 
+def test_a_single_task_budget_prices_the_bench_specs_single_task_networks_whatever_a_method_widens(tmp_path):
+    """A method that changes the layers keeps the bench spec's `single_task` budget in numbers (not
+    its own single-task networks' cost, which is another); one that does not keeps `single_task`."""
+    from dagir.methods import method_spec
+    from dagir.pipeline import single_task_cost
+    from dagir.spec import load_spec
+
+    spec = load_spec(Path(__file__).parent.parent / "examples" / "penguins.yaml")
+    assert (spec.search.budget.macs, spec.search.budget.parameters) == ("single_task", "single_task")
+    narrower = tmp_path / "narrower.yaml"
+    narrower.write_text("network: {stem: {channels: 16}, central: {channels: 16}}\n")
+    narrow = method_spec(spec, str(narrower))
+    bench_cost, own_cost = single_task_cost(spec), single_task_cost(method_spec(spec, "single_task"))
+    narrow_single = single_task_cost(load_spec(Path(__file__).parent.parent / "examples" / "penguins.yaml",
+                                               ["network.stem.channels=16", "network.central.channels=16"]))
+    assert narrow_single["parameters"] < bench_cost["parameters"] == own_cost["parameters"]
+    assert (narrow.search.budget.macs, narrow.search.budget.parameters) == (bench_cost["macs"],
+                                                                            bench_cost["parameters"])
+    lever = Path(__file__).parent.parent / "examples" / "levers" / "squeeze_rho_4.yaml"
+    assert method_spec(spec, str(lever)).search.budget.parameters == "single_task"
+
+
 def test_every_methods_training_ends_with_the_bench_specs_learning_rate_schedule(tmp_path):
     """Where the bench spec anneals its fine-tune, each method anneals the stage it ends with (a
     one-stage baseline its warm-up, MTL-NAS its search), unless the method sets that stage's own

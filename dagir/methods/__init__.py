@@ -92,6 +92,8 @@ def method_spec(spec: Spec, method: str) -> Spec:
     resolved = validate_spec(merged, source)
     if _end_as_the_bench_ends(merged, overlay, spec, resolved.train.final_stage()):
         resolved = validate_spec(merged, source)
+    if _price_the_bench_spec_single_task(merged, spec, resolved):
+        resolved = validate_spec(merged, source)
     resolved._source = source
     check_spec_semantics(resolved, source, methods=False)
     return resolved
@@ -137,6 +139,24 @@ def _drop_unfitted_budget(merged: dict[str, Any]) -> None:
     after = merged.get("pipeline", {}).get("after_search")
     if after is not None and not any(pass_name(str(entry)) == "fit-budget" for entry in after):
         merged["search"]["budget"] = {"macs": None, "parameters": None}
+
+
+def _price_the_bench_spec_single_task(merged: dict[str, Any], spec: Spec, resolved: Spec) -> bool:
+    """A budget of `single_task` is what the bench spec's single-task networks cost (the bench's
+    single_task row). A method that changes the layers (other widths, another space) would price its
+    own single-task networks instead, so there the bench spec's figures are written in as numbers;
+    where the two agree the method keeps `single_task`. True if `merged` changed."""
+    from ..pipeline import single_task_cost
+
+    budget = merged["search"]["budget"]
+    relative = [name for name in ("macs", "parameters") if budget.get(name) == "single_task"]
+    if not relative:
+        return False
+    bench, own = single_task_cost(spec), single_task_cost(resolved)
+    if all(bench[name] == own[name] for name in relative):
+        return False
+    budget.update({name: bench[name] for name in relative})
+    return True
 
 
 def _spend(merged: dict[str, Any], spec: Spec, budget: str) -> None:
