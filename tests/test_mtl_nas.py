@@ -19,6 +19,8 @@ from dagir.ir_io import read_ir
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.pipeline import seed_ir, spec_pipeline
 from dagir.spec import Spec
+from dagir.training.plots import task_gate_grid
+from helpers import small_ir
 from test_compact import batch_for, hard_supernet
 from test_run import TINY, run_quietly
 
@@ -209,3 +211,18 @@ def test_mtl_nas_runs_end_to_end_and_thresholds_at_one_half(tmp_path):
     assert set(metrics["test"]) == {"digit", "parity"}
     assert metrics["compact"]["macs"]["total"] <= metrics["supernet"]["macs_shared"]
     assert math.isfinite(metrics["discretization_gap"])
+
+
+def test_a_tasks_gate_heatmap_holds_its_own_chain_and_the_cross_edges_into_it():
+    tasks, nodes, window = 3, 4, 2
+    ir = build(cross_task_spec(tasks, nodes, 1, image=False), window)
+    gated = 0
+    for task in ir.task_names:
+        rows, columns, grid = task_gate_grid(ir, task)
+        assert rows == [f"{task}_h{i}" for i in range(2, nodes + 1)] + [f"head_{task}"]
+        assert columns and not any(column.startswith(f"{task}_") for column in columns)
+        gated += sum(not math.isnan(value) for row in grid for value in row)
+    assert gated == expected_cross_edges(tasks, nodes, 1, window)
+    shared = small_ir(tasks=2, image=False)  # a shared-node space: every hidden node is every task's
+    rows, _, _ = task_gate_grid(shared, "t0")
+    assert rows == [n.name for n in shared.hidden_nodes()] + ["head_t0"]
