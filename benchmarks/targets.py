@@ -10,7 +10,9 @@ Each argument is `label=FOLDER[,FOLDER...]`: `dagir bench` output folders of one
 task set. "Seed noise" is the standard deviation over seeds of the paired difference; a target is
 met when the paired mean clears it on the right side (beat: > 0; not below single-task: > −noise). The
 search's cost is the ratio of CPU seconds where every run recorded them (runs sharing the machine inflate
-those less than wall time), else of wall seconds; `benchmarks/search_cost.py` times it alone.
+those less than wall time), else of wall seconds, and only where the method and the single-task networks
+ran in one bench (a folder they share): seconds from two benches, other days and other load, are no
+ratio. `benchmarks/search_cost.py` times it alone.
 """
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ def read_runs(folders: list[Path]) -> dict[str, dict[int, dict[str, float]]]:
         for path in sorted(folder.glob("*-seed*/metrics.json")):
             method, _, seed = path.parent.name.rpartition("-seed")
             spec = Spec.model_validate(yaml.safe_load((path.parent / "spec.resolved.yaml").read_text()))
-            results.setdefault(method, {}).setdefault(int(seed), run_result(json.loads(path.read_text()), spec))
+            run = {**run_result(json.loads(path.read_text()), spec), "folder": str(folder)}
+            results.setdefault(method, {}).setdefault(int(seed), run)
     deltas = summarise(spec, results)["per_seed_delta"]
     return {method: {seed: {**run, "delta_mtl": deltas[method][seed]}
                      for seed, run in by_seed.items() if seed in deltas[method]}
@@ -73,6 +76,10 @@ def row(label: str, runs: dict[str, dict[int, dict[str, float]]], method: str) -
     for key in ("parameters", "macs"):
         ratio = mean(mine, key) / mean(single, key)
         cells.append(f"{ratio:.2f}x ({'met' if ratio < 1 else 'not met'})")
+    if not {run["folder"] for run in mine.values()} & {run["folder"] for run in single.values()}:
+        # seconds from two benches (other days, other load on the machine) are not a ratio worth reading
+        cells.append("n/a (not timed in one bench: benchmarks/search_cost.py)")
+        return "| " + " | ".join(cells) + " |"
     cpu = mean(mine, "search_cpu_seconds") / mean(single, "search_cpu_seconds")  # NaN where a run recorded none
     ratio, clock = (cpu, "CPU") if not math.isnan(cpu) else (mean(mine, "search_seconds") / mean(single, "seconds"), "wall")
     cells.append(f"{ratio:.2f}x {clock} ({'met' if ratio <= 1 else 'not met'})")
