@@ -134,7 +134,8 @@ def _edge_calls(states: list[CompactState]) -> dict[tuple[str, StateKey], Edge]:
     return {(edge.name, source): edge for state in states for edge, source in state.inputs}
 
 
-def _edge_macs(ir: IR, edge: Edge) -> int:
+def edge_macs(ir: IR, edge: Edge) -> int:
+    """The multiply-accumulates per sample of one call of `edge`'s op."""
     return mac_count(edge.op, ir.nodes[edge.src].type)
 
 
@@ -147,10 +148,10 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     what sharing saves. Aggregations are costed by `aggregation_macs`.
     """
     states = compact_states(ir)
-    total = sum(_state_macs(ir, s) for s in states) + sum(_edge_macs(ir, e) for e in _edge_calls(states).values())
+    total = sum(_state_macs(ir, s) for s in states) + sum(edge_macs(ir, e) for e in _edge_calls(states).values())
     per_task = {task: 0 for task in ir.task_names}
     for state in states:
-        cost = _state_macs(ir, state) + sum(_edge_macs(ir, edge) for edge, _ in state.inputs)
+        cost = _state_macs(ir, state) + sum(edge_macs(ir, edge) for edge, _ in state.inputs)
         for task in state.tasks:
             per_task[task] += cost
     return {"total": total, "per_task": per_task, "separate_total": sum(per_task.values())}

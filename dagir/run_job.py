@@ -168,7 +168,7 @@ class Run:
             if stage == "warmup":
                 stages.warmup(runner, supernet, data, state)
             stages.search(runner, supernet, data, state if stage == "search" else None,
-                          lambda: self._flow_compactness(supernet))
+                          lambda: self._compactness(supernet))
             state = None
         else:
             supernet.load_state_dict(state["supernet"])
@@ -257,6 +257,18 @@ class Run:
             return self.spec.train.search.arch_tau
         t = self.spec.search.gates.temperature
         return temperature(1.0, start=t.start, end=t.end, schedule=t.schedule)
+
+    def _compactness(self, supernet) -> torch.Tensor | None:
+        """The squeeze's compactness weight of every gate slot: `flow`'s from the current gates,
+        `cost`'s from the edges' ops; None for the kinds that weigh every gate alike."""
+        kind = self.spec.search.squeeze.kind
+        return (self._flow_compactness(supernet) if kind == "flow"
+                else self._cost_compactness(supernet) if kind == "cost" else None)
+
+    def _cost_compactness(self, supernet) -> torch.Tensor:
+        from .training.squeeze import cost_compactness
+        return cost_compactness(self.ir, supernet.gates.slots, len(supernet.gates.entries)).to(
+            dtype=self.runner.dtype, device=self.device)
 
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""

@@ -157,9 +157,11 @@ class SqueezeSpec(Strict):
     loss pushes it down; with ρ ≥ 4 every gate decays unless the loss holds it up. The budget pass
     (fit-budget) still holds the compact network to its cost. ρ = 1 against the earlier 4, paired over
     seeds (examples/levers/README.md, stop 36): MultiMNIST +4.97, the generator at 0.1 +5.17, the other
-    four task sets within noise."""
+    four task sets within noise. `kind`: the binarising term `binary` (4a(1−a)) or `entropy`; `flow`
+    weighs the compactness term by 1 − φ_e/Φ, `cost` by the edge's MACs over the mean edge's
+    (dagir.training.squeeze); `none` switches the squeeze off."""
 
-    kind: Literal["binary", "entropy", "flow", "none"] = "binary"
+    kind: Literal["binary", "entropy", "flow", "cost", "none"] = "binary"
     weight: float = Field(0.5, ge=0)
     rho: float = Field(1.0, ge=0)
     ramp: float = Field(0.5, ge=0, le=1)
@@ -545,6 +547,9 @@ def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> No
         raise source.error(("train", "search", "strategy"), "reinforce samples categorical decisions, and this "
                            "search space has none (its gates are bernoulli): use strategy gradient, or a build "
                            "pass with routes such as build-routing")
+    if stage.strategy == "reinforce" and stage.epochs and spec.search.squeeze.kind in ("flow", "cost"):
+        raise source.error(("search", "squeeze", "kind"), f"{spec.search.squeeze.kind} weighs each gate of its "
+                           "edge, and reinforce squeezes its decisions' probabilities: use binary or entropy")
     if stage.arch_norm == "running" and stage.train_weights and stage.mode == "joint" and stage.strategy == "gradient":
         raise source.error(("train", "search", "arch_norm"), "running needs mode alternating: a joint step trains "
                            "Θ in the same step, and batch norm would keep its warm-up statistics all search long")

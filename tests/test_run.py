@@ -205,6 +205,7 @@ def searched_rows(history):
     (["network.flow_restriction.max_span=null"], lambda ir, history: ir.max_span is None),
     (["search.squeeze.kind=none"], lambda ir, history: all(r["train/squeeze"] == 0.0 for r in searched_rows(history))),
     ([], lambda ir, history: all(r["train/squeeze"] > 0.0 for r in searched_rows(history))),  # the squeeze is on
+    (["search.squeeze.kind=cost"], lambda ir, history: all(r["train/squeeze"] > 0.0 for r in searched_rows(history))),
     (["search.reduction.enabled=false"],
      lambda ir, history: "flow-reduce{flow_budget=0.05, enabled=false}" in ir.provenance),
 ])

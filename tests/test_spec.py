@@ -75,6 +75,9 @@ def test_examples_load(name):
      "spec.yaml:6:1: network: the search space holds 2,317,942,429 parameters, more than limits.parameters"),
     (GOOD + "train: {search: {strategy: reinforce}}\n",
      "spec.yaml:8:18: train.search.strategy: reinforce samples categorical decisions, and this search space has none"),
+    (GOOD + "pipeline: {before_search: ['build-routing{experts=2, route_size=1}', legalize-types, attach-gates]}\n"
+     "train: {search: {strategy: reinforce}}\nsearch: {squeeze: {kind: cost}}\n",
+     "search.squeeze.kind: cost weighs each gate of its edge, and reinforce squeezes its decisions' probabilities"),
     (GOOD + "pipeline: {before_search: ['build-routing{experts=2, route_size=3}', legalize-types, attach-gates]}\n",
      "pipeline.before_search: pass 'build-routing': route_size (3) cannot exceed the 2 experts"),
     (GOOD + "pipeline: {before_search: ['build-routing{experts=0}', legalize-types, attach-gates]}\n",

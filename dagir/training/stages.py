@@ -226,7 +226,7 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
 def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict[str, Any] | None,
            flow_compactness: Callable[[], torch.Tensor]) -> None:
     """Train the decisions with the stage's strategy; Θ too where the strategy trains it.
-    `flow_compactness()` gives the flow squeeze's per-slot weights (computed once per epoch)."""
+    `flow_compactness()` gives the flow or cost squeeze's per-slot weights (computed once per epoch)."""
     from dagir.backends.torch_supernet import head_parameters, weight_parameters
 
     from .search import SearchContext, make_strategy

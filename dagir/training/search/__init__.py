@@ -56,7 +56,7 @@ def without_gradients(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
 class SearchContext:
     """What a strategy works with. `arch_batch(epoch, index)` is the batch of the held-out split
     for the architecture step of that step, or None when the stage has one split. `squeeze_weight`
-    is λ now (the run ramps it); `compactness()` the flow squeeze's per-slot weights."""
+    is λ now (the run ramps it); `compactness()` the flow or cost squeeze's per-slot weights."""
 
     supernet: nn.Module
     stage: SearchStageSpec
@@ -83,10 +83,10 @@ class SearchContext:
         return loss
 
     def regulariser(self, values: Tensor, owners: Sequence[str]) -> Tensor:
-        """The squeeze (binary, entropy, flow) of gate values or probabilities, at λ now; `owners`
+        """The squeeze (binary, entropy, flow, cost) of gate values or probabilities, at λ now; `owners`
         names the task of each value (or `*`, shared), whose `squeeze` strength scales it."""
         squeeze = self.squeeze
-        weights = self.compactness() if squeeze.kind == "flow" else None
+        weights = self.compactness() if squeeze.kind in ("flow", "cost") else None
         strength = {task.name: task.squeeze for task in self.tasks}
         scale = None
         if any(value != 1.0 for value in strength.values()):
