@@ -261,14 +261,15 @@ class Run:
     def _compactness(self, supernet) -> torch.Tensor | None:
         """The squeeze's compactness weight of every gate slot: `flow`'s from the current gates,
         `cost`'s from the edges' ops; None for the kinds that weigh every gate alike."""
-        kind = self.spec.search.squeeze.kind
-        return (self._flow_compactness(supernet) if kind == "flow"
-                else self._cost_compactness(supernet) if kind == "cost" else None)
-
-    def _cost_compactness(self, supernet) -> torch.Tensor:
         from .training.squeeze import cost_compactness
-        return cost_compactness(self.ir, supernet.gates.slots, len(supernet.gates.entries)).to(
-            dtype=self.runner.dtype, device=self.device)
+
+        kind = self.spec.search.squeeze.kind
+        if kind == "flow":
+            return self._flow_compactness(supernet)
+        if kind == "cost":
+            return cost_compactness(self.ir, supernet.gates.slots, len(supernet.gates.entries)).to(
+                dtype=self.runner.dtype, device=self.device)
+        return None
 
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""

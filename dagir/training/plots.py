@@ -57,8 +57,9 @@ def task_gate_grid(ir: IR, task: str) -> tuple[list[str], list[str], list[list[f
         value = edge_gate(decided.get(key), key, task)
         if value is not None and edge.src in sources and edge.dst in destinations:
             cells[edge.dst, edge.src] = value
-    rows = [d for d in destinations if d == destinations[-1] or any(dst == d for dst, _ in cells)]
-    columns = [s for s in sources if any(src == s for _, src in cells)] or sources
+    into, out_of = {dst for dst, _ in cells}, {src for _, src in cells}
+    rows = [d for d in destinations if d in into or d == destinations[-1]]
+    columns = [s for s in sources if s in out_of] or sources
     return rows, columns, [[cells.get((d, s), math.nan) for s in columns] for d in rows]
 
 
