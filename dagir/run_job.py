@@ -107,6 +107,7 @@ class Run:
         self.device = pick_device(spec.train.device, world)
         check_compiler(spec, self.device)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
+        self.budget = None  # the budget held inside the search, once the search starts (None: off)
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
                                   world=world)
 
@@ -167,8 +168,9 @@ class Run:
                 supernet.load_state_dict(state["model"])
             if stage == "warmup":
                 stages.warmup(runner, supernet, data, state)
+            self.budget = self._search_budget(supernet)
             stages.search(runner, supernet, data, state if stage == "search" else None,
-                          lambda: self._compactness(supernet))
+                          lambda: self._compactness(supernet), self.budget)
             state = None
         else:
             supernet.load_state_dict(state["supernet"])
@@ -271,6 +273,14 @@ class Run:
                 dtype=self.runner.dtype, device=self.device)
         return None
 
+    def _search_budget(self, supernet):
+        """The budget held inside the search (`search.budget.search_rate` > 0), or None."""
+        from .pipeline import budget_limits
+        from .training.budget import SearchBudget
+
+        rate = self.spec.search.budget.search_rate
+        return SearchBudget(self.ir, supernet.gates.slots, budget_limits(self.spec), rate) if rate > 0 else None
+
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""
         from dagir.backends.torch_supernet import import_gates_from_module
@@ -312,6 +322,7 @@ class Run:
             "discretization_gap": discretize.get("gap"),
             "flow_reduce": compact_ir.meta.get("flow_reduce"),
             "fit_budget": compact_ir.meta.get("fit_budget"),
+            "search_budget": self.budget.summary() if self.budget is not None else None,
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
             "stage_cpu_seconds": runner.stage_cpu_seconds,

@@ -178,10 +178,15 @@ class SharingSpec(Strict):
 class BudgetSpec(Strict):
     """A cost the compact network must not exceed (the `fit-budget` pass): multiply-accumulates
     per sample and/or parameters, as `dagir.compact_cost` counts them; `single_task`: what the
-    single-task networks of this spec cost together (`dagir.pipeline.budget_limits`); null: no limit."""
+    single-task networks of this spec cost together (`dagir.pipeline.budget_limits`); null: no limit.
+    `search_rate` > 0 holds the budget inside the search too (`dagir.training.budget`): a multiplier per
+    limit, raised by that much times the overshoot (cost / limit − 1) each architecture step while the
+    discretised gates cost more than the limit, weighs the gates' expected cost in the architecture
+    loss, so the gates choose what to drop; 0 (the default) leaves the budget to fit-budget alone."""
 
     macs: int | Literal["single_task"] | None = None
     parameters: int | Literal["single_task"] | None = None
+    search_rate: float = Field(0.0, ge=0)
 
     @field_validator("macs", "parameters", mode="before")
     @classmethod
@@ -504,6 +509,9 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     passes = before_search_pipeline(spec)  # both pipelines parse before any work starts
     after = after_search_pipeline(spec)
     budget = spec.search.budget
+    if budget.search_rate > 0 and not (budget.macs or budget.parameters):
+        raise source.error(("search", "budget", "search_rate"), "holding a budget inside the search needs one: "
+                                                                "set search.budget.macs or .parameters")
     if (budget.macs or budget.parameters) and not any(p.name == "fit-budget" for p in after):
         raise source.error(("search", "budget"), "a budget is met by the fit-budget pass, and "
                                                  "pipeline.after_search has none: add fit-budget after flow-reduce")

@@ -19,6 +19,7 @@ from torch import nn
 from ..datasets.splits import Split, TaskData
 from ..spec import STAGES, Spec, StageSpec, TaskSpec
 from ..tasks import delta_mtl
+from .budget import SearchBudget
 from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
@@ -224,9 +225,10 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
 
 
 def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict[str, Any] | None,
-           flow_compactness: Callable[[], torch.Tensor]) -> None:
+           flow_compactness: Callable[[], torch.Tensor], budget: SearchBudget | None = None) -> None:
     """Train the decisions with the stage's strategy; Θ too where the strategy trains it.
-    `flow_compactness()` gives the flow or cost squeeze's per-slot weights (computed once per epoch)."""
+    `flow_compactness()` gives the flow or cost squeeze's per-slot weights (computed once per epoch);
+    `budget`, the budget held inside the search (its multipliers are checkpointed with the stage)."""
     from dagir.backends.torch_supernet import head_parameters, weight_parameters
 
     from .search import SearchContext, make_strategy
@@ -248,10 +250,12 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
     served = serving(runner, supernet, spec.train.compile_supernet)
     context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(served, inputs),
                             weights, head_parameters(supernet), spec.seed, arch_batch, compactness,
-                            weighting=runner.weighting, precision=runner.precision)
+                            weighting=runner.weighting, precision=runner.precision, budget=budget)
     strategy = make_strategy(context)
     if state is not None:
         strategy.load_state_dict(state.get("strategy", {}))
+        if budget is not None:
+            budget.load_state_dict(state.get("budget", {}))
 
     def follow_progress(progress: float) -> None:
         supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end, schedule=schedule.schedule)
@@ -281,7 +285,9 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
 
     runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
                scheduled=strategy.scheduled, follow_progress=follow_progress,
-               save_extra=lambda: {"strategy": strategy.state_dict()}, served=served,
+               save_extra=lambda: {"strategy": strategy.state_dict(),
+                                   **({"budget": budget.state_dict()} if budget is not None else {})},
+               served=served,
                select_on=discretised_metrics if stage.select == "best" else None)
     supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
     for parameter in weights:

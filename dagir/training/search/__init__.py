@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ...spec import SearchStageSpec, SqueezeSpec, TaskSpec
 from ..loop import Batch, multitask_loss
 from ..precision import Precision
+from ..budget import SearchBudget
 from ..squeeze import squeeze_loss
 
 Forward = Callable[[Tensor], Mapping[str, Tensor]]
@@ -56,7 +57,8 @@ def without_gradients(parameters: Iterable[nn.Parameter]) -> Iterator[None]:
 class SearchContext:
     """What a strategy works with. `arch_batch(epoch, index)` is the batch of the held-out split
     for the architecture step of that step, or None when the stage has one split. `squeeze_weight`
-    is λ now (the run ramps it); `compactness()` the flow or cost squeeze's per-slot weights."""
+    is λ now (the run ramps it); `compactness()` the flow or cost squeeze's per-slot weights;
+    `budget` the budget held inside the search (`search.budget.search_rate`), or None."""
 
     supernet: nn.Module
     stage: SearchStageSpec
@@ -73,6 +75,7 @@ class SearchContext:
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     weighting: Callable[[Tensor], Tensor] | None = None
     precision: Precision = field(default_factory=Precision)
+    budget: SearchBudget | None = None
     _pairs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:
@@ -110,6 +113,20 @@ class SearchContext:
         if first.numel() == 0:
             return slots.new_zeros(())
         return self.sharing_weight * (slots[first] - slots[second]).pow(2).mean()
+
+    def budget_term(self) -> Tensor:
+        """The budget's term of the architecture loss, on the gates' probabilities (0 without one)."""
+        table = self.supernet.gates
+        if self.budget is None or not table.slots:
+            return torch.zeros(())
+        return self.budget.penalty(table.slot_values(table.probabilities()))
+
+    def after_architecture_step(self) -> None:
+        """Move the budget's multipliers by how far the discretised gates are over it."""
+        table = self.supernet.gates
+        if self.budget is not None and table.slots:
+            with torch.no_grad():
+                self.budget.update(table.slot_values(table.option_values("hard")))
 
     def gate_optimizer(self) -> torch.optim.Optimizer:
         parameters = list(self.supernet.gates.parameters())

@@ -50,6 +50,7 @@ class GradientSearch(SearchStrategy):
         precision.backward(task + squeezed)
         precision.step(self.gates)
         precision.step(self.weights)
+        context.after_architecture_step()
         return float(task.detach()), float(squeezed.detach())
 
     def _architecture(self, batch: Batch) -> tuple[float, float]:
@@ -68,6 +69,7 @@ class GradientSearch(SearchStrategy):
         finally:
             table.tau = scheduled_tau
         context.precision.step(self.gates)
+        context.after_architecture_step()
         return float(task.detach()), float(squeezed.detach())
 
     def _weights(self, batch: Batch) -> float:
@@ -81,9 +83,10 @@ class GradientSearch(SearchStrategy):
         return float(loss.detach())
 
     def _regularised(self, slots):
-        """The squeeze and the sharing term of the slot gates."""
+        """The squeeze, the sharing term of the slot gates and the budget's term."""
         context = self.context
-        return context.regulariser(slots, context.supernet.gates.slot_tasks) + context.sharing(slots)
+        return (context.regulariser(slots, context.supernet.gates.slot_tasks) + context.sharing(slots)
+                + context.budget_term())
 
     def _zero(self) -> None:
         self.gates.zero_grad(set_to_none=True)

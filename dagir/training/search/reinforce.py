@@ -6,7 +6,8 @@ sampled network, and
 2. measures the reward, minus the sampled network's task loss on the architecture batch (the
    held-out split's with `train.search.split`, else the same batch), and moves the logits along
    (reward − baseline) · ∇ log p(sample), the baseline a moving average of the rewards
-   (`train.search.reward_decay`). Regularisers (the squeeze) act on the decisions' probabilities.
+   (`train.search.reward_decay`). Regularisers (the squeeze, the budget) act on the decisions'
+   probabilities.
 """
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ class ReinforceSearch(SearchStrategy):
         self.baseline = reward if self.baseline is None else decay * self.baseline + (1 - decay) * reward
         probabilities = table.probabilities()
         squeezed = (context.regulariser(probabilities, table.value_owners)
-                    + context.sharing(table.slot_values(probabilities)))
+                    + context.sharing(table.slot_values(probabilities)) + context.budget_term())
         policy = -advantage * table.log_prob(sample) + squeezed
         self.gates.zero_grad(set_to_none=True)
         context.precision.backward(policy)
         context.precision.step(self.gates)
+        context.after_architecture_step()
         return float(loss.detach()), float(squeezed.detach())
 
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""The budget held inside the search (`search.budget.search_rate`, `dagir.training.budget`): its count of
+what the discretised gates cost, checked against the compact network the post-search passes build;
+its multipliers; and a run in which the gates, not fit-budget, bring the network within the budget."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from dagir.backends.torch_supernet import lower_supernet
+from dagir.compact_cost import compact_macs, compact_parameters
+from dagir.pass_manager import PassManager, parse_pipeline
+from dagir.training.budget import SearchBudget
+from helpers import small_ir
+from test_run import dagir, run_quietly, tiny_spec  # noqa: F401  (the fixture)
+
+SPACES = {
+    "shared nodes, summed": dict(aggregation="sum"),
+    "shared nodes, nddr": dict(aggregation="nddr"),
+    "task copies beside, summed": dict(aggregation="sum", task_stages=1, task_copies="beside"),
+}
+
+
+def _with_logits(ir, seed: int, agree: bool):
+    """`ir` with a random gate logit in [-3, 3] per gated edge, the same for every task (`agree`) or one each."""
+    rng, out = random.Random(seed), ir.copy()
+    for key, edge in list(out.edges.items()):
+        if edge.gated:
+            shared = rng.uniform(-3, 3)
+            for task in edge.tasks:
+                out.set_bernoulli_logit(key, task, shared if agree else rng.uniform(-3, 3))
+    return out
+
+
+def _estimate_and_exact(space: dict, seed: int, agree: bool):
+    ir = small_ir(tasks=3, **space)
+    searched = _with_logits(ir, seed, agree)
+    table = lower_supernet(searched).gates
+    budget = SearchBudget(ir, table.slots, {"macs": 1, "parameters": 1}, rate=0.0)
+    estimate = budget.hard_cost(table.slot_values(table.option_values("hard")))
+    compact = PassManager(parse_pipeline(["discretize", "share-states"], needs_build=False)).run(searched)
+    assume(not any(compact.meta["discretize"]["forced"].values()))  # a path kept under the threshold
+    exact = {"macs": compact_macs(compact)["total"], "parameters": compact_parameters(compact)["total"]}
+    return estimate, exact
+
+
+@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_where_the_tasks_agree_the_estimate_is_the_compact_networks_cost(space, seed):
+    """Tasks that keep the same edges share every state, so each kept edge is computed once, as the
+    estimate counts it; edges no input-to-head path uses are dropped by both."""
+    estimate, exact = _estimate_and_exact(space, seed, agree=True)
+    assert estimate == pytest.approx(exact)
+
+
+@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_where_the_tasks_differ_the_estimate_never_exceeds_the_compact_networks_cost(space, seed):
+    """Tasks whose states differ compute an edge once per state: the estimate counts it once."""
+    estimate, exact = _estimate_and_exact(space, seed, agree=False)
+    for quantity in ("macs", "parameters"):
+        assert estimate[quantity] <= exact[quantity] + 1e-6
+
+
+def test_the_multipliers_grow_while_over_the_budget_and_fall_to_zero_within_it():
+    ir = small_ir(tasks=2)
+    table = lower_supernet(ir).gates
+    everything = SearchBudget(ir, table.slots, {"parameters": 1}, rate=0.0).hard_cost(
+        torch.ones(len(table.slots)))["parameters"]
+    budget = SearchBudget(ir, table.slots, {"parameters": int(everything / 2), "macs": None}, rate=0.1)
+    assert list(budget.multipliers) == ["parameters"]  # no limit, no multiplier
+    opened, closed = torch.ones(len(table.slots)), torch.zeros(len(table.slots))
+    budget.update(opened)
+    budget.update(opened)
+    grown = budget.multipliers["parameters"]
+    assert grown == pytest.approx(2 * 0.1 * (everything / int(everything / 2) - 1))
+    probabilities = torch.full((len(table.slots),), 0.7, requires_grad=True)
+    budget.penalty(probabilities).backward()
+    assert (probabilities.grad > 0).all()  # every gate is pushed down, the costly ones hardest
+    for _ in range(100):
+        budget.update(closed)
+    assert budget.multipliers["parameters"] == 0.0
+
+
+def _removed_by_fit_budget(folder) -> list[str]:
+    return json.loads((folder / "metrics.json").read_text())["fit_budget"]["removed"]
+
+
+def test_held_inside_the_search_the_gates_meet_the_budget_themselves(tmp_path, tiny_spec):  # noqa: F811
+    """At 60% of the open network's parameters, fit-budget has to remove edges after a plain search;
+    with the budget held inside the search the gates close enough of them first, and the run records
+    the multipliers it ended with in metrics.json."""
+    longer = ["train.search.steps_per_epoch=16"]  # 16 architecture steps in all (alternating)
+    free = run_quietly(tiny_spec, tmp_path / "free", overrides=longer)["compact"]["parameters"]
+    limit = int(free * 0.6)
+    plain = run_quietly(tiny_spec, tmp_path / "plain", overrides=longer + [f"search.budget.parameters={limit}"])
+    held = run_quietly(tiny_spec, tmp_path / "held", overrides=longer + [f"search.budget.parameters={limit}",
+                                                                          "search.budget.search_rate=0.2"])
+    assert plain["fit_budget"]["removed"] and not held["fit_budget"]["removed"]
+    assert held["compact"]["parameters"] <= limit
+    assert held["search_budget"]["estimated_cost"]["parameters"] <= limit
+    assert plain["search_budget"] is None
+    code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(tmp_path / "c"),
+                            "--set", "search.budget.search_rate=0.1")
+    assert code == 2 and "search.budget.search_rate: holding a budget inside the search needs one" in stderr
