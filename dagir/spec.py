@@ -180,9 +180,10 @@ class BudgetSpec(Strict):
     per sample and/or parameters, as `dagir.compact_cost` counts them; `single_task`: what the
     single-task networks of this spec cost together (`dagir.pipeline.budget_limits`); null: no limit.
     `search_rate` > 0 holds the budget inside the search too (`dagir.training.budget`): a multiplier per
-    limit, raised by that much times the overshoot (cost / limit − 1) each architecture step while the
-    discretised gates cost more than the limit, weighs the gates' expected cost in the architecture
-    loss, so the gates choose what to drop; 0 (the default) leaves the budget to fit-budget alone."""
+    limit, climbing by `search_rate` times the overshoot (cost / limit − 1) over the whole search while
+    the discretised gates cost more than the limit (and falling while they cost less), weighs the
+    gates' expected cost in the architecture loss, so the gates choose what to drop; 0 (the default)
+    leaves the budget to fit-budget alone."""
 
     macs: int | Literal["single_task"] | None = None
     parameters: int | Literal["single_task"] | None = None

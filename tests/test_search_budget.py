@@ -8,21 +8,31 @@ import random
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dagir.backends.torch_supernet import lower_supernet
 from dagir.compact_cost import compact_macs, compact_parameters
 from dagir.pass_manager import PassManager, parse_pipeline
 from dagir.training.budget import SearchBudget
-from helpers import small_ir
+from dagir.pipeline import compile_spec
+from dagir.spec import Spec
+from helpers import make_spec, small_ir
 from test_run import dagir, run_quietly, tiny_spec  # noqa: F401  (the fixture)
 
 SPACES = {
     "shared nodes, summed": dict(aggregation="sum"),
     "shared nodes, nddr": dict(aggregation="nddr"),
     "task copies beside, summed": dict(aggregation="sum", task_stages=1, task_copies="beside"),
+    "MTL-NAS's chains": dict(pipeline=["build-cross-task{window=2}", "legalize-types", "attach-gates"]),
 }
+
+
+def _space(tasks: int, pipeline: list[str] | None = None, **network):
+    spec = make_spec(tasks=tasks, **network)
+    if pipeline is not None:
+        spec = Spec(**{**spec.model_dump(), "pipeline": {"before_search": pipeline}})
+    return compile_spec(spec)
 
 
 def _with_logits(ir, seed: int, agree: bool):
@@ -37,13 +47,13 @@ def _with_logits(ir, seed: int, agree: bool):
 
 
 def _estimate_and_exact(space: dict, seed: int, agree: bool):
-    ir = small_ir(tasks=3, **space)
+    ir = _space(3, **space)
     searched = _with_logits(ir, seed, agree)
     table = lower_supernet(searched).gates
     budget = SearchBudget(ir, table.slots, {"macs": 1, "parameters": 1}, rate=0.0)
-    estimate = budget.hard_cost(table.slot_values(table.option_values("hard")))
+    estimate = budget.hard_cost(table.slot_values(table.option_values("hard")),
+                                table.slot_values(table.probabilities()))
     compact = PassManager(parse_pipeline(["discretize", "share-states"], needs_build=False)).run(searched)
-    assume(not any(compact.meta["discretize"]["forced"].values()))  # a path kept under the threshold
     exact = {"macs": compact_macs(compact)["total"], "parameters": compact_parameters(compact)["total"]}
     return estimate, exact
 
@@ -76,16 +86,18 @@ def test_the_multipliers_grow_while_over_the_budget_and_fall_to_zero_within_it()
     budget = SearchBudget(ir, table.slots, {"parameters": int(everything / 2), "macs": None}, rate=0.1)
     assert list(budget.multipliers) == ["parameters"]  # no limit, no multiplier
     opened, closed = torch.ones(len(table.slots)), torch.zeros(len(table.slots))
-    budget.update(opened)
-    budget.update(opened)
-    grown = budget.multipliers["parameters"]
-    assert grown == pytest.approx(2 * 0.1 * (everything / int(everything / 2) - 1))
+    for progress in (0.1, 0.3):  # the rate is per search stage: over 0.3 of it, μ climbs 0.3 x rate x overshoot
+        budget.progress = progress
+        budget.update(opened)
+    assert budget.multipliers["parameters"] == pytest.approx(0.3 * 0.1 * (everything / int(everything / 2) - 1))
     probabilities = torch.full((len(table.slots),), 0.7, requires_grad=True)
     budget.penalty(probabilities).backward()
     assert (probabilities.grad > 0).all()  # every gate is pushed down, the costly ones hardest
-    for _ in range(100):
+    for step in range(1, 8):
+        budget.progress = 0.3 + step / 10
         budget.update(closed)
     assert budget.multipliers["parameters"] == 0.0
+    assert budget.state_dict()["updated_at"] == pytest.approx(1.0)
 
 
 def _removed_by_fit_budget(folder) -> list[str]:
@@ -101,7 +113,7 @@ def test_held_inside_the_search_the_gates_meet_the_budget_themselves(tmp_path, t
     limit = int(free * 0.6)
     plain = run_quietly(tiny_spec, tmp_path / "plain", overrides=longer + [f"search.budget.parameters={limit}"])
     held = run_quietly(tiny_spec, tmp_path / "held", overrides=longer + [f"search.budget.parameters={limit}",
-                                                                          "search.budget.search_rate=0.2"])
+                                                                          "search.budget.search_rate=8"])
     assert plain["fit_budget"]["removed"] and not held["fit_budget"]["removed"]
     assert held["compact"]["parameters"] <= limit
     assert held["search_budget"]["estimated_cost"]["parameters"] <= limit

@@ -261,6 +261,8 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         supernet.gates.tau = temperature(progress, start=schedule.start, end=schedule.end, schedule=schedule.schedule)
         context.squeeze_weight = squeeze.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
         context.sharing_weight = spec.search.sharing.weight * squeeze_ramp(progress, ramp=squeeze.ramp)
+        if budget is not None:
+            budget.progress = progress
 
     def step(batch, epoch: int, index: int) -> tuple[float, float]:
         if epoch_now["epoch"] != epoch:  # an epoch's first step (or a resumed one's): after validation

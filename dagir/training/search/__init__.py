@@ -126,7 +126,8 @@ class SearchContext:
         table = self.supernet.gates
         if self.budget is not None and table.slots:
             with torch.no_grad():
-                self.budget.update(table.slot_values(table.option_values("hard")))
+                self.budget.update(table.slot_values(table.option_values("hard")),
+                                   table.slot_values(table.probabilities()))
 
     def gate_optimizer(self) -> torch.optim.Optimizer:
         parameters = list(self.supernet.gates.parameters())
