@@ -121,3 +121,47 @@ def test_held_inside_the_search_the_gates_meet_the_budget_themselves(tmp_path, t
     code, _, stderr = dagir("compile", str(tiny_spec), "-o", str(tmp_path / "c"),
                             "--set", "search.budget.search_rate=0.1")
     assert code == 2 and "search.budget.search_rate: holding a budget inside the search needs one" in stderr
+
+
+def test_a_search_resumed_with_the_budget_held_reaches_the_uninterrupted_multipliers(tmp_path, monkeypatch):
+    """The multipliers (and the progress they were last moved at) are checkpointed with the search: a run
+    stopped while its gates close and resumed ends with the multipliers,
+    gates and metrics of one never stopped."""
+    from test_run import TINY, Interrupt, patch_loss
+    from dagir.training import loop as training_loop
+
+    spec = tmp_path / "held.yaml"
+    spec.write_text(TINY.replace("search:\n", "search:\n  budget: {parameters: 3500, search_rate: 8}\n").replace(
+        "search: {epochs: 2, steps_per_epoch: 4", "search: {epochs: 2, steps_per_epoch: 16"))
+    whole = run_quietly(spec, tmp_path / "whole")
+    real_loss, calls = training_loop.multitask_loss, {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8 + 11:  # warm-up's 8 steps, then search step 11, as the gates close (a checkpoint at 9)
+            raise Interrupt()
+        return real_loss(*args, **kwargs)
+
+    patch_loss(monkeypatch, flaky_loss)
+    with pytest.raises(Interrupt):
+        run_quietly(spec, tmp_path / "resumed")
+    patch_loss(monkeypatch, real_loss)
+    resumed = run_quietly(spec, tmp_path / "resumed", resume=True)
+    assert whole["search_budget"]["estimated_cost"]["parameters"] <= 3500  # from 5844 with every gate open
+    assert resumed["search_budget"] == whole["search_budget"]
+    assert resumed["test"] == whole["test"]
+
+
+def test_the_policy_gradient_search_holds_the_budget_too(tmp_path):
+    """MTNAS's sampled search over routes (categorical decisions) adds the budget's term to its logits'
+    loss, on the probabilities the squeeze reads: a limit under the routed network's cost raises the
+    multipliers, and the run records them."""
+    from test_routing import MTNAS_TINY
+
+    spec = tmp_path / "mtnas.yaml"
+    spec.write_text(MTNAS_TINY.replace('"flow-reduce{enabled=false}", share-states]',
+                                       '"flow-reduce{enabled=false}", fit-budget, share-states]').replace(
+        "search:\n", "search:\n  budget: {macs: 100, search_rate: 8}\n"))
+    held = run_quietly(spec, tmp_path / "held")["search_budget"]
+    assert held["limits"] == {"macs": 100} and held["estimated_cost"]["macs"] > 100
+    assert held["multipliers"]["macs"] > 0

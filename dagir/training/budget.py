@@ -14,16 +14,16 @@ whole search per unit of overshoot, whatever the number of steps (a search of 50
 and one of 500 hold the budget alike).
 
 `C_k(p)` is the cost under the gates' probabilities p (deterministic: σ(logit/τ)): a fixed part (what
-no gate governs: stem, nodes, heads) plus, for each gated edge e of cost c_e, c_e times the mean of
-its tasks' gates (every task's gate on an edge is pushed alike, and the edge costs nothing once all
-of them close). `C_k(hard)` counts the network the gates'
-discretisation (p ≥ 1/2) gives: the fixed part plus every edge some task keeps on one of its
-input-to-head paths (an open edge after a closed one computes nothing the task reads, and the
-post-search passes drop it). So the multiplier grows while the discretised network is over budget and
-shrinks, to 0, once it is within; costly edges get the largest push, and the task losses choose
-which of them stay open. The estimate counts an edge once for all the tasks it serves, as
-`share-states` does where their states agree; where they differ the compact network computes an edge
-once per state, so `fit-budget` still checks the exact cost after the search.
+no gate governs: stem, node ops, heads) plus, for each gated edge e of cost c_e (its op and its share
+of its node's aggregation), c_e times the mean of its tasks' gates (every task's gate on an edge is
+pushed alike, and the edge costs nothing once all of them close). `C_k(hard)` counts the network the
+discretised gates (p ≥ 1/2) give, as `discretize` keeps it: every open edge and each task's path of
+largest gate product, of which only what lies on an input-to-head path over the tasks' states costs
+anything. The term pushes only while a limit is exceeded; costly edges get the largest push, and the
+task losses choose which of them stay open. Each kept edge is counted once, as `share-states`
+computes it where the tasks' states agree (the tests check equality there against the compact
+network's cost); where they differ the compact network computes an edge once per state, so
+`fit-budget` still checks the exact cost after the search.
 """
 from __future__ import annotations
 
@@ -33,22 +33,26 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..compact_cost import aggregation_macs, compact_macs, compact_parameters, edge_macs
+from ..compact_cost import aggregation_macs, edge_macs
 from ..ir import IR
 from ..task_states import state_owner
-from ..ops import aggregation_parameter_count, parameter_count
+from ..ops import aggregation_parameter_count, mac_count, parameter_count
 
 COSTS = ("macs", "parameters")
 
 
 def open_network_cost(ir: IR) -> dict[str, int]:
-    """What the compact network of `ir` costs with every gated edge kept for every task it may serve
-    and every state shared: the fixed part plus each edge once."""
-    from ..pass_manager import PassManager, parse_pipeline
-
-    opened = PassManager(parse_pipeline(["discretize", "share-states"], {"discretize": {"threshold": 1e-9}},
-                                        needs_build=False)).run(ir)
-    return {"macs": compact_macs(opened)["total"], "parameters": compact_parameters(opened)["total"]}
+    """What the network of `ir` with every edge kept and every state shared costs, as
+    `dagir.compact_cost` counts a compact network: each edge op, node op and aggregation once."""
+    incoming = ir.in_edges()
+    macs = sum(edge_macs(ir, edge) for edge in ir.edges.values())
+    parameters = sum(parameter_count(edge.op) for edge in ir.edges.values())
+    for name, node in ir.nodes.items():
+        inputs, width = len(incoming.get(name, [])), ir.query_width(node)
+        macs += aggregation_macs(node.aggregation, node.input_type, inputs, width) + mac_count(node.op, node.input_type)
+        parameters += (aggregation_parameter_count(node.aggregation, node.input_type, inputs, width, node.nddr_norm)
+                       + parameter_count(node.op))
+    return {"macs": macs, "parameters": parameters}
 
 
 def aggregation_costs(ir: IR) -> dict[str, dict[str, tuple[float, float]]]:
