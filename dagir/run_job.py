@@ -32,10 +32,11 @@ from .errors import UserError
 from .ir import IR
 from .ir_stats import edges_per_task
 from .pass_manager import PassManager, PassResult
-from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
+from .pipeline import after_search_pipeline, before_search_pipeline, budget_limits, seed_ir
 from .run_folder import write_text
 from .spec import Spec, check_data_root
 from .training import stages
+from .training.budget import SearchBudget
 from .training.checkpoint import load_checkpoint, save_checkpoint
 from .training.distributed import World, scratch_folder
 from .training.norms import batch_norms
@@ -107,7 +108,7 @@ class Run:
         self.device = pick_device(spec.train.device, world)
         check_compiler(spec, self.device)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
-        self.budget = None  # the budget held inside the search, once the search starts (None: off)
+        self.search_budget: dict[str, Any] | None = None  # the budget held inside the search, as it ended
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
                                   world=world)
 
@@ -168,12 +169,14 @@ class Run:
                 supernet.load_state_dict(state["model"])
             if stage == "warmup":
                 stages.warmup(runner, supernet, data, state)
-            self.budget = self._search_budget(supernet)
+            budget = self._search_budget(supernet)
             stages.search(runner, supernet, data, state if stage == "search" else None,
-                          lambda: self._compactness(supernet), self.budget)
+                          lambda: self._compactness(supernet), budget)
+            self.search_budget = budget.summary() if budget is not None else None
             state = None
         else:
             supernet.load_state_dict(state["supernet"])
+            self.search_budget = state.get("search_budget")
         searched = effective_gates(import_gates_from_module(supernet, ir), self._final_tau())
         write_text(self.out / "architecture.json", searched.to_json())
         plot_gate_heatmaps(searched, self.out / "gates.png")
@@ -184,7 +187,7 @@ class Run:
         inherited = supernet if self.spec.train.finetune.weights == "searched" else None  # fresh: default init
         compact = runner.precision.model(lower_compact(compact_ir, inherited).to(self.device))
         self.world.broadcast_module(compact)
-        served = stages.finetune(runner, compact, supernet, data, state)
+        served = stages.finetune(runner, compact, supernet, data, state, keep={"search_budget": self.search_budget})
         return self._finish(compact, compact_ir, searched, supernet, data, served)
 
     def _start(self) -> dict[str, Any] | None:
@@ -273,13 +276,24 @@ class Run:
                 dtype=self.runner.dtype, device=self.device)
         return None
 
-    def _search_budget(self, supernet):
+    def _search_budget(self, supernet) -> SearchBudget | None:
         """The budget held inside the search (`search.budget.search_rate` > 0), or None."""
-        from .pipeline import budget_limits
-        from .training.budget import SearchBudget
-
         rate = self.spec.search.budget.search_rate
-        return SearchBudget(self.ir, supernet.gates.slots, budget_limits(self.spec), rate) if rate > 0 else None
+        if rate <= 0:
+            return None
+        return SearchBudget(self.ir, supernet.gates.slots, budget_limits(self.spec), rate,
+                            lambda: self._cost_before_fitting(supernet))
+
+    def _cost_before_fitting(self, supernet) -> dict[str, int]:
+        """What the compact network would cost if the search stopped now, before `fit-budget`: the
+        after-search passes up to it on the gates as they are."""
+        from dagir.backends.torch_supernet import import_gates_from_module
+        from dagir.passes.fit_budget import FitBudget
+
+        passes = after_search_pipeline(self.spec)
+        cut = next(index for index, step in enumerate(passes) if step.name == "fit-budget")
+        searched = effective_gates(import_gates_from_module(supernet, self.ir), supernet.gates.tau)
+        return FitBudget.cost(PassManager(passes[:cut], verify_each=False).run(searched), passes[cut].untie)
 
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""
@@ -322,7 +336,7 @@ class Run:
             "discretization_gap": discretize.get("gap"),
             "flow_reduce": compact_ir.meta.get("flow_reduce"),
             "fit_budget": compact_ir.meta.get("fit_budget"),
-            "search_budget": self.budget.summary() if self.budget is not None else None,
+            "search_budget": self.search_budget,
             "share_states": {k: v for k, v in compact_ir.meta.get("share_states", {}).items() if k != "states"},
             "stage_seconds": runner.stage_seconds,
             "stage_cpu_seconds": runner.stage_cpu_seconds,

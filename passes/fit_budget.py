@@ -39,7 +39,7 @@ class FitBudget(Pass):
         if self.macs is None and self.parameters is None:
             return out
         removed: list[str] = []
-        cost = self._cost(out, self.untie)
+        cost = self.cost(out, self.untie)
         protected = {task: set(best_path(out, task, gate_weights(out, task))) for task in out.task_names}
         while not self._within(cost):
             candidate = self._least_flow_edge(out, protected)
@@ -51,7 +51,7 @@ class FitBudget(Pass):
                 _trim_to_paths(out, name)
             _delete_dead(out)
             removed.append(f"{task}:{edge_name(*key)}")
-            cost = self._cost(out, self.untie)
+            cost = self.cost(out, self.untie)
         out.meta["fit_budget"] = {"macs": self.macs, "parameters": self.parameters, "met": self._within(cost),
                                   "cost": cost, "removed": removed}
         return out
@@ -61,7 +61,8 @@ class FitBudget(Pass):
                 and (self.parameters is None or cost["parameters"] <= self.parameters))
 
     @staticmethod
-    def _cost(ir: IR, untie: bool) -> dict[str, Any]:
+    def cost(ir: IR, untie: bool = False) -> dict[str, Any]:
+        """The compact network's MACs and parameters, its states shared as `share-states` shares them."""
         shared = ShareStates(untie=untie).run(ir)
         return {"macs": compact_macs(shared)["total"], "parameters": compact_parameters(shared)["total"]}
 

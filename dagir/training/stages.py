@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -19,7 +19,6 @@ from torch import nn
 from ..datasets.splits import Split, TaskData
 from ..spec import STAGES, Spec, StageSpec, TaskSpec
 from ..tasks import delta_mtl
-from .budget import SearchBudget
 from .checkpoint import save_checkpoint
 from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
                    evaluate, flatten_metrics, make_optimizer, supervised_step)
@@ -28,6 +27,9 @@ from .norms import recalibrated_norms
 from .precision import Precision
 from .schedules import set_learning_rates, squeeze_ramp, temperature
 from .weighting import make_weighting
+
+if TYPE_CHECKING:
+    from .budget import SearchBudget
 
 Echo = Callable[[str], None]
 WEIGHT_PREFIXES = ("edge_", "node_", "op_")  # Θ's submodules; the heads are `head_*`
@@ -317,12 +319,13 @@ def search_splits(runner: StageRunner, train: Split):
 
 
 def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data: TaskData,
-             state: dict[str, Any] | None) -> nn.Module:
+             state: dict[str, Any] | None, keep: dict[str, Any] | None = None) -> nn.Module:
     """Train Θ of the kept edges, the heads and batch norm (statistics included) of the compact
     network. Batch norm re-learns what the discretised network feeds it: the warm-up statistics
     were gathered with every edge on. A module the compact network calls on several states has a
     batch norm per state (`PerStateNorm`), so no statistics are averaged over differing inputs, or,
-    with `search.reduction.untie`, a copy of its weights per state (`PerStateCopy`)."""
+    with `search.reduction.untie`, a copy of its weights per state (`PerStateCopy`). `keep`: what the
+    search left for the results, checkpointed with the stage."""
     stage = runner.spec.train.finetune
     optimizer = make_optimizer(list(compact.parameters()), stage)
     if state is not None:
@@ -332,7 +335,7 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks,
                            runner.weighting, runner.precision)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
-               save_extra=lambda: {"supernet": supernet.state_dict()}, served=served)
+               save_extra=lambda: {"supernet": supernet.state_dict(), **(keep or {})}, served=served)
     return served
 
 

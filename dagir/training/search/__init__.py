@@ -118,16 +118,13 @@ class SearchContext:
         """The budget's term of the architecture loss, on the gates' probabilities (0 without one)."""
         table = self.supernet.gates
         if self.budget is None or not table.slots:
-            return torch.zeros(())
+            return table.probabilities().new_zeros(())
         return self.budget.penalty(table.slot_values(table.probabilities()))
 
     def after_architecture_step(self) -> None:
-        """Move the budget's multipliers by how far the discretised gates are over it."""
-        table = self.supernet.gates
-        if self.budget is not None and table.slots:
-            with torch.no_grad():
-                self.budget.update(table.slot_values(table.option_values("hard")),
-                                   table.slot_values(table.probabilities()))
+        """Count the network's cost and move the budget's multipliers, when it is time to."""
+        if self.budget is not None:
+            self.budget.update()
 
     def gate_optimizer(self) -> torch.optim.Optimizer:
         parameters = list(self.supernet.gates.parameters())
