@@ -273,7 +273,7 @@ def test_a_second_command_into_a_running_folder_refuses_at_once(tmp_path, tiny_s
     first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         lock = out / ".dagir.lock"
-        for _ in range(200):
+        for _ in range(1200):  # up to a minute: on a loaded machine importing torch alone can take 10 s
             if lock.is_file() and "pid" in lock.read_text():
                 break
             time.sleep(0.05)
