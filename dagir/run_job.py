@@ -32,7 +32,7 @@ from .errors import UserError
 from .ir import IR
 from .ir_stats import edges_per_task
 from .pass_manager import PassManager, PassResult
-from .pipeline import after_search_pipeline, before_search_pipeline, budget_limits, seed_ir
+from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
 from .run_folder import write_text
 from .spec import Spec, check_data_root
 from .training import stages
@@ -277,30 +277,31 @@ class Run:
         return None
 
     def _search_budget(self, supernet) -> SearchBudget | None:
-        """The budget held inside the search (`search.budget.search_rate` > 0), or None."""
+        """The budget held inside the search (`search.budget.search_rate` > 0), or None. Its limits and
+        its count of the network are the after-search pipeline's: the passes before `fit-budget` on the
+        gates as they are, then what `fit-budget` would measure, against the limits it holds."""
+        from dagir.passes.fit_budget import FitBudget
+
         rate = self.spec.search.budget.search_rate
         if rate <= 0:
             return None
-        return SearchBudget(self.ir, supernet.gates.slots, budget_limits(self.spec), rate,
-                            lambda: self._cost_before_fitting(supernet))
-
-    def _cost_before_fitting(self, supernet) -> dict[str, int]:
-        """What the compact network would cost if the search stopped now, before `fit-budget`: the
-        after-search passes up to it on the gates as they are."""
-        from dagir.backends.torch_supernet import import_gates_from_module
-        from dagir.passes.fit_budget import FitBudget
-
-        passes = after_search_pipeline(self.spec)
+        passes = after_search_pipeline(self.spec)  # built once: its single-task limits compile a spec
         cut = next(index for index, step in enumerate(passes) if step.name == "fit-budget")
-        searched = effective_gates(import_gates_from_module(supernet, self.ir), supernet.gates.tau)
-        return FitBudget.cost(PassManager(passes[:cut], verify_each=False).run(searched), passes[cut].untie)
+        before_fitting, fit = PassManager(passes[:cut], verify_each=False), passes[cut]
+        return SearchBudget(self.ir, supernet.gates.slots, {"macs": fit.macs, "parameters": fit.parameters}, rate,
+                            lambda: FitBudget.cost(before_fitting.run(self._gates_now(supernet)), fit.untie))
+
+    def _gates_now(self, supernet) -> IR:
+        """The IR with the supernet's gates as they are now (at the current τ)."""
+        from dagir.backends.torch_supernet import import_gates_from_module
+
+        return effective_gates(import_gates_from_module(supernet, self.ir), supernet.gates.tau)
 
     def _flow_compactness(self, supernet) -> torch.Tensor:
         """1 - φ_e/Φ for every gate slot, from the current gates (detached)."""
-        from dagir.backends.torch_supernet import import_gates_from_module
-
         from .flow import task_flow
-        ir = effective_gates(import_gates_from_module(supernet, self.ir), supernet.gates.tau)
+
+        ir = self._gates_now(supernet)
         flows = {t: task_flow(ir, t) for t in ir.task_names}
         names = {edge.name: key for key, edge in ir.edges.items()}
         weights = torch.ones(len(supernet.gates.entries), dtype=self.runner.dtype, device=self.device)

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from ...spec import SearchStageSpec, SqueezeSpec, TaskSpec
+from ..budget import SearchBudget
 from ..loop import Batch, multitask_loss
 from ..precision import Precision
-from ..budget import SearchBudget
 from ..squeeze import squeeze_loss
 
 Forward = Callable[[Tensor], Mapping[str, Tensor]]
@@ -118,7 +118,7 @@ class SearchContext:
         """The budget's term of the architecture loss, on the gates' probabilities (0 without one)."""
         table = self.supernet.gates
         if self.budget is None or not table.slots:
-            return table.probabilities().new_zeros(())
+            return torch.zeros(())  # a 0-dim CPU tensor adds to one on any device
         return self.budget.penalty(table.slot_values(table.probabilities()))
 
     def after_architecture_step(self) -> None:
