@@ -10,6 +10,10 @@ so load from other processes hits both alike. Each is a `dagir run` of the metho
 resolves it (the searched one without its fine-tune, which is not part of the search's cost), and the
 figure is the ratio of the stages' own seconds (`stage_seconds` in metrics.json: the training loops,
 their validation and checkpoints; not start-up, compilation or drawing).
+
+For a choice (`dagir.choice`) every candidate runs whole, fine-tune included, since the choice reads each
+one's fine-tuned network on validation; its cost is their sum less the kept candidate's fine-tune, printed
+as the range over which one is kept.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from dagir.bench_job import resolve_methods, run_method
+from dagir.bench_job import bench_plan, run_method
+from dagir.methods import method_name
 from dagir.spec import load_spec
 
 
@@ -37,20 +42,35 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     spec = load_spec(args.spec, args.overrides)
-    methods = resolve_methods(spec, [args.method, "single_task"])
-    searching, single = methods.values()
-    searching = searching.model_copy(deep=True)
-    searching.train.finetune.epochs = 0
-    best = {"search": float("inf"), "single": float("inf")}
+    methods, choices = bench_plan(spec, [args.method, "single_task"])
+    single = methods.pop("single_task")
+    searching = {name: method.model_copy(deep=True) for name, method in methods.items()}
+    if not choices:
+        for method in searching.values():
+            method.train.finetune.epochs = 0
+    best: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
-            best["search"] = min(best["search"], timed(searching, Path(scratch) / f"search-{repeat}")["search_seconds"])
-            best["single"] = min(best["single"], timed(single, Path(scratch) / f"single-{repeat}")["seconds"])
-    epochs = "+".join(str(getattr(searching.train, stage).epochs) for stage in ("warmup", "search"))
+            for name, method in [*searching.items(), ("single_task", single)]:
+                row = timed(method, Path(scratch) / f"{name}-{repeat}")
+                kept = best.setdefault(name, {"search_seconds": float("inf"), "seconds": float("inf")})
+                for key in kept:
+                    kept[key] = min(kept[key], row[key])
+    alone = best.pop("single_task")["seconds"]
+    if choices:
+        total = sum(row["seconds"] for row in best.values())
+        finetunes = [row["seconds"] - row["search_seconds"] for row in best.values()]
+        each = ", ".join(f"{name} {row['seconds']:.2f} s" for name, row in best.items())
+        print(f"{args.spec} {' '.join(args.overrides)} {method_name(args.method)}: candidates {each}; choosing "
+              f"{total - max(finetunes):.2f}-{total - min(finetunes):.2f} s, single-task training {alone:.2f} s, ratio "
+              f"{(total - max(finetunes)) / alone:.2f}-{(total - min(finetunes)) / alone:.2f} "
+              f"(best of {args.repeats}, one thread)")
+        return
+    (name, row), = best.items()
+    epochs = "+".join(str(getattr(searching[name].train, stage).epochs) for stage in ("warmup", "search"))
     print(f"{args.spec} {' '.join(args.overrides)} {args.method} (epochs {epochs}): warm-up + search "
-          f"{best['search']:.2f} s, single-task training {best['single']:.2f} s, "
-          f"ratio {best['search'] / best['single']:.2f} (best of {args.repeats}, one thread)")
-
+          f"{row['search_seconds']:.2f} s, single-task training {alone:.2f} s, "
+          f"ratio {row['search_seconds'] / alone:.2f} (best of {args.repeats}, one thread)")
 
 if __name__ == "__main__":
     main()

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .choice import Choice, choose, read_choice
 from .errors import UserError
-from .methods import method_name, method_spec
+from .methods import BUILT_IN, method_file, method_name, method_spec
 from .pass_manager import PassManager
 from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
 from .run_folder import (finished_files, locked_folder, prepare_run_folder, same_run_spec, write_finished_files,
@@ -46,18 +47,39 @@ def with_seed(spec: Spec, seed: int) -> Spec:
 
 
 def resolve_methods(spec: Spec, methods: Sequence[str]) -> dict[str, Spec]:
-    """Every method's spec, checked before any training: its pipelines parse and build an IR
-    that verifies. Names must be distinct."""
+    """Every method's spec (a choice's candidates in its place), checked before any training."""
+    return bench_plan(spec, methods)[0]
+
+
+def bench_plan(spec: Spec, methods: Sequence[str]) -> tuple[dict[str, Spec], list[Choice]]:
+    """What a bench trains and chooses: every method's spec, checked before any training (its pipelines
+    parse and build an IR that verifies), with a choice's candidates (`dagir.choice`) trained as methods
+    of their own, and the choices. Names must be distinct; a candidate may also be a method or another
+    choice's candidate (it is trained once)."""
     resolved: dict[str, Spec] = {}
+    given: dict[str, str] = {}
+    choices: list[Choice] = []
     for method in methods:
-        name = method_name(method)
-        if name in resolved:
-            raise spec.error(("bench", "methods"), f"method {name!r} is named twice")
-        method_of = method_spec(spec, method)
-        PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
-        after_search_pipeline(method_of)
-        resolved[name] = method_of
-    return resolved
+        path = None if method in BUILT_IN else method_file(method, spec)
+        choice = read_choice(path) if path is not None else None
+        if choice is not None:
+            if method_name(method) in given or any(c.name == choice.name for c in choices):
+                raise spec.error(("bench", "methods"), f"method {choice.name!r} is named twice")
+            choices.append(choice)
+        for one in choice.candidates if choice is not None else (method,):
+            name = method_name(one)
+            if name in given:
+                if given[name] == one and choice is not None:
+                    continue
+                raise spec.error(("bench", "methods"), f"method {name!r} is named twice")
+            method_of = method_spec(spec, one)
+            PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
+            after_search_pipeline(method_of)
+            resolved[name], given[name] = method_of, one
+    clash = {c.name for c in choices} & set(resolved)
+    if clash:
+        raise spec.error(("bench", "methods"), f"method {sorted(clash)[0]!r} is named twice")
+    return resolved, choices
 
 
 def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
@@ -172,14 +194,16 @@ def _ray_run(spec: Spec, folder: Path, resume: bool, threads: int) -> tuple[dict
 def run_result(metrics: dict[str, Any], spec: Spec) -> dict[str, Any]:
     """The bench's row for a run, from its metrics.json and its spec: test metrics, size, and the
     budget it spent (epochs and optimiser steps per stage, seconds: in all and for warm-up + search,
-    the search's cost, that also in CPU seconds)."""
+    the search's cost, that also in CPU seconds); a choice's (`dagir.choice`) is all its candidates'."""
     seconds, cpu = metrics["stage_seconds"], metrics.get("stage_cpu_seconds")  # older runs recorded none
     return {"test": metrics["test"], "parameters": metrics["compact"]["parameters"],
             "macs": metrics["compact"]["macs"]["total"], "seconds": sum(seconds.values()),
             "search_seconds": seconds.get("warmup", 0.0) + seconds.get("search", 0.0),
             "search_cpu_seconds": cpu.get("warmup", 0.0) + cpu.get("search", 0.0) if cpu else math.nan,
+            "cpu_seconds": sum(cpu.values()) if cpu else math.nan,
             "epochs": {stage: getattr(spec.train, stage).epochs for stage in STAGES},
-            "steps": sum(metrics["stage_steps"].values()) if "stage_steps" in metrics else math.nan}
+            "steps": sum(metrics["stage_steps"].values()) if "stage_steps" in metrics else math.nan,
+            **({**metrics["choice"]["budget"], "kept": metrics["choice"]["kept"]} if "choice" in metrics else {})}
 
 
 def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None:
@@ -202,16 +226,17 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
     the comparison table and plot. The runs go one after another, to `workers` local processes, or
     (`ray`) to a Ray cluster; the table is the same whichever ran them."""
-    resolved = resolve_methods(spec, methods)
+    resolved, choices = bench_plan(spec, methods)
     if ray is not None:
         ray.check()  # before OUT is touched: Ray installed
     with locked_folder(out, "bench"):
         return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume, workers=workers,
-                        ray=ray)
+                        ray=ray, choices=choices)
 
 
 def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[int], *, progress: bool, echo: Echo,
-             resume: bool, workers: int = 1, ray: RayRequest | None = None) -> dict[str, Any]:
+             resume: bool, workers: int = 1, ray: RayRequest | None = None,
+             choices: Sequence[Choice] = ()) -> dict[str, Any]:
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in resolved}
     pending: list[tuple[str, int, Spec, Path]] = []
     for seed in seeds:
@@ -234,6 +259,17 @@ def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[i
     else:
         for (name, seed), result in _run_in_pool(pending, workers, echo=echo, resume=resume).items():
             results[name][seed] = result
+    for choice in choices:
+        names = [method_name(candidate) for candidate in choice.candidates]
+        results[choice.name] = {}
+        for seed in sorted(set.intersection(*(set(results[name]) for name in names))):
+            folder = out / f"{choice.name}-seed{seed}"
+            record = choose(names, spec, {name: results[name][seed] for name in names},
+                            {name: out / f"{name}-seed{seed}" for name in names}, folder)
+            results[choice.name][seed] = run_result(json.loads((folder / "metrics.json").read_text()),
+                                                    resolved[record["kept"]])
+            echo(f"== {choice.name}, seed {seed}: kept {record['kept']} (validation Δ_MTL "
+                 + ", ".join(f"{name} {delta:+.2f}" for name, delta in record["validation_delta_mtl"].items()) + ")")
     results = {name: dict(sorted(by_seed.items())) for name, by_seed in results.items()}
     table = summarise(spec, results)
     write_results(out, spec, table, results)
@@ -310,6 +346,12 @@ def write_results(out: Path, spec: Spec, table: dict[str, Any], results: dict) -
               "less than their wall time (n/a: a run recorded none). Every "
               "method's last stage follows the bench spec's last-stage learning-rate schedule "
               f"({getattr(spec.train, spec.train.final_stage()).lr_schedule}) unless the method sets its own.")
+    kept = [f"`{method}` kept " + ", ".join(f"{run['kept']} (seed {seed})" for seed, run in by_seed.items()) + "."
+            for method, by_seed in results.items() if any("kept" in run for run in by_seed.values())]
+    if kept:
+        budget += (" A choice's row is the network it kept per seed, chosen on validation among its candidates, "
+                   "with the budget of them all (their epochs, steps and seconds summed; its warm-up + search is "
+                   "that less the kept network's fine-tuning). " + " ".join(kept))
     write_text(out / "table.md", f"# {spec.name}: searched network vs baselines (seeds {seeds})\n\n"
                + "\n".join(lines) + f"\n\n{budget}\n")
     write_csvs(out, table, results)
