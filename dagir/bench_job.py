@@ -10,7 +10,8 @@ reports mean ± std over seeds, Δ_MTL against the single-task networks (DESIGN 
 method's per-seed difference from the searched network.
 
 OUT/table.md, table.csv and runs.csv (numbers only), results.json, comparison.png, and one run folder per method and seed
-(`<method>-seed<seed>`), each with the spec it ran (`spec.resolved.yaml`). With `resume`, a method
+(`<method>-seed<seed>`), each with the spec it ran (`spec.resolved.yaml`); a choice (`dagir.choice`) has a folder per
+seed holding the network it kept. With `resume`, a method
 and seed whose folder holds a finished result of the same spec is not trained again, and an
 interrupted run continues from its checkpoint: a long bench can be stopped and taken up again, or
 given more seeds.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .choice import Choice, choose, read_choice
+from .choice import Choice, check_choice_folder, choose, read_choice
 from .errors import UserError
 from .methods import BUILT_IN, method_file, method_name, method_spec
 from .pass_manager import PassManager
@@ -54,31 +55,37 @@ def resolve_methods(spec: Spec, methods: Sequence[str]) -> dict[str, Spec]:
 def bench_plan(spec: Spec, methods: Sequence[str]) -> tuple[dict[str, Spec], list[Choice]]:
     """What a bench trains and chooses: every method's spec, checked before any training (its pipelines
     parse and build an IR that verifies), with a choice's candidates (`dagir.choice`) trained as methods
-    of their own, and the choices. Names must be distinct; a candidate may also be a method or another
-    choice's candidate (it is trained once)."""
-    resolved: dict[str, Spec] = {}
-    given: dict[str, str] = {}
+    of their own, and the choices. Names must be distinct; a candidate may also be listed as a method or
+    be another choice's candidate (the same built-in or file: it is trained once)."""
+    listed: list[tuple[str, bool]] = []  # (a built-in's name or a file's path, whether a choice names it)
     choices: list[Choice] = []
     for method in methods:
         path = None if method in BUILT_IN else method_file(method, spec)
         choice = read_choice(path) if path is not None else None
-        if choice is not None:
-            if method_name(method) in given or any(c.name == choice.name for c in choices):
-                raise spec.error(("bench", "methods"), f"method {choice.name!r} is named twice")
+        if choice is None:
+            listed.append((method if path is None else str(path.resolve()), False))
+        else:
             choices.append(choice)
-        for one in choice.candidates if choice is not None else (method,):
-            name = method_name(one)
-            if name in given:
-                if given[name] == one and choice is not None:
-                    continue
-                raise spec.error(("bench", "methods"), f"method {name!r} is named twice")
-            method_of = method_spec(spec, one)
-            PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
-            after_search_pipeline(method_of)
-            resolved[name], given[name] = method_of, one
-    clash = {c.name for c in choices} & set(resolved)
+            listed += [(candidate, True) for candidate in choice.candidates]
+    resolved: dict[str, Spec] = {}
+    what: dict[str, str] = {}
+    plain: set[str] = set()
+    for method, candidate in listed:
+        name = method_name(method)
+        if name in what and (what[name] != method or (not candidate and name in plain)):
+            raise spec.error(("bench", "methods"), f"method {name!r} is named twice")
+        if not candidate:
+            plain.add(name)
+        if name in what:
+            continue
+        method_of = method_spec(spec, method)
+        PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
+        after_search_pipeline(method_of)
+        resolved[name], what[name] = method_of, method
+    names = [choice.name for choice in choices]
+    clash = sorted({name for name in names if names.count(name) > 1} | (set(names) & set(resolved)))
     if clash:
-        raise spec.error(("bench", "methods"), f"method {sorted(clash)[0]!r} is named twice")
+        raise spec.error(("bench", "methods"), f"method {clash[0]!r} is named twice")
     return resolved, choices
 
 
@@ -227,6 +234,9 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
     the comparison table and plot. The runs go one after another, to `workers` local processes, or
     (`ray`) to a Ray cluster; the table is the same whichever ran them."""
     resolved, choices = bench_plan(spec, methods)
+    for choice in choices:
+        for seed in seeds:
+            check_choice_folder(out / f"{choice.name}-seed{seed}")
     if ray is not None:
         ray.check()  # before OUT is touched: Ray installed
     with locked_folder(out, "bench"):

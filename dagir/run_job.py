@@ -322,10 +322,11 @@ class Run:
 
         runner = self.runner
         test = runner.evaluate(compact, data.test, data, served)
+        validation = runner.evaluate(compact, data.val, data, served)  # what a choice (dagir.choice) reads
         export_compact(compact, compact_ir, self.out)
         discretize = compact_ir.meta.get("discretize", {})
         metrics = {
-            "name": self.spec.name, "test": test,
+            "name": self.spec.name, "test": test, "validation": validation,
             "compact": {"parameters": count_parameters(compact),
                         "parameters_per_task": compact_parameters(compact_ir)["per_task"],
                         "macs": compact_macs(compact_ir),

@@ -79,18 +79,68 @@ def test_a_choice_never_overwrites_a_folder_it_did_not_write(tmp_path, spec):
     assert json.loads((b / "metrics.json").read_text()).get("choice") is None
 
 
-@pytest.mark.parametrize("text, says, line", [
+BAD_CHOICES = [
     ("choose: [searched]\n", "two or more candidate methods", 1),
     ("choose: [searched, hard_sharing]\ntrain: {warmup: {epochs: 1}}\n", "sets nothing else", 2),
     ("choose: [searched, inner.yaml]\n", "is itself a choice", 1),
-])
+    ("choose:\n  - searched\n  - choice.yaml\n", "is itself a choice", 3),
+    ("choose:\n  - searched\n  - searched\n", "named twice", 3),
+    ("choose:\n  - searched\n  - nosuch.yaml\n", "nor a file beside choice.yaml", 3),
+]
+
+
+@pytest.mark.parametrize("text, says, line", BAD_CHOICES)
 def test_a_bad_choice_file_is_a_located_error(tmp_path, text, says, line):
     (tmp_path / "inner.yaml").write_text("choose: [searched, hard_sharing]\n")
     path = tmp_path / "choice.yaml"
     path.write_text(text)
     with pytest.raises(SpecError, match=says) as error:
         read_choice(path)
-    assert error.value.line == line
+    assert error.value.line == line and error.value.file == str(path)
+
+
+def test_a_bad_choice_exits_2_with_its_file_and_line_before_any_training(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "choice.yaml").write_text("choose:\n  - searched\n  - nosuch.yaml\n")
+    code, _, stderr = dagir("bench", str(spec), "-o", str(tmp_path / "bench"), "--seeds", "1", "--no-progress",
+                            "--methods", "searched,choice.yaml")
+    assert code == 2 and "choice.yaml:3" in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "bench").exists()
+
+
+def test_a_candidate_listed_as_a_method_too_is_trained_once_whatever_the_order(tmp_path, spec):
+    from dagir.bench_job import bench_plan
+
+    (tmp_path / "wide.yaml").write_text("extends: hard_sharing\nnetwork: {central: {channels: [24, 24]}}\n")
+    (tmp_path / "choice.yaml").write_text("choose: [searched, wide.yaml]\n")
+    (tmp_path / "other.yaml").write_text("choose: [wide.yaml, hard_sharing]\n")
+    for order in (["choice.yaml", "searched", "wide.yaml", "other.yaml"], ["wide.yaml", "other.yaml", "choice.yaml"]):
+        methods, choices = bench_plan(spec, [str(tmp_path / m) if m.endswith(".yaml") else m for m in order])
+        assert sorted(methods) == ["hard_sharing", "searched", "wide"], order
+        assert sorted(c.name for c in choices) == ["choice", "other"]
+    with pytest.raises(SpecError, match="'searched' is named twice"):
+        bench_plan(spec, ["searched", str(tmp_path / "choice.yaml"), "searched"])
+
+
+def test_a_first_candidate_scoring_zero_on_validation_is_a_clear_error(tmp_path, spec):
+    a = write_run(tmp_path / "a", [{"digit": 0.0, "parity": 0.5}], {"digit": 0.5, "parity": 0.5})
+    b = write_run(tmp_path / "b", [{"digit": 0.6, "parity": 0.5}], {"digit": 0.5, "parity": 0.5})
+    with pytest.raises(UserError, match="validation digit accuracy is 0.0"):
+        choose(["a", "b"], spec, {"a": row(1.0, 1.0, 1), "b": row(1.0, 1.0, 1)}, {"a": a, "b": b}, tmp_path / "c")
+
+
+def test_a_folder_that_is_not_a_choice_is_refused_before_any_training(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    (tmp_path / "choice.yaml").write_text("choose: [searched, hard_sharing]\n")
+    mine = tmp_path / "bench" / "choice-seed3" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("mine")
+    code, _, stderr = dagir("bench", str(spec), "-o", str(tmp_path / "bench"), "--seeds", "1", "--no-progress",
+                            "--methods", "choice.yaml")
+    assert code == 2 and "other than a choice" in stderr
+    assert mine.read_text() == "mine" and not (tmp_path / "bench" / "searched-seed3").exists()
 
 
 def test_a_method_file_is_not_a_choice(tmp_path):
@@ -117,12 +167,19 @@ def test_a_bench_runs_a_choices_candidates_and_keeps_one_per_seed(tmp_path):
         gain = sum((last["wide"][f"val/{t}/accuracy"] - last["searched"][f"val/{t}/accuracy"])
                    / last["searched"][f"val/{t}/accuracy"] for t in ("digit", "parity")) / 2
         kept = "wide" if gain > 0 else "searched"
+        for name in ("searched", "wide"):  # the compact network's validation, recorded: the last epoch's here
+            recorded = json.loads((out / f"{name}-seed{seed}" / "metrics.json").read_text())["validation"]
+            assert {t: recorded[t]["accuracy"] for t in ("digit", "parity")} == pytest.approx(
+                {t: last[name][f"val/{t}/accuracy"] for t in ("digit", "parity")})
         written = json.loads((out / f"choice-seed{seed}" / "metrics.json").read_text())
         assert written["choice"]["kept"] == kept, written["choice"]
         assert written["test"] == json.loads((out / f"{kept}-seed{seed}" / "metrics.json").read_text())["test"]
         assert (out / f"choice-seed{seed}" / "compact.safetensors").is_file()
         choice, candidates = per_seed[("choice", seed)], [per_seed[(n, seed)] for n in ("searched", "wide")]
         assert int(choice["steps"]) == sum(int(c["steps"]) for c in candidates)
+        assert float(choice["seconds"]) == pytest.approx(sum(float(c["seconds"]) for c in candidates))
+        kept_finetune = float(per_seed[(kept, seed)]["seconds"]) - float(per_seed[(kept, seed)]["search_seconds"])
+        assert float(choice["search_seconds"]) == pytest.approx(float(choice["seconds"]) - kept_finetune)
         assert choice["parameters"] == per_seed[(kept, seed)]["parameters"]
     assert "`choice` kept" in (out / "table.md").read_text()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -203,3 +203,14 @@ def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: Ta
 
 def flatten_metrics(metrics: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{task}/{name}": value for task, values in metrics.items() for name, value in values.items()}
+
+
+def unflatten_metrics(row: Mapping[str, Any], prefix: str) -> dict[str, dict[str, float]]:
+    """The metrics `flatten_metrics(metrics, prefix)` put in `row`, per task again."""
+    metrics: dict[str, dict[str, float]] = {}
+    for key, value in row.items():
+        split, _, rest = key.partition("/")
+        if split == prefix:
+            task, _, name = rest.partition("/")
+            metrics.setdefault(task, {})[name] = value
+    return metrics
