@@ -123,8 +123,8 @@ def bench_command(
     out: Path = typer.Option(Path("runs/bench"), "-o", "--out", help="Output folder."),
     overrides: Optional[List[str]] = SetOption,
     methods: Optional[str] = typer.Option(None, help="Comma-separated: searched,mtl_nas,single_task,hard_sharing,"
-                                          "cross_stitch, or method spec files (default: bench.methods of "
-                                          "the spec)."),
+                                          "cross_stitch, or method spec files, or choice files (`choose: [...]`: per seed the "
+                                          "candidate best on validation; default: bench.methods of the spec)."),
     seeds: Optional[int] = typer.Option(None, help="Number of seeds, from the spec's seed on."),
     ablations: bool = typer.Option(False, "--ablations", help="The paper's ablations: the searched network, "
                                    "single-task networks, and the search without read-in/out, without flow "
