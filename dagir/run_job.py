@@ -152,6 +152,8 @@ class Run:
         torch.manual_seed(spec.seed)
         check_data_root(spec)
         data = load_spec_data(spec)
+        if spec.train.restart:  # what torch's generator draws from here on (the weights) differs; the data do not
+            torch.manual_seed((spec.seed * 1_000_003 + spec.train.restart) % 2 ** 63)
         self._check_data(data)
         ir = self.ir = self._compile()
         self._images(self.out / "passes" / "before-search", "passes/before-search")

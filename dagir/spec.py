@@ -313,6 +313,7 @@ class TrainSpec(Strict):
     compile: bool = False  # torch.compile the compact network for fine-tuning and evaluation
     compile_supernet: bool = False  # torch.compile the supernet for the warm-up and the search (and their validation)
     channels_last: bool = False  # image inputs and conv weights in channels-last memory order
+    restart: int = Field(0, ge=0)  # k > 0: another start of the run, its weights drawn anew; data split and batch order kept
 
     def final_stage(self) -> str:
         """The last stage that trains (the one whose weights the exported network keeps)."""
