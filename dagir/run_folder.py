@@ -90,7 +90,7 @@ def unsafe_on_resume(path: str) -> bool:
     learning rates, their epochs (checked against the checkpoint: only epochs still ahead), and how
     often checkpoints are written."""
     stage_fields = {f"train.{stage}.{field}" for stage in STAGES for field in ("lr", "epochs")}
-    return path not in stage_fields | {"train.search.gate_lr", "train.checkpoint_every"}
+    return path not in stage_fields | {"train.search.gate_lr", "train.checkpoint_every", "train.checkpoint_seconds"}
 
 
 def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None:
@@ -101,7 +101,7 @@ def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None
         shown = "; ".join(f"{path}: {_short(changes[path][0])} -> {_short(changes[path][1])}" for path in unsafe[:3])
         raise UserError(f"{out}: the run there was started from a different spec ({shown}{' ...' if len(unsafe) > 3 else ''}); "
                         "on --resume only the stages' lr and epochs still ahead, train.search.gate_lr and "
-                        "train.checkpoint_every may change")
+                        "how often checkpoints are written may change")
     epochs = {path.split(".")[1]: new for path, (_, new) in changes.items() if path.endswith(".epochs")}
     if not epochs:
         return
@@ -137,7 +137,7 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
             raise UserError(f"{out}: not a dagir run folder (no spec.resolved.yaml); nothing to resume")
         if not checkpoint.is_file():
             raise UserError(f"{out}: the run there stopped before its first checkpoint (written after the first "
-                            f"{spec.train.checkpoint_every} steps, or the first epoch); nothing to resume: "
+                            f"{spec.train.checkpoint_seconds:g} s of training, or the first stage); nothing to resume: "
                             "start it again with --overwrite")
         recorded = recorded_spec(resolved)
         if recorded is None:

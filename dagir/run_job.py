@@ -11,7 +11,8 @@ OUT/
   passes/before-search/NN-name.json|.dot|.svg, passes/after-search/...
   supernet.py, supernet.rewrites.json (the lowering's named rewrites: fused edges, summed linear edges), architecture.json (the searched IR with its gates), compact.json (the compact IR)
   compact.py + compact.safetensors (the exported network), gates.png, curves.png
-  checkpoints/latest.pt (after each stage and every `checkpoint_every` steps)
+  checkpoints/latest.pt (after each stage, and every `checkpoint_every` steps and every epoch at most once a
+  `checkpoint_seconds`)
 
 Under torchrun every rank runs this same job (`dagir.training.distributed`): rank 0 in OUT, the
 others in a scratch folder they discard, reading OUT's checkpoint when they resume.

@@ -308,6 +308,10 @@ class TrainSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
     checkpoint_every: int = Field(200, ge=1)
+    # a checkpoint (every `checkpoint_every` steps and after every epoch) is skipped while the last one is
+    # younger than this, but a stage's last epoch always writes one: an interrupted run loses at most this
+    # much training; 0 writes every one (on the small tables writing them took a fifth of the training time)
+    checkpoint_seconds: float = Field(60.0, ge=0)
     loss_weighting: LossWeightingSpec = Field(default_factory=LossWeightingSpec)
     select: Literal["last", "best"] = "last"  # the final stage keeps its last epoch, or its best on validation
     compile: bool = False  # torch.compile the compact network for fine-tuning and evaluation

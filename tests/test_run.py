@@ -13,6 +13,7 @@ from test_cli import dagir
 
 import dagir.training.search as search_strategies
 import dagir.training.loop as training_loop
+import dagir.training.stages as training_loop_stages
 from dagir.errors import UserError
 from dagir.gates import sigmoid
 from dagir.ir_io import read_ir
@@ -39,6 +40,7 @@ train:
   search: {epochs: 2, steps_per_epoch: 4, lr: 0.01, gate_lr: 0.2, lr_schedule: cosine}
   finetune: {epochs: 1, steps_per_epoch: 4, lr: 0.005, lr_schedule: cosine}
   checkpoint_every: 3
+  checkpoint_seconds: 0   # every checkpoint written: the resume tests stop between them
   device: cpu
 """
 
@@ -128,6 +130,60 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
         a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
         b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
         assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
+
+
+def test_checkpoints_are_written_at_most_once_a_checkpoint_seconds_and_at_every_stage_end(monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(training_loop.time, "monotonic", lambda: clock["now"])
+
+    def step(batch, epoch, index):
+        clock["now"] += 1.0  # every step takes a second
+        return 1.0, 0.0
+    split = training_loop.Split(torch.zeros(40, 3), {"t": torch.zeros(40)}, torch.arange(40).unsqueeze(1))
+
+    def positions(seconds: float) -> list[tuple[int, int]]:
+        saved = []
+        loop = training_loop.StageLoop("warmup", split, 10, 3, None, 0, step,
+                                       lambda at, totals: saved.append((at.epoch, at.step)),
+                                       lambda epoch, totals: None, checkpoint_every=2, checkpoint_seconds=seconds,
+                                       progress=False)
+        loop.run()
+        return saved
+    # 3 epochs of 4 steps: a checkpoint is due after steps 2 and 4 of each epoch (the 4th at its end)
+    assert positions(0) == [(0, 2), (1, 0), (1, 2), (2, 0), (2, 2), (3, 0)]
+    assert positions(5) == [(1, 2), (3, 0)]  # 6 s in, then the stage's end whatever the clock
+    assert positions(100) == [(3, 0)]
+
+
+def test_a_run_resumed_from_a_sparse_checkpoint_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
+    """With checkpoints an hour apart only the stages' ends are written; a run stopped inside the
+    search goes on from the warm-up's end and repeats the search's steps exactly."""
+    sparse = ["train.checkpoint_seconds=3600"]
+    whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=sparse)
+    saved = []
+    real_save = training_loop_stages.save_checkpoint
+    monkeypatch.setattr(training_loop_stages, "save_checkpoint",
+                        lambda path, payload: (saved.append((payload["stage"], payload["epoch"], payload["step"])),
+                                               real_save(path, payload)))
+    real_loss = training_loop.multitask_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 14:  # the search's second epoch
+            raise Interrupt()
+        return real_loss(*args, **kwargs)
+    out = tmp_path / "resumed"
+    patch_loss(monkeypatch, flaky_loss)
+    with pytest.raises(Interrupt):
+        run_quietly(tiny_spec, out, overrides=sparse)
+    assert saved == [("warmup", 2, 0)]  # the warm-up's end alone: not its first epoch, not the search's
+    patch_loss(monkeypatch, real_loss)
+    resumed = run_quietly(tiny_spec, out, resume=True, overrides=sparse)
+    assert resumed["test"] == whole["test"]
+    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
 
 
 def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_spec, monkeypatch):

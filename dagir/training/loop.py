@@ -7,6 +7,7 @@ same batches from step k + 1 on and reaches the same result as a run that never 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -117,9 +118,13 @@ def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer
 class StageLoop:
     """Runs `epochs` epochs of `step` over the training split, checkpointing as it goes.
 
-    `checkpoint(position, totals)` is called every `checkpoint_every` steps and after every epoch;
-    `end_of_epoch(epoch, totals)` after every epoch (evaluation, history); `before_step(progress)`,
-    if given, before every step with the stage's progress in [0, 1) (learning-rate schedules).
+    `checkpoint(position, totals)` is called every `checkpoint_every` steps and after every epoch, but
+    not again within `checkpoint_seconds` of the last call (or of the stage's start); after the
+    stage's last epoch always. On a small data set an epoch takes milliseconds and writing the
+    checkpoint as long (a quarter of a penguins run's stage time), so a run checkpoints about once
+    a `checkpoint_seconds`; 0 writes every one. `end_of_epoch(epoch, totals)` after every epoch
+    (evaluation, history); `before_step(progress)`, if given, before every step with the stage's
+    progress in [0, 1) (learning-rate schedules).
     """
 
     name: str
@@ -132,6 +137,7 @@ class StageLoop:
     checkpoint: Callable[[Position, EpochTotals], None]
     end_of_epoch: Callable[[int, EpochTotals], None]
     checkpoint_every: int = 200
+    checkpoint_seconds: float = 0.0
     progress: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     before_step: Callable[[float], None] | None = None
@@ -146,6 +152,13 @@ class StageLoop:
 
     def run(self, start: Position | None = None, totals: EpochTotals | None = None) -> None:
         position = start or Position()
+        last_saved = time.monotonic()
+
+        def save(at: Position, totals: EpochTotals, *, always: bool = False) -> None:
+            nonlocal last_saved
+            if always or time.monotonic() - last_saved >= self.checkpoint_seconds:
+                self.checkpoint(at, totals)
+                last_saved = time.monotonic()
         for epoch in range(position.epoch, self.epochs):
             batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch),
                                     self.world)
@@ -170,11 +183,11 @@ class StageLoop:
                 bar.set_postfix(loss=f"{running.loss / running.steps:.4f}", refresh=False)  # drawn by update
                 bar.update(1)
                 if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
-                    self.checkpoint(Position(epoch, step + 1), running)
+                    save(Position(epoch, step + 1), running)
             bar.close()
             running.loss, running.squeeze = self.world.mean(running.loss), self.world.mean(running.squeeze)
             self.end_of_epoch(epoch, running)
-            self.checkpoint(Position(epoch + 1, 0), EpochTotals())
+            save(Position(epoch + 1, 0), EpochTotals(), always=epoch + 1 == self.epochs)
             totals = None
 
 

@@ -168,8 +168,8 @@ class StageRunner:
 
         spec = self.spec
         loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
-                         checkpoint, end_of_epoch, spec.train.checkpoint_every, self.progress, self.device,
-                         before_step=before_step, world=self.world)
+                         checkpoint, end_of_epoch, spec.train.checkpoint_every, spec.train.checkpoint_seconds,
+                         self.progress, self.device, before_step=before_step, world=self.world)
         self.stage_steps[name] = loop.total_steps()
         position, totals = None, None
         if state is not None:
