@@ -126,6 +126,8 @@ def _test_fraction(low: float = 0.05) -> Option:
 
 DIGITS_SOURCES = {"sklearn": 8, "mnist": 28}  # the side of each source's square digits
 DIGITS_TASKS = {"digit": 10, "parity": 2, "large": 2, "prime": 2}  # and each of their tasks' classes
+
+
 def digits_shape(source: str, layout: str) -> tuple[int, ...]:
     """The `digits` data set's input shape: a source's square digits as a vector, or a 1-channel image."""
     side = DIGITS_SOURCES[source]

