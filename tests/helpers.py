@@ -17,7 +17,8 @@ def make_spec(tasks: int = 2, nodes: int = 6, stages: int = 2, max_span: int | N
         name="test", data={"dataset": "multimnist" if image else "digits"}, tasks=task_list,
         network={"input": {"shape": shape}, "stem": {"channels": 4}, "heads": {"hidden": 6},
                  "central": {"nodes": nodes, "stages": stages, "channels": channels, **network},
-                 "flow_restriction": {"max_span": max_span}, "read_in": read_in, "read_out": read_out})
+                 "flow_restriction": {"max_span": max_span}, "read_in": read_in, "read_out": read_out},
+        search={"budget": {"macs": None, "parameters": None}})  # no data set to price single-task networks on
 
 
 def small_ir(**kwargs: Any):

@@ -299,5 +299,6 @@ def test_fit_budget_does_nothing_without_a_budget_and_reads_it_from_the_spec():
     from dagir.passes.fit_budget import FitBudget
     ir = reduced(discretized(hand_ir(DIAMOND)), 0.0)
     assert FitBudget().run(ir).to_dict() == ir.to_dict()
-    options = spec_options(Spec(tasks=[{"name": "a", "kind": "regression"}], search={"budget": {"macs": 1000}}))
+    options = spec_options(Spec(tasks=[{"name": "a", "kind": "regression"}],
+                                search={"budget": {"macs": 1000, "parameters": None}}), budget=True)
     assert parse_pass("fit-budget", options).macs == 1000

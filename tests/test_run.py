@@ -35,6 +35,7 @@ network:
   heads: {hidden: 8}
 search:
   squeeze: {kind: binary, weight: 1.0, rho: 1.0}
+  budget: {macs: null, parameters: null}   # the tests that want the default budget (auto) say so
 train:
   warmup: {epochs: 2, steps_per_epoch: 4, lr: 0.01, lr_schedule: cosine}
   search: {epochs: 2, steps_per_epoch: 4, lr: 0.01, gate_lr: 0.2, lr_schedule: cosine}
@@ -593,7 +594,9 @@ def test_the_sharing_term_makes_tasks_with_equal_targets_share_more_states(tmp_p
         apart = []
         for seed in range(3):
             out = tmp_path / f"{name}-{seed}"
-            counts = run_quietly(spec, out, overrides=[f"search.sharing.weight={weight}", f"seed={seed}"])["share_states"]
+            counts = run_quietly(spec, out, overrides=[f"search.sharing.weight={weight}", f"seed={seed}",
+                                                       "search.budget.macs=null", "search.budget.parameters=null"]
+                                 )["share_states"]
             distinct, states = distinct + counts["distinct_states"], states + counts["task_states"]
             decisions = json.loads((out / "architecture.json").read_text())["decisions"]
             apart += [abs(sigmoid(d["logits"]["a"][0]) - sigmoid(d["logits"]["b"][0])) for d in decisions
@@ -638,7 +641,8 @@ def test_a_macs_budget_is_met_by_the_compact_network(tmp_path, tiny_spec):
 
 def test_a_single_task_budget_is_what_the_single_task_networks_cost(tmp_path, tiny_spec):
     """`search.budget.parameters: single_task` is the parameter count of the trained single-task
-    networks (counted on their torch module), and the compact network keeps within it."""
+    networks (counted on their torch module), and the compact network keeps within it; a spec that
+    names no budget gets that one (`auto`), in MACs too."""
     from dagir.methods import method_spec
 
     # every edge of a denser space kept: a compact network over the limit
@@ -648,12 +652,21 @@ def test_a_single_task_budget_is_what_the_single_task_networks_cost(tmp_path, ti
     single_out = tmp_path / "single"
     prepare_run_folder(spec, single_out, resume=False, overwrite=False)
     single = Run(method_spec(spec, "single_task"), single_out, progress=False, echo=lambda text: None).execute()
-    free = run_quietly(tiny_spec, tmp_path / "free", overrides=dense)
-    fitted = run_quietly(tiny_spec, tmp_path / "fitted", overrides=dense + ["search.budget.parameters=single_task"])
+    free = run_quietly(tiny_spec, tmp_path / "free", overrides=dense + ["search.budget.parameters=null",
+                                                                         "search.budget.macs=null"])
+    fitted = run_quietly(tiny_spec, tmp_path / "fitted", overrides=dense + ["search.budget.parameters=single_task",
+                                                                             "search.budget.macs=null"])
     limit = single["compact"]["parameters"]
     assert fitted["fit_budget"]["parameters"] == limit < free["compact"]["parameters"]
     assert fitted["compact"]["parameters"] <= limit and fitted["fit_budget"]["met"]
     assert "parameters: single_task" in (tmp_path / "fitted" / "spec.resolved.yaml").read_text()
+    default = run_quietly(tiny_spec, tmp_path / "default",  # as a spec without a budget line
+                          overrides=dense + ["search.budget.parameters=auto", "search.budget.macs=auto"])
+    assert default["fit_budget"]["parameters"] == limit
+    assert default["fit_budget"]["macs"] == single["compact"]["macs"]["total"]
+    assert default["compact"]["parameters"] <= limit and default["fit_budget"]["met"]
+    resolved = (tmp_path / "default" / "spec.resolved.yaml").read_text()
+    assert "macs: single_task" in resolved and "parameters: single_task" in resolved
 
 
 def test_a_run_writes_tensorboard_events_of_every_stage(tmp_path, tiny_spec):

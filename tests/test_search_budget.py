@@ -102,8 +102,8 @@ def test_a_run_resumed_with_the_budget_held_reaches_the_uninterrupted_multiplier
     from dagir.training import loop as training_loop
 
     spec = tmp_path / "held.yaml"
-    spec.write_text(TINY.replace("search:\n", "search:\n  budget: {parameters: 3500, search_rate: 8}\n").replace(
-        "search: {epochs: 2, steps_per_epoch: 4", "search: {epochs: 2, steps_per_epoch: 16"))
+    held = TINY.replace("budget: {macs: null, parameters: null}", "budget: {macs: null, parameters: 3500, search_rate: 8}")
+    spec.write_text(held.replace("search: {epochs: 2, steps_per_epoch: 4", "search: {epochs: 2, steps_per_epoch: 16"))
     whole = run_quietly(spec, tmp_path / "whole")
     real_loss, calls = training_loop.multitask_loss, {"n": 0}
 
@@ -139,7 +139,7 @@ def test_the_policy_gradient_search_holds_the_budget_too(tmp_path, monkeypatch):
     spec = tmp_path / "mtnas.yaml"
     spec.write_text(MTNAS_TINY.replace('"flow-reduce{enabled=false}", share-states]',
                                        '"flow-reduce{enabled=false}", fit-budget, share-states]').replace(
-        "search:\n", "search:\n  budget: {macs: 100, search_rate: 8}\n"))
+        "search:\n", "search:\n  budget: {macs: 100, parameters: null, search_rate: 8}\n"))
     held = run_quietly(spec, tmp_path / "held")["search_budget"]
     assert terms and all(terms)  # every policy step, on probabilities the logits' gradient flows through
     assert held["limits"] == {"macs": 100} and held["cost"]["macs"] > 100 and held["multipliers"]["macs"] > 0

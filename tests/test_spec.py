@@ -133,6 +133,17 @@ def test_bad_override_is_reported(tmp_path):
     with pytest.raises(SpecError, match=r"--set train.search.epochs=many: train.search.epochs: input should be a valid integer"):
         load_spec(write(tmp_path, GOOD), ["train.search.epochs=many"])
     for value in ("single-task", "0", "true"):
-        with pytest.raises(SpecError, match=r"search.budget.macs: must be a positive integer, 'single_task' or null"):
+        with pytest.raises(SpecError, match=r"search.budget.macs: must be a positive integer, 'single_task', 'auto' or null"):
             load_spec(write(tmp_path, GOOD), [f"search.budget.macs={value}"])
     assert load_spec(write(tmp_path, GOOD), ["search.budget.parameters=single_task"]).search.budget.parameters == "single_task"
+
+
+def test_a_budget_by_default_where_the_pipeline_meets_one(tmp_path):
+    spec = load_spec("examples/digits.yaml")  # names no budget
+    assert (spec.search.budget.macs, spec.search.budget.parameters) == ("single_task", "single_task")
+    unfitted = ["pipeline.after_search=[discretize, share-states]"]
+    spec = load_spec("examples/digits.yaml", unfitted)  # no fit-budget pass: no budget, and no refusal
+    assert (spec.search.budget.macs, spec.search.budget.parameters) == (None, None)
+    with pytest.raises(SpecError, match="search.budget: a budget is met by the fit-budget pass"):
+        load_spec("examples/digits.yaml", unfitted + ["search.budget.macs=single_task"])
+    assert load_spec("examples/digits.yaml", ["search.budget.macs=null"]).search.budget.macs is None

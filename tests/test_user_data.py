@@ -387,6 +387,7 @@ network:
   central: {{nodes: 2, stages: 1, channels: 8, edge_op: mlp}}
   heads: {{hidden: 8}}
 train: {{warmup: {{epochs: 3, lr: 0.02}}, search: {{epochs: 1}}, finetune: {{epochs: 2, lr: 0.01}}, device: cpu}}
+search: {{budget: {{macs: null, parameters: null}}}}
 """
 
 
