@@ -74,6 +74,11 @@ def pass_name(text: str) -> str:
     return text.strip().partition("{")[0].strip()
 
 
+def names_pass(entries: Sequence[Any], name: str) -> bool:
+    """Whether pipeline text `entries` has a pass `name` (with any options)."""
+    return any(pass_name(str(entry)) == name for entry in entries)
+
+
 def parse_pass(text: str, options: Options | None = None) -> Pass:
     """Parse `name{key=value, ...}` into a pass; options absent from the text come from `options`.
 

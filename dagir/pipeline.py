@@ -23,7 +23,7 @@ from __future__ import annotations
 from .ir import IR, Node, Task, TensorType
 from typing import Any, Sequence
 
-from .pass_manager import Pass, PassCallback, PassManager, PipelineError, parse_pipeline, pass_name, registered_passes
+from .pass_manager import Pass, PassCallback, PassManager, PipelineError, names_pass, parse_pipeline, registered_passes
 from .spec import Spec, input_shape
 
 BEFORE_SEARCH = ["build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates"]
@@ -91,11 +91,11 @@ def single_task_cost(spec: Spec) -> dict[str, int]:
     return {"macs": compact_macs(compact)["total"], "parameters": compact_parameters(compact)["total"]}
 
 
-def spec_pipeline(entries: Sequence[str], spec: Spec, *, needs_build: bool = True, price: bool = True) -> list[Pass]:
-    """The passes of `entries` (pipeline text), their options defaulting from `spec`; `price=False`
-    leaves fit-budget without its limits (a parse that only needs the passes)."""
-    fits = price and any(pass_name(str(entry)) == "fit-budget" for entry in entries)
-    return parse_pipeline(entries, spec_options(spec, budget=fits), needs_build=needs_build)
+def spec_pipeline(entries: Sequence[str], spec: Spec, *, needs_build: bool = True) -> list[Pass]:
+    """The passes of `entries` (pipeline text), their options defaulting from `spec` (fit-budget's
+    limits priced only where `entries` has the pass)."""
+    return parse_pipeline(entries, spec_options(spec, budget=names_pass(entries, "fit-budget")),
+                          needs_build=needs_build)
 
 
 def before_search_pipeline(spec: Spec) -> list[Pass]:
@@ -120,11 +120,11 @@ def compile_spec(spec: Spec, *, passes: Sequence[Pass] | None = None, verify_eac
     return manager.run(seed_ir(spec))
 
 
-def after_search_pipeline(spec: Spec, *, price: bool = True) -> list[Pass]:
-    """The spec's own after-search pipeline if it writes one, else the default (`price`: as `spec_pipeline`)."""
+def after_search_pipeline(spec: Spec) -> list[Pass]:
+    """The spec's own after-search pipeline if it writes one, else the default."""
     if spec.pipeline.after_search is not None:
         try:
-            return spec_pipeline(spec.pipeline.after_search, spec, needs_build=False, price=price)
+            return spec_pipeline(spec.pipeline.after_search, spec, needs_build=False)
         except PipelineError as err:
             raise spec.error(("pipeline", "after_search"), str(err)) from None
-    return spec_pipeline(AFTER_SEARCH, spec, needs_build=False, price=price)
+    return spec_pipeline(AFTER_SEARCH, spec, needs_build=False)

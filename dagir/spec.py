@@ -377,10 +377,10 @@ class Spec(Strict):
     def _budget_where_fitted(self) -> "Spec":
         """A budget of `auto` is `single_task` where the after-search pipeline meets budgets (has the
         fit-budget pass), none where it does not; the resolved spec records which."""
-        from .pass_manager import pass_name
+        from .pass_manager import names_pass
 
         after = self.pipeline.after_search
-        fitted = after is None or any(pass_name(str(entry)) == "fit-budget" for entry in after)
+        fitted = after is None or names_pass(after, "fit-budget")
         budget = self.search.budget
         for name in ("macs", "parameters"):
             if getattr(budget, name) == "auto":
@@ -529,8 +529,9 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     from .methods import method_file
     from .pipeline import after_search_pipeline, before_search_pipeline
 
-    passes = before_search_pipeline(spec)  # both pipelines parse before any work starts
-    after = after_search_pipeline(spec, price=False)  # the budget is priced once the space is known to fit
+    passes = before_search_pipeline(spec)
+    _check_size_and_strategy(spec, source, passes)
+    after = after_search_pipeline(spec)  # after the size checks: pricing `single_task` builds the single-task networks
     budget = spec.search.budget
     if budget.search_rate > 0 and not (budget.macs or budget.parameters):
         raise source.error(("search", "budget", "search_rate"), "holding a budget inside the search needs one: "
@@ -538,8 +539,6 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     if (budget.macs or budget.parameters) and not any(p.name == "fit-budget" for p in after):
         raise source.error(("search", "budget"), "a budget is met by the fit-budget pass, and "
                                                  "pipeline.after_search has none: add fit-budget after flow-reduce")
-    _check_size_and_strategy(spec, source, passes)
-    after_search_pipeline(spec)  # `single_task` priced: it builds the single-task networks
     for index, method in enumerate(spec.bench.methods if methods else []):
         try:
             method_file(method, spec)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..pass_manager import pass_name
+from ..pass_manager import names_pass
 from ..spec import Spec, SpecSource, check_spec_semantics, validate_spec
 from ..spec_loader import read_spec_file
 
@@ -137,7 +137,7 @@ def _drop_unfitted_budget(merged: dict[str, Any]) -> None:
     """A method whose after-search pipeline has no `fit-budget` pass (the baselines, single-task
     networks) has no cost budget: the bench spec's `search.budget` is the searched network's."""
     after = merged.get("pipeline", {}).get("after_search")
-    if after is not None and not any(pass_name(str(entry)) == "fit-budget" for entry in after):
+    if after is not None and not names_pass(after, "fit-budget"):
         merged["search"]["budget"] = {"macs": None, "parameters": None}
 
 
