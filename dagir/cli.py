@@ -1,14 +1,16 @@
 """The `dagir` command line. Each command is a thin wrapper over the Python API.
 
-Exit codes: 0 success, 2 bad input (one clear message, no traceback), 1 internal error.
+Exit codes: 0 success, 2 bad input (one clear message, no traceback), 1 internal error, 130 Ctrl-C
+(a run stops between two steps and writes its checkpoint there first).
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -22,6 +24,19 @@ SetOption = typer.Option(None, "--set", help="Override a spec value: --set train
 
 def _echo(text: str) -> None:
     typer.echo(text)
+
+
+@contextmanager
+def _saying_what_ctrl_c_kept(otherwise: str) -> Iterator[None]:
+    """Ctrl-C: one line on what was kept, then typer's exit 130 (typer turns KeyboardInterrupt into
+    that exit itself, so `main` never sees it). A stage's loop says where it stopped and that its
+    checkpoint is written there; `otherwise` says it where the loop was not running."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"dagir: interrupted: {str(err) or otherwise}", err=True)
+        raise
 
 
 @app.command("compile")
@@ -91,17 +106,19 @@ def run_command(
 
     spec = load_spec(spec_path, overrides or [])
     world = join_world(spec.train.device)
-    try:
-        if not world.main:
-            world.agree(None)  # rank 0 checks and prepares OUT; every rank stops if that fails
-            Run(spec, out, resume=resume, world=world).execute()
-            return
-        with locked_folder(out, "run"):  # before anything in OUT is touched
-            world.agree(lambda: prepare_run_folder(spec, out, resume=resume, overwrite=overwrite))
-            metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard,
-                          world=world, mlflow=mlflow).execute()
-    finally:
-        leave_world(world)
+    kept = f"{out} keeps its last checkpoint, if one was written; --resume continues from it"
+    with _saying_what_ctrl_c_kept(kept):
+        try:
+            if not world.main:
+                world.agree(None)  # rank 0 checks and prepares OUT; every rank stops if that fails
+                Run(spec, out, resume=resume, world=world).execute()
+                return
+            with locked_folder(out, "run"):  # before anything in OUT is touched
+                world.agree(lambda: prepare_run_folder(spec, out, resume=resume, overwrite=overwrite))
+                metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard,
+                              world=world, mlflow=mlflow).execute()
+        finally:
+            leave_world(world)
     _print_metrics(metrics)
     _echo(f"wrote {out}")
 
@@ -160,8 +177,10 @@ def bench_command(
     spec = load_spec(spec_path, extra)
     seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
     ray = RayRequest(ray_address, cpus_per_run, gpus_per_run) if executor == "ray" else None
-    run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo, resume=resume,
-              workers=workers, ray=ray)
+    with _saying_what_ctrl_c_kept(f"{out} keeps the finished runs and the others' last checkpoints; --resume "
+                                  "goes on from them"):
+        run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo,
+                  resume=resume, workers=workers, ray=ray)
     _echo((out / "table.md").read_text())
     _echo(f"wrote {out}")
 
@@ -258,9 +277,6 @@ def main(argv: list[str] | None = None) -> None:
     except VerificationError as err:
         typer.echo(f"dagir: internal error: {err}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("dagir: interrupted", err=True)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,55 @@ def test_checkpoints_are_written_at_most_once_a_checkpoint_seconds_and_at_every_
     assert positions(0) == [(0, 2), (1, 0), (1, 2), (2, 0), (2, 2), (3, 0)]
     assert positions(5) == [(1, 2), (3, 0)]  # 6 s in, then the stage's end whatever the clock
     assert positions(100) == [(3, 0)]
+
+
+def test_ctrl_c_stops_a_stage_between_two_steps_with_a_checkpoint_there():
+    """SIGINT in the middle of a step lets the step finish, writes the checkpoint after it whatever
+    `checkpoint_seconds` says, and raises; outside the loop Ctrl-C is Python's own again."""
+    calls, saved = [], []
+
+    def step(batch, epoch, index):
+        calls.append((epoch, index))
+        if (epoch, index) == (1, 1):
+            os.kill(os.getpid(), signal.SIGINT)  # arrives inside the step
+        return 1.0, 0.0
+    split = training_loop.Split(torch.zeros(40, 3), {"t": torch.zeros(40)}, torch.arange(40).unsqueeze(1))
+    loop = training_loop.StageLoop("warmup", split, 10, 3, None, 0, step,
+                                   lambda at, totals: saved.append((at.epoch, at.step, totals.steps)),
+                                   lambda epoch, totals: None, checkpoint_every=100, checkpoint_seconds=3600,
+                                   progress=False)
+    with pytest.raises(training_loop.Interrupted, match="warmup stopped in epoch 2 after step 2"):
+        loop.run()
+    assert calls[-1] == (1, 1) and len(calls) == 6  # the step it came in finished, no other began
+    assert saved == [(1, 2, 2)]  # there, with that epoch's two steps' totals
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_same_result(tmp_path, tiny_spec, monkeypatch):
+    sparse = ["train.checkpoint_seconds=3600"]  # no checkpoint but the stages' ends, except the one Ctrl-C writes
+    whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=sparse)
+    real_loss = training_loop.multitask_loss
+    calls = {"n": 0}
+
+    def pressed_during_the_search(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 14:  # the search's second epoch
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args, **kwargs)
+    out = tmp_path / "resumed"
+    patch_loss(monkeypatch, pressed_during_the_search)
+    code, stdout, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--no-progress", "--set", sparse[0])
+    assert code == 130
+    assert stderr.startswith("dagir: interrupted: search stopped in epoch 2 after step 2, with a checkpoint there ")
+    assert "--resume continues" in stderr
+    saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert (saved["stage"], saved["epoch"], saved["step"]) == ("search", 1, 2)
+    patch_loss(monkeypatch, real_loss)
+    resumed = run_quietly(tiny_spec, out, resume=True, overrides=sparse)
+    assert resumed["test"] == whole["test"]
+    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
 
 
 def test_a_run_resumed_from_a_sparse_checkpoint_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):

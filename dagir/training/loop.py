@@ -7,9 +7,12 @@ same batches from step k + 1 on and reaches the same result as a run that never 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +30,34 @@ FUSED_DEVICES = ("cpu", "cuda")  # where torch's fused SGD, Adam and AdamW kerne
 
 class DivergedError(UserError):
     """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C inside a stage: the loop stopped between two steps and wrote its checkpoint there first."""
+
+
+@contextmanager
+def interrupts_between_steps(enabled: bool = True) -> Iterator[Callable[[], bool]]:
+    """Inside the block Ctrl-C (SIGINT) only raises a flag, read by the function yielded, so a loop can
+    stop between two steps with a checkpoint rather than anywhere inside one; a second Ctrl-C
+    interrupts at once. Off (the flag never rises) where a handler cannot be set (not the main
+    thread), where SIGINT is ignored, and when `enabled` is false (a run on several processes,
+    whose ranks must stop at the same step)."""
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if not enabled or previous in (None, signal.SIG_IGN):
+        yield lambda: False
+        return
+    pressed = False
+
+    def handler(signum: int, frame: Any) -> None:
+        nonlocal pressed
+        pressed = True
+        signal.signal(signal.SIGINT, previous)
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: float | None = None) -> torch.optim.Optimizer:
@@ -122,9 +153,10 @@ class StageLoop:
     not again within `checkpoint_seconds` of the last call (or of the stage's start); after the
     stage's last epoch always. On a small data set an epoch takes milliseconds and writing the
     checkpoint as long (a quarter of a penguins run's stage time), so a run checkpoints about once
-    a `checkpoint_seconds`; 0 writes every one. `end_of_epoch(epoch, totals)` after every epoch
-    (evaluation, history); `before_step(progress)`, if given, before every step with the stage's
-    progress in [0, 1) (learning-rate schedules).
+    a `checkpoint_seconds`; 0 writes every one. Ctrl-C stops the loop after the step (or the
+    epoch's end) it came in, with a checkpoint there whatever the clock, and raises `Interrupted`.
+    `end_of_epoch(epoch, totals)` after every epoch (evaluation, history); `before_step(progress)`,
+    if given, before every step with the stage's progress in [0, 1) (learning-rate schedules).
     """
 
     name: str
@@ -151,14 +183,20 @@ class StageLoop:
         return self.epochs * self.steps_in_epoch()
 
     def run(self, start: Position | None = None, totals: EpochTotals | None = None) -> None:
-        position = start or Position()
+        with interrupts_between_steps(enabled=not self.world.distributed) as interrupted:
+            self._run(start or Position(), totals, interrupted)
+
+    def _run(self, position: Position, totals: EpochTotals | None, interrupted: Callable[[], bool]) -> None:
         last_saved = time.monotonic()
 
         def save(at: Position, totals: EpochTotals, *, always: bool = False) -> None:
             nonlocal last_saved
-            if always or time.monotonic() - last_saved >= self.checkpoint_seconds:
+            if always or interrupted() or time.monotonic() - last_saved >= self.checkpoint_seconds:
                 self.checkpoint(at, totals)
                 last_saved = time.monotonic()
+            if interrupted():
+                where = f"in epoch {at.epoch + 1} after step {at.step}" if at.step else f"after epoch {at.epoch}"
+                raise Interrupted(f"{self.name} stopped {where}, with a checkpoint there")
         for epoch in range(position.epoch, self.epochs):
             batches = epoch_batches(self.split, self.batch_size, epoch_order_seed(self.seed, self.name, epoch),
                                     self.world)
@@ -182,7 +220,9 @@ class StageLoop:
                 running.steps += 1
                 bar.set_postfix(loss=f"{running.loss / running.steps:.4f}", refresh=False)  # drawn by update
                 bar.update(1)
-                if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
+                if interrupted():
+                    bar.close()
+                if interrupted() or ((step + 1) % self.checkpoint_every == 0 and step + 1 < count):
                     save(Position(epoch, step + 1), running)
             bar.close()
             running.loss, running.squeeze = self.world.mean(running.loss), self.world.mean(running.squeeze)

@@ -20,8 +20,8 @@ from ..datasets.splits import Split, TaskData
 from ..spec import STAGES, Spec, StageSpec, TaskSpec
 from ..tasks import delta_mtl
 from .checkpoint import save_checkpoint
-from .loop import (DivergedError, EpochTotals, Position, StageLoop, StepFunction, epoch_batches, epoch_order_seed,
-                   evaluate, flatten_metrics, make_optimizer, supervised_step)
+from .loop import (DivergedError, EpochTotals, Interrupted, Position, StageLoop, StepFunction, epoch_batches,
+                   epoch_order_seed, evaluate, flatten_metrics, make_optimizer, supervised_step)
 from .distributed import World
 from .norms import recalibrated_norms
 from .precision import Precision
@@ -193,6 +193,8 @@ class StageRunner:
             kept = ("the last good checkpoint is kept" if self.checkpoint_path.is_file()
                     else "no checkpoint was written before it")
             raise DivergedError(f"{err}; {kept} (try a lower lr)") from None
+        except Interrupted as err:
+            raise Interrupted(f"{err} ({self.checkpoint_path}); --resume continues the run from it") from None
         if best is not None and best.model is not None:
             model.load_state_dict(best.model)
             self.selected[name] = best.epoch + 1
