@@ -108,6 +108,15 @@ def patch_loss(monkeypatch, function) -> None:
     monkeypatch.setattr(training_loop, "multitask_loss", function)
 
 
+def assert_resumes_to_the_whole_run(spec: Path, out: Path, whole_folder: Path, whole: dict, overrides=()) -> None:
+    """Resumed, the run in `out` reaches the uninterrupted run's test metrics and its loss history."""
+    resumed = run_quietly(spec, out, resume=True, overrides=overrides)
+    assert resumed["test"] == whole["test"]
+    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    b = torch.load(whole_folder / "checkpoints" / "latest.pt", weights_only=True)["history"]
+    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
+
+
 def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
     whole = run_quietly(tiny_spec, tmp_path / "whole")
     real_loss = training_loop.multitask_loss
@@ -127,12 +136,8 @@ def test_resume_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
         with pytest.raises(Interrupt):
             run_quietly(tiny_spec, out)
         patch_loss(monkeypatch, real_loss)
-        resumed = run_quietly(tiny_spec, out, resume=True)
-        assert resumed["test"] == whole["test"]
+        assert_resumes_to_the_whole_run(tiny_spec, out, tmp_path / "whole", whole)
         assert read_ir(out / "architecture.json").to_dict() == read_ir(tmp_path / "whole" / "architecture.json").to_dict()
-        a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
-        b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
-        assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
 
 
 def test_checkpoints_are_written_at_most_once_a_checkpoint_seconds_and_at_every_stage_end(monkeypatch):
@@ -200,11 +205,7 @@ def test_a_run_stopped_by_ctrl_c_resumes_to_the_same_result(tmp_path, tiny_spec,
     saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert (saved["stage"], saved["epoch"], saved["step"]) == ("search", 1, 2)
     patch_loss(monkeypatch, real_loss)
-    resumed = run_quietly(tiny_spec, out, resume=True, overrides=sparse)
-    assert resumed["test"] == whole["test"]
-    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
-    b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
-    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
+    assert_resumes_to_the_whole_run(tiny_spec, out, tmp_path / "whole", whole, sparse)
 
 
 def test_a_run_resumed_from_a_sparse_checkpoint_reaches_the_same_result(tmp_path, tiny_spec, monkeypatch):
@@ -231,11 +232,7 @@ def test_a_run_resumed_from_a_sparse_checkpoint_reaches_the_same_result(tmp_path
         run_quietly(tiny_spec, out, overrides=sparse)
     assert saved == [("warmup", 2, 0)]  # the warm-up's end alone: not its first epoch, not the search's
     patch_loss(monkeypatch, real_loss)
-    resumed = run_quietly(tiny_spec, out, resume=True, overrides=sparse)
-    assert resumed["test"] == whole["test"]
-    a = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)["history"]
-    b = torch.load(tmp_path / "whole" / "checkpoints" / "latest.pt", weights_only=True)["history"]
-    assert [r["train/loss"] for r in a] == pytest.approx([r["train/loss"] for r in b], rel=1e-9, abs=1e-12)
+    assert_resumes_to_the_whole_run(tiny_spec, out, tmp_path / "whole", whole, sparse)
 
 
 def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path, tiny_spec, monkeypatch):
