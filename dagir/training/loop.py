@@ -191,10 +191,11 @@ class StageLoop:
 
         def save(at: Position, totals: EpochTotals, *, always: bool = False) -> None:
             nonlocal last_saved
-            if always or interrupted() or time.monotonic() - last_saved >= self.checkpoint_seconds:
+            stop = interrupted()  # read once: Ctrl-C may come in while the checkpoint is written
+            if always or stop or time.monotonic() - last_saved >= self.checkpoint_seconds:
                 self.checkpoint(at, totals)
                 last_saved = time.monotonic()
-            if interrupted():
+            if stop:
                 where = f"in epoch {at.epoch + 1} after step {at.step}" if at.step else f"after epoch {at.epoch}"
                 raise Interrupted(f"{self.name} stopped {where}, with a checkpoint there")
         for epoch in range(position.epoch, self.epochs):
@@ -222,7 +223,8 @@ class StageLoop:
                 bar.update(1)
                 if interrupted():
                     bar.close()
-                if interrupted() or ((step + 1) % self.checkpoint_every == 0 and step + 1 < count):
+                    save(Position(epoch, step + 1), running)  # writes the checkpoint and raises Interrupted
+                if (step + 1) % self.checkpoint_every == 0 and step + 1 < count:
                     save(Position(epoch, step + 1), running)
             bar.close()
             running.loss, running.squeeze = self.world.mean(running.loss), self.world.mean(running.squeeze)
