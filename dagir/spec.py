@@ -227,7 +227,8 @@ class StageSpec(Strict):
     steps_per_epoch: int | None = Field(None, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # auto: cosine (annealed to 0) in the run's final stage, constant in the others (TrainSpec)
+    lr_schedule: Literal["auto", "constant", "cosine"] = "auto"
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -325,6 +326,20 @@ class TrainSpec(Strict):
     def final_stage(self) -> str:
         """The last stage that trains (the one whose weights the exported network keeps)."""
         return next((name for name in reversed(STAGES) if getattr(self, name).epochs > 0), "warmup")
+
+    @model_validator(mode="after")
+    def _anneal_the_final_stage(self) -> "TrainSpec":
+        """A stage's `lr_schedule: auto` (the default) is `cosine` in the final stage, whose weights the
+        exported network keeps, and `constant` in the others; the resolved spec records which. Annealed,
+        the final stage ends without the loss spikes a constant rate leaves in its last epochs; annealing
+        the warm-up and search too stops the weights adapting while the gates still move (measured:
+        examples/levers/README.md, stops 27 and 41)."""
+        final = self.final_stage()
+        for name in STAGES:
+            stage = getattr(self, name)
+            if stage.lr_schedule == "auto":
+                stage.lr_schedule = "cosine" if name == final else "constant"
+        return self
 
 
 class PipelineSpec(Strict):

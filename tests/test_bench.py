@@ -284,14 +284,14 @@ def test_a_single_task_budget_prices_the_bench_specs_single_task_networks_whatev
 
 
 def test_every_methods_training_ends_with_the_bench_specs_learning_rate_schedule(tmp_path):
-    """Where the bench spec anneals its fine-tune, each method anneals the stage it ends with (a
-    one-stage baseline its warm-up, MTL-NAS its search), unless the method sets that stage's own
-    schedule; where it does not anneal, no method does."""
+    """Where the bench spec anneals its fine-tune (by default), each method anneals the stage it ends
+    with (a one-stage baseline its warm-up, MTL-NAS its search), unless the method sets that stage's
+    own schedule; where it does not anneal, no method does."""
     from dagir.methods import method_spec
     from dagir.spec import load_spec
 
     penguins = Path(__file__).parent.parent / "examples" / "penguins.yaml"
-    annealed = load_spec(penguins, ["train.finetune.lr_schedule=cosine"])
+    annealed = load_spec(penguins)
     ends = {"searched": "finetune", "no_squeeze": "finetune", "mtnas": "finetune", "mtl_nas": "search",
             "single_task": "warmup", "hard_sharing": "warmup", "cross_stitch": "warmup", "mmoe": "warmup"}
     for method, last in ends.items():
@@ -299,7 +299,7 @@ def test_every_methods_training_ends_with_the_bench_specs_learning_rate_schedule
         assert train.final_stage() == last, method
         assert getattr(train, last).lr_schedule == "cosine", method
         assert method == "searched" or train.warmup.lr_schedule == ("cosine" if last == "warmup" else "constant")
-    plain = load_spec(penguins)
+    plain = load_spec(penguins, ["train.finetune.lr_schedule=constant"])
     for method in ends:
         train = method_spec(plain, method).train
         assert {getattr(train, stage).lr_schedule for stage in ("warmup", "search", "finetune")} == {"constant"}
@@ -318,15 +318,15 @@ def test_resume_takes_up_a_run_whose_spec_differs_only_in_a_stage_that_does_not_
     from dagir.spec import load_spec
 
     penguins = Path(__file__).parent.parent / "examples" / "penguins.yaml"
-    plain = method_spec(load_spec(penguins), "single_task")
+    plain = method_spec(load_spec(penguins, ["train.finetune.lr_schedule=constant"]), "single_task")
     recorded = plain.resolved_dict()  # a run that annealed its one stage, the fine-tune's settings left as they were
     recorded["train"]["warmup"]["lr_schedule"] = "cosine"
     assert recorded["train"]["finetune"]["epochs"] == 0 and recorded["train"]["finetune"]["lr_schedule"] == "constant"
-    annealed = method_spec(load_spec(penguins, ["train.finetune.lr_schedule=cosine"]), "single_task")
+    annealed = method_spec(load_spec(penguins), "single_task")
     assert annealed.train.finetune.lr_schedule == "cosine" and spec_changes(recorded, annealed) == {}
     assert spec_changes(recorded, plain) == {"train.warmup.lr_schedule": ("cosine", "constant")}
-    searched = load_spec(penguins)  # the searched network trains every stage: each one's settings count
-    changed = load_spec(penguins, ["train.finetune.lr_schedule=cosine"])
+    searched = load_spec(penguins, ["train.finetune.lr_schedule=constant"])  # it trains every stage: each one's settings count
+    changed = load_spec(penguins)
     assert spec_changes(searched.resolved_dict(), changed) == {"train.finetune.lr_schedule": ("constant", "cosine")}
 
 

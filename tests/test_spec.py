@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dagir.errors import SpecError
 from dagir.spec import load_spec
@@ -136,6 +137,20 @@ def test_bad_override_is_reported(tmp_path):
         with pytest.raises(SpecError, match=r"search.budget.macs: must be a positive integer, 'single_task', 'auto' or null"):
             load_spec(write(tmp_path, GOOD), [f"search.budget.macs={value}"])
     assert load_spec(write(tmp_path, GOOD), ["search.budget.parameters=single_task"]).search.budget.parameters == "single_task"
+
+
+def test_the_final_stage_anneals_by_default_and_the_resolved_spec_says_so():
+    def schedules(*overrides):
+        train = load_spec("examples/digits.yaml", list(overrides)).train
+        return tuple(getattr(train, stage).lr_schedule for stage in ("warmup", "search", "finetune"))
+    assert schedules() == ("constant", "constant", "cosine")
+    assert schedules("train.finetune.epochs=0") == ("constant", "cosine", "constant")  # the search ends the run
+    assert schedules("train.search.epochs=0", "train.finetune.epochs=0") == ("cosine", "constant", "constant")
+    assert schedules("train.finetune.lr_schedule=constant") == ("constant", "constant", "constant")
+    assert schedules("train.warmup.lr_schedule=cosine") == ("cosine", "constant", "cosine")
+    resolved = yaml.safe_load(load_spec("examples/digits.yaml").resolved_yaml())
+    assert resolved["train"]["finetune"]["lr_schedule"] == "cosine"
+    assert resolved["train"]["warmup"]["lr_schedule"] == "constant"
 
 
 def test_a_budget_by_default_where_the_pipeline_meets_one(tmp_path):

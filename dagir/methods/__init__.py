@@ -123,9 +123,9 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 def _end_as_the_bench_ends(merged: dict[str, Any], overlay: dict[str, Any], spec: Spec, last: str) -> bool:
     """Give the method's last training stage (`last`) the learning-rate schedule the bench spec's
     last stage has, unless the method sets that stage's schedule itself; True if that changed it.
-    So every method's training ends the same way: where the bench spec anneals its fine-tune, a
-    one-stage baseline anneals its one stage and MTL-NAS its search, and the searched network's
-    annealing is not an advantage the others lack."""
+    So every method's training ends the same way: where the bench spec anneals its fine-tune (as
+    `lr_schedule: auto`, the default, does), a one-stage baseline anneals its one stage and MTL-NAS
+    its search, and the searched network's annealing is not an advantage the others lack."""
     schedule = getattr(spec.train, spec.train.final_stage()).lr_schedule
     if "lr_schedule" in overlay.get("train", {}).get(last, {}) or merged["train"][last]["lr_schedule"] == schedule:
         return False
