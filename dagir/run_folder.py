@@ -101,7 +101,7 @@ def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None
         shown = "; ".join(f"{path}: {_short(changes[path][0])} -> {_short(changes[path][1])}" for path in unsafe[:3])
         raise UserError(f"{out}: the run there was started from a different spec ({shown}{' ...' if len(unsafe) > 3 else ''}); "
                         "on --resume only the stages' lr and epochs still ahead, train.search.gate_lr and "
-                        "how often checkpoints are written may change")
+                        "how often checkpoints are written may change" + _as_started(changes, unsafe))
     epochs = {path.split(".")[1]: new for path, (_, new) in changes.items() if path.endswith(".epochs")}
     if not epochs:
         return
@@ -117,6 +117,16 @@ def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None
             if new < done:
                 raise UserError(f"{out}: train.{stage}.epochs cannot be {new} on --resume: the {stage} stage has "
                                 f"already run {done} epoch(s)")
+
+
+def _as_started(changes: dict[str, tuple[Any, Any]], paths: list[str]) -> str:
+    """The `--set` options that give back the recorded values (where a default changed since the run
+    started, say), if every one is a plain value that needs no quoting; else nothing."""
+    values = [yaml.safe_dump(changes[path][0]).removesuffix("...\n").strip() for path in paths]
+    if any(isinstance(changes[path][0], (dict, list)) or not value or " " in value
+           for path, value in zip(paths, values)):
+        return ""
+    return "; to continue it as it started: " + " ".join(f"--set {path}={value}" for path, value in zip(paths, values))
 
 
 def _short(value: Any) -> str:

@@ -473,8 +473,21 @@ def test_resume_takes_a_new_learning_rate_and_more_epochs_and_records_them(tmp_p
     assert load_spec(tiny_spec, overrides).resolved_dict() == load_spec(out / "spec.resolved.yaml").resolved_dict()
 
 
+def test_a_refused_resume_says_what_continues_the_run_as_it_started(tmp_path, tiny_spec, monkeypatch):
+    out = interrupted_in_search(tmp_path, tiny_spec, monkeypatch)
+    changed = ["train.finetune.lr_schedule=constant", "search.squeeze.rho=2"]
+    with pytest.raises(UserError) as refused:
+        run_quietly(tiny_spec, out, resume=True, overrides=changed)
+    told = str(refused.value).split("to continue it as it started: ")[1].split()
+    assert told == ["--set", "search.squeeze.rho=1.0", "--set", "train.finetune.lr_schedule=cosine"]
+    restored = changed + [option for option in told if option != "--set"]  # a later --set wins
+    assert run_quietly(tiny_spec, out, resume=True, overrides=restored)["test"]
+
+
 @pytest.mark.parametrize("override, message", [
     ("network.central.nodes=5", "different spec (network.central.nodes: 4 -> 5); on --resume only"),
+    ("network.central.nodes=5", "to continue it as it started: --set network.central.nodes=4\n"),
+    ("train.finetune.lr_schedule=constant", "as it started: --set train.finetune.lr_schedule=cosine\n"),
     ("tasks.1.weight=2", "different spec (tasks: "),
     ("train.warmup.epochs=3", "train.warmup.epochs cannot change on --resume: the warmup stage is finished"),
     ("train.search.epochs=0", "train.search.epochs cannot be 0 on --resume: the search stage has already run 1 epoch"),
