@@ -61,8 +61,9 @@ def main() -> None:
     seeds = sorted(set(da) & set(db))
     differences = [db[s] - da[s] for s in seeds]
     error = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else float("nan")
-    print(f"{second} − {first} over seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}): {statistics.fmean(differences):+.2f} "
-          f"± {error:.2f} standard error, above at {sum(d > 0 for d in differences)}; Δ_MTL {first} "
+    print(f"{second} − {first} over seeds {seeds[0]}–{seeds[-1]} ({len(seeds)}): "
+          f"{statistics.fmean(differences):+.2f} ± {error:.2f} standard error, above at "
+          f"{sum(d > 0 for d in differences)}; Δ_MTL {first} "
           f"{statistics.fmean(da[s] for s in seeds):+.2f}, {second} {statistics.fmean(db[s] for s in seeds):+.2f}")
     print("  per seed: " + " ".join(f"{d:+.2f}" for d in differences))
     for label, folder, runs in ((first, first_folder, a), (second, second_folder, b)):

@@ -31,8 +31,8 @@ from .errors import UserError
 from .methods import BUILT_IN, method_file, method_name, method_spec
 from .pass_manager import PassManager
 from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
-from .run_folder import (finished_files, locked_folder, prepare_run_folder, same_run_spec, write_finished_files,
-                         write_text)
+from .run_folder import (finished_files, how_it_differs, locked_folder, prepare_run_folder, same_run_spec,
+                         write_finished_files, write_text)
 from .run_job import Run
 from .spec import STAGES, Spec
 from .tasks import delta_mtl, primary_metric
@@ -219,8 +219,9 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
     if not metrics.is_file():
         return None
     if not resolved.is_file() or not same_run_spec(resolved, spec):
-        raise UserError(f"{out}: holds a result of a different spec (or none recorded); "
-                        f"resume with the same spec and --set options, or use a new output folder")
+        differs = how_it_differs(resolved, spec) or " (or none recorded)"
+        raise UserError(f"{out}: holds a result of a different spec{differs}; resume with the same spec and --set "
+                        "options, or use a new output folder")
     try:
         return run_result(json.loads(metrics.read_text()), spec)
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:

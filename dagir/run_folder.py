@@ -85,6 +85,13 @@ def same_run_spec(resolved_file: Path, spec: Spec) -> bool:
     return recorded is not None and not spec_changes(recorded, spec)
 
 
+def how_it_differs(resolved_file: Path, spec: Spec) -> str:
+    """The first fields where `spec` differs from the spec a run folder recorded, as " (path: old ->
+    new; ...)", or "" where it recorded none that reads."""
+    recorded = recorded_spec(resolved_file) if resolved_file.is_file() else None
+    return f" ({_shown(spec_changes(recorded, spec))})" if recorded is not None else ""
+
+
 def unsafe_on_resume(path: str) -> bool:
     """Whether changing this field on `--resume` would make the run another run. Safe: the stages'
     learning rates, their epochs (checked against the checkpoint: only epochs still ahead), and how
@@ -98,8 +105,8 @@ def check_resume_changes(changes: dict[str, tuple[Any, Any]], out: Path) -> None
     already run in place (the schedules then follow the new length from where the run is)."""
     unsafe = [path for path in changes if unsafe_on_resume(path)]
     if unsafe:
-        shown = "; ".join(f"{path}: {_short(changes[path][0])} -> {_short(changes[path][1])}" for path in unsafe[:3])
-        raise UserError(f"{out}: the run there was started from a different spec ({shown}{' ...' if len(unsafe) > 3 else ''}); "
+        shown = _shown({path: changes[path] for path in unsafe})
+        raise UserError(f"{out}: the run there was started from a different spec ({shown}); "
                         "on --resume only the stages' lr and epochs still ahead, train.search.gate_lr and "
                         "how often checkpoints are written may change" + _as_started(changes, unsafe))
     epochs = {path.split(".")[1]: new for path, (_, new) in changes.items() if path.endswith(".epochs")}
@@ -127,6 +134,11 @@ def _as_started(changes: dict[str, tuple[Any, Any]], paths: list[str]) -> str:
            for path, value in zip(paths, values)):
         return ""
     return "; to continue it as it started: " + " ".join(f"--set {path}={value}" for path, value in zip(paths, values))
+
+
+def _shown(changes: dict[str, tuple[Any, Any]]) -> str:
+    shown = "; ".join(f"{path}: {_short(old)} -> {_short(new)}" for path, (old, new) in list(changes.items())[:3])
+    return shown + (" ..." if len(changes) > 3 else "")
 
 
 def _short(value: Any) -> str:

@@ -76,7 +76,8 @@ def test_bench_resume_trains_only_what_is_not_finished(tmp_path):
     # another spec in the same folder is refused, and nothing there is touched
     before = (out / "results.json").read_bytes()
     code, _, stderr = dagir(*first, "--seeds", "2", "--resume", "--set", "train.finetune.lr=0.5")
-    assert code == 2 and "holds a result of a different spec" in stderr and "Traceback" not in stderr
+    assert code == 2 and "holds a result of a different spec (train.finetune.lr: " in stderr, stderr
+    assert "-> 0.5)" in stderr and "Traceback" not in stderr
     assert (out / "results.json").read_bytes() == before
 
 
