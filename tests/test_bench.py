@@ -197,7 +197,7 @@ def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
     assert len(levers) >= 6
     switched: dict[str, list[list[str]]] = {}
     # a lever switches one thing from the tiny spec or from an example spec (they differ: the example
-    # specs budget their compact network and keep a constant learning rate, for instance)
+    # specs budget their compact network and anneal only their last stage, for instance)
     for base in (load_spec(spec), load_spec(Path(__file__).parent.parent / "examples" / "mmoe_synthetic.yaml")):
         for name, method in resolve_methods(base, [str(path) for path in levers]).items():
             switched.setdefault(name, []).append(
