@@ -130,8 +130,7 @@ def _as_started(changes: dict[str, tuple[Any, Any]], paths: list[str]) -> str:
     """The `--set` options that give back the recorded values (where a default changed since the run
     started, say), if every one is a plain value that needs no quoting; else nothing."""
     values = [yaml.safe_dump(changes[path][0]).removesuffix("...\n").strip() for path in paths]
-    if any(isinstance(changes[path][0], (dict, list)) or not value or " " in value
-           for path, value in zip(paths, values)):
+    if any(isinstance(changes[path][0], (dict, list)) or " " in value for path, value in zip(paths, values)):
         return ""
     return "; to continue it as it started: " + " ".join(f"--set {path}={value}" for path, value in zip(paths, values))
 
