@@ -24,12 +24,11 @@ def run_folder_spec(out: Path):
 
 
 def evaluate_run_folder(out: Path) -> dict[str, Any]:
-    import torch
-
     from dagir.backends.torch_export import load_compact
 
     from .datasets import load_spec_data
     from .training.loop import evaluate
+    from .training.precision import Precision
 
     out = Path(out)
     spec = run_folder_spec(out)
@@ -39,10 +38,10 @@ def evaluate_run_folder(out: Path) -> dict[str, Any]:
             raise TypeError("test metrics are not a mapping of tasks to metrics")
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
         raise UserError(f"{out / 'metrics.json'}: not a dagir metrics file") from None
-    dtype = torch.float64 if spec.train.precision == "float64" else torch.float32
-    module, _ = load_compact(out, dtype=dtype)
+    precision = Precision(spec.train.precision, "cpu")  # the run's weights' dtype and autocast, as it evaluated
+    module, _ = load_compact(out, dtype=precision.dtype)
     data = load_spec_data(spec)
-    test = evaluate(module, data.test, spec.tasks, data, dtype=dtype)
+    test = evaluate(module, data.test, spec.tasks, data, dtype=precision.dtype, precision=precision)
     differences = [abs(test[t][m] - saved.get(t, {}).get(m, math.nan)) for t in test for m in test[t]]
     largest = max((d for d in differences if not math.isnan(d)), default=0.0)
     matches = all(not math.isnan(d) for d in differences) and largest <= 1e-6
