@@ -43,6 +43,11 @@ def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str
     target = Path(target)
     if target.is_dir():
         raise UserError(f"-o {target}: is a folder; give the file to write")
+    written = [target, target.with_suffix(".safetensors")] if fmt == "python" else [target]
+    for path in written:
+        if path.exists() and path.resolve().parent == Path(out).resolve():
+            raise UserError(f"-o {target}: would overwrite the run's own {path.name}; write the export "
+                            "outside the run folder or under a new name")
     target.parent.mkdir(parents=True, exist_ok=True)
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "python": _python}[fmt]
     got = exporter(module, inputs, target, Path(out), list(expected))

@@ -83,3 +83,8 @@ def test_bad_export_requests_exit_2(finished_run, tmp_path):
     assert code == 2 and "--format: must be one of onnx, torchscript, python" in stderr
     code, _, stderr = dagir("export", str(finished_run), "--format", "torchscript", "-o", str(tmp_path))
     assert code == 2 and "is a folder" in stderr and "Traceback" not in stderr
+    before = (finished_run / "compact.py").read_bytes(), (finished_run / "compact.safetensors").read_bytes()
+    for name in ("compact.py", "metrics.json"):  # the python format writes the weights beside: compact.safetensors
+        code, _, stderr = dagir("export", str(finished_run), "--format", "python", "-o", str(finished_run / name))
+        assert code == 2 and "would overwrite the run's own" in stderr and "Traceback" not in stderr
+    assert ((finished_run / "compact.py").read_bytes(), (finished_run / "compact.safetensors").read_bytes()) == before
