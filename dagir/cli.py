@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -52,16 +52,18 @@ def compile_command(
 ) -> None:
     """Run the pre-search pipeline: IR, drawing and summary after every pass, and the supernet code."""
     from .compile_job import CompileOptions, compile_to_folder
-    from .run_folder import holds_a_run
+    from .run_folder import holds_a_run, locked_folder
     from .spec import load_spec
 
     spec = load_spec(spec_path, overrides or [])
-    if holds_a_run(out) and not overwrite:
-        raise UserError(f"{out}: holds a dagir run, whose passes/ and spec.resolved.yaml a compile would "
-                        "replace; compile into another folder, or pass --overwrite")
-    options = CompileOptions(print_between_passes=print_between_passes, time_passes=time_passes,
-                             verify=verify)
-    report = compile_to_folder(spec, out, options, echo=_echo)
+    # a folder that exists may hold a run or bench at work: held while compiling, as they hold it
+    with locked_folder(out, "compile") if out.is_dir() else nullcontext():
+        if holds_a_run(out) and not overwrite:
+            raise UserError(f"{out}: holds a dagir run, whose passes/ and spec.resolved.yaml a compile would "
+                            "replace; compile into another folder, or pass --overwrite")
+        options = CompileOptions(print_between_passes=print_between_passes, time_passes=time_passes,
+                                 verify=verify)
+        report = compile_to_folder(spec, out, options, echo=_echo)
     _print_summary(report.rows, time_passes)
     if report.supernet_parameters is not None:
         _echo(f"supernet: {report.supernet_parameters:,} parameters; code in {out / 'supernet.py'}")
@@ -170,7 +172,9 @@ def bench_command(
         methods = ",".join(dict.fromkeys(given + list(ABLATIONS)))
     if methods:
         extra.append(f"bench.methods=[{methods}]")
-    if seeds:
+    if seeds is not None:
+        if seeds < 1:
+            raise UserError(f"--seeds: must be at least 1 (got {seeds})")
         extra.append(f"bench.seeds={seeds}")
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: '{executor}' is not one of local, ray")

@@ -130,6 +130,8 @@ def test_bad_methods_exit_2_before_any_training(tmp_path):
         code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", methods, "--no-progress")
         assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
         assert not out.exists()
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--seeds", "0", "--no-progress")
+    assert code == 2 and "--seeds: must be at least 1 (got 0)" in stderr and not out.exists(), stderr
 
 
 def test_delta_mtl_follows_each_tasks_chosen_metric():

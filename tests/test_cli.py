@@ -145,6 +145,20 @@ def test_failed_compile_keeps_what_out_already_held(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "staging" in p.name] == []
 
 
+def test_compile_waits_for_no_one_into_a_folder_another_command_holds(tmp_path):
+    """A run or bench at work holds its folder; a compile into it (even with --overwrite) refuses
+    and writes nothing there."""
+    from dagir.run_folder import locked_folder
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(SPEC)
+    out = tmp_path / "out"
+    with locked_folder(out, "run"):
+        code, _, stderr = dagir("compile", str(spec), "-o", str(out), "--overwrite")
+    assert code == 2 and "in use by" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in out.iterdir()) == [".dagir.lock"]
+
+
 def test_viz_on_bad_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
