@@ -10,6 +10,7 @@ Before search, a spec becomes a gated supernet:
 After search, with the trained gates imported, the supernet becomes one compact network:
     discretize       keep an edge for a task iff its gate >= threshold (a path per task is kept)
     flow-reduce      drop the edges that carry the least flow while (1 - ε) of it remains
+    fit-budget       drop the least-flow task edges until the network fits `search.budget` (MACs, parameters)
     share-states     compute once every state two tasks have in common
 
 Other search spaces replace the build pass (`build-cross-task` for MTL-NAS, and the baselines'
@@ -19,10 +20,9 @@ reuse the rest. Every pass's options come from the pipeline text, over what the 
 """
 from __future__ import annotations
 
-
-from .ir import IR, Node, Task, TensorType
 from typing import Any, Sequence
 
+from .ir import IR, Node, Task, TensorType
 from .pass_manager import Pass, PassCallback, PassManager, PipelineError, names_pass, parse_pipeline, registered_passes
 from .spec import Spec, input_shape
 
