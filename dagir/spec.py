@@ -6,6 +6,7 @@ each output says exactly what ran. Errors name the file, line, column and field 
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -300,6 +301,23 @@ class LossWeightingSpec(Strict):
     kind: Literal["sum", "uw", "dwa"] = "dwa"
     lr: float = Field(0.01, gt=0)
     temperature: float = Field(2.0, gt=0)
+    # how the weighted task losses' gradients on the weights are combined (`dagir.training.descent`):
+    # `none`, the combined loss's gradient, or Jacobian descent with one of TorchJD's aggregators
+    aggregator: Literal["none", "upgrad", "dualproj", "mgda", "pcgrad", "imtl_g", "aligned_mtl"] = "none"
+
+    @model_validator(mode="after")
+    def _aggregator_can_run(self) -> "LossWeightingSpec":
+        if self.aggregator == "none":
+            return self
+        if self.kind == "uw":
+            raise ValueError("aggregator needs a weighting without parameters of its own (sum or dwa): "
+                             "uw learns its log-variances from the combined loss's gradient, which Jacobian "
+                             "descent does not form")
+        if self.aggregator in ("upgrad", "dualproj") and not all(
+                importlib.util.find_spec(name) for name in ("quadprog", "qpsolvers")):
+            raise ValueError(f"aggregator {self.aggregator!r} needs the quadprog solver: "
+                             "pip install 'dagir[jacobian]'")
+        return self
 
 
 STAGES: tuple[str, ...] = ("warmup", "search", "finetune")  # the training stages, in the order they run
@@ -326,6 +344,13 @@ class TrainSpec(Strict):
     def final_stage(self) -> str:
         """The last stage that trains (the one whose weights the exported network keeps)."""
         return next((name for name in reversed(STAGES) if getattr(self, name).epochs > 0), "warmup")
+
+    @model_validator(mode="after")
+    def _aggregator_without_float16(self) -> "TrainSpec":
+        if self.loss_weighting.aggregator != "none" and self.precision == "float16":
+            raise ValueError("loss_weighting.aggregator does not run under float16 gradient scaling: "
+                             "use precision bfloat16 or float32")
+        return self
 
     @model_validator(mode="after")
     def _anneal_the_final_stage(self) -> "TrainSpec":

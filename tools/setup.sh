@@ -24,5 +24,5 @@ if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
   # shellcheck disable=SC2086
   "${pip[@]}" ${DAGIR_TORCH:-torch==2.13.0}
 fi
-"${pip[@]}" -e ".[test,export,tensorboard,parquet,mlflow]"  # the extras: ONNX checks, TensorBoard, Parquet tables, MLflow (the core runs and tests without them)
+"${pip[@]}" -e ".[test,export,tensorboard,parquet,mlflow,jacobian]"  # the extras: ONNX checks, TensorBoard, Parquet tables, MLflow, Jacobian descent's QP solver (the core runs and tests without them)
 touch "$venv/.installed"

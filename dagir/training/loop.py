@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ..datasets.splits import Batch, EpochBatches, Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
+from .descent import Descent
 from .distributed import World
 from .precision import Precision
 from ..tasks import MetricMeter, task_loss
@@ -80,19 +81,17 @@ def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: flo
 
 def multitask_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
                    tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None,
-                   ) -> tuple[Tensor, dict[str, float]]:
-    """Σ_t w_t · L_t (or the `weighting` of the stacked w_t · L_t), and each task's loss for the record."""
-    weighted, parts = [], {}
-    for task in tasks:
-        loss = task_loss(task.kind, outputs[task.name], targets[task.name], task.loss)
-        parts[task.name] = float(loss.detach())
-        weighted.append(task.weight * loss)
+                   ) -> tuple[Tensor, list[Tensor]]:
+    """Σ_t w_t · L_t (or the `weighting` of the stacked w_t · L_t), and the terms w_t · L_t (in its
+    graph: Jacobian descent differentiates each, `dagir.training.descent`)."""
+    weighted = [task.weight * task_loss(task.kind, outputs[task.name], targets[task.name], task.loss)
+                for task in tasks]
     if weighting is not None:
-        return weighting(torch.stack(weighted)), parts
+        return weighting(torch.stack(weighted)), weighted
     total = weighted[0]
     for term in weighted[1:]:
         total = total + term
-    return total, parts
+    return total, weighted
 
 
 def epoch_order_seed(seed: int, stage: str, epoch: int) -> int:
@@ -131,15 +130,18 @@ StepFunction = Callable[[Batch, int, int], tuple[float, float]]
 
 def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer: torch.optim.Optimizer,
                     tasks: Sequence[TaskSpec], weighting: Callable[[Tensor], Tensor] | None = None,
-                    precision: Precision | None = None) -> StepFunction:
-    """One plain optimisation step on the weighted task losses (warm-up, fine-tune, baselines)."""
+                    precision: Precision | None = None, descent: Descent | None = None) -> StepFunction:
+    """One plain optimisation step on the weighted task losses (warm-up, fine-tune, baselines), their
+    gradients combined by `descent` (default: back-propagate the combined loss)."""
     precision = precision or Precision()
+    descent = descent or Descent("none", precision)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step(batch: Batch, epoch: int, index: int) -> tuple[float, float]:
         inputs, targets = batch
-        loss, _ = multitask_loss(forward(inputs), targets, tasks, weighting)
+        loss, terms = multitask_loss(forward(inputs), targets, tasks, weighting)
         optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
+        descent.backward(loss, terms, parameters)
         precision.step(optimizer)
         return float(loss.detach()), 0.0
     return step
@@ -245,12 +247,14 @@ def evaluate(model: nn.Module, split: Split, tasks: Sequence[TaskSpec], data: Ta
     meters = {t.name: MetricMeter(t.kind, scale=data.scale(t.name)) for t in tasks}
     device = device or torch.device("cpu")
     precision = precision or Precision()
-    for inputs, targets in EpochBatches(split, batch_size, shard=world.batch_shard):
-        with precision.autocast():
-            outputs = model(precision.inputs(inputs.to(device=device, dtype=dtype)))
-        for task in tasks:
-            meters[task.name].update(outputs[task.name].float().cpu(), targets[task.name])
-    model.train(was_training)
+    try:
+        for inputs, targets in EpochBatches(split, batch_size, shard=world.batch_shard):
+            with precision.autocast():
+                outputs = model(precision.inputs(inputs.to(device=device, dtype=dtype)))
+            for task in tasks:
+                meters[task.name].update(outputs[task.name].float().cpu(), targets[task.name])
+    finally:
+        model.train(was_training)
     for meter in meters.values() if world.distributed else ():
         meter.reduce(world.sum_)
     return {name: meter.compute() for name, meter in meters.items()}

@@ -46,8 +46,8 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.autocast_dtype or torch.bfloat16,
                               enabled=self.autocast_dtype is not None)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
+    def backward(self, loss: torch.Tensor, retain_graph: bool = False) -> None:
+        self.scaler.scale(loss).backward(retain_graph=retain_graph)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         self.world.average_gradients(p for g in optimizer.param_groups for p in g["params"])

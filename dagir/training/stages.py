@@ -26,6 +26,7 @@ from .distributed import World
 from .norms import recalibrated_norms
 from .precision import Precision
 from .schedules import set_learning_rates, squeeze_ramp, temperature
+from .descent import Descent
 from .weighting import make_weighting
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ class StageRunner:
         self.stage_cpu_seconds: dict[str, float] = {}  # this process's CPU time: what sharing the machine does not inflate
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
+        self.descent = Descent(spec.train.loss_weighting.aggregator, self.precision)  # the task gradients' combination
         self.selected: dict[str, int] = {}  # the epoch (1-based) a `select: best` kept, per stage
         self.board = None  # the run's `Boards` (TensorBoard, MLflow) when it logs to any
 
@@ -212,7 +214,7 @@ def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[
     optimizer = make_optimizer(weight_parameters(network) + head_parameters(network), stage)
     served = serving(runner, network, runner.spec.train.compile_supernet)
     step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks,
-                           runner.weighting, runner.precision)
+                           runner.weighting, runner.precision, runner.descent)
     if stage.edge_dropout > 0:  # each step trains a sub-network drawn per (seed, epoch, step); validation the whole
         from .search import step_generator
         whole_step = step
@@ -254,7 +256,8 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
     served = serving(runner, supernet, spec.train.compile_supernet)
     context = SearchContext(supernet, stage, squeeze, spec.tasks, lambda inputs: runner.forward(served, inputs),
                             weights, head_parameters(supernet), spec.seed, arch_batch, compactness,
-                            weighting=runner.weighting, precision=runner.precision, budget=budget)
+                            weighting=runner.weighting, precision=runner.precision, budget=budget,
+                            descent=runner.descent)
     strategy = make_strategy(context)
     if state is not None:
         strategy.load_state_dict(state.get("strategy", {}))
@@ -335,7 +338,7 @@ def finetune(runner: StageRunner, compact: nn.Module, supernet: nn.Module, data:
     served = serving(runner, compact, runner.spec.train.compile)
     compact.train()  # validation puts it back in training mode
     step = supervised_step(lambda inputs: runner.forward(served, inputs), optimizer, runner.spec.tasks,
-                           runner.weighting, runner.precision)
+                           runner.weighting, runner.precision, runner.descent)
     runner.run("finetune", stage, data.train, step, compact, [optimizer], data, state,
                save_extra=lambda: {"supernet": supernet.state_dict(), **(keep or {})}, served=served)
     return served

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ...spec import SearchStageSpec, SqueezeSpec, TaskSpec
 from ..budget import SearchBudget
+from ..descent import Descent
 from ..loop import Batch, multitask_loss
 from ..precision import Precision
 from ..squeeze import squeeze_loss
@@ -76,14 +77,22 @@ class SearchContext:
     weighting: Callable[[Tensor], Tensor] | None = None
     precision: Precision = field(default_factory=Precision)
     budget: SearchBudget | None = None
+    descent: Descent | None = None  # how the weights' gradients come from the task losses (None: their sum's)
     _pairs: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
-    def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:
+    def __post_init__(self) -> None:
+        if self.descent is None:
+            self.descent = Descent("none", self.precision)
+
+    def task_losses(self, batch: Batch, *, weighted: bool = True) -> tuple[Tensor, list[Tensor]]:
         """The task losses of `batch` combined by the run's weighting (`weighted`), or their plain
-        weighted sum (a reward, which should not move the weighting's statistics)."""
+        weighted sum (a reward, which should not move the weighting's statistics); and each task's
+        term w_t·L_t."""
         inputs, targets = batch
-        loss, _ = multitask_loss(self.forward(inputs), targets, self.tasks, self.weighting if weighted else None)
-        return loss
+        return multitask_loss(self.forward(inputs), targets, self.tasks, self.weighting if weighted else None)
+
+    def task_loss(self, batch: Batch, *, weighted: bool = True) -> Tensor:
+        return self.task_losses(batch, weighted=weighted)[0]
 
     def regulariser(self, values: Tensor, owners: Sequence[str]) -> Tensor:
         """The squeeze (binary, entropy, flow, cost) of gate values or probabilities, at λ now; `owners`

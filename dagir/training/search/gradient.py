@@ -43,11 +43,11 @@ class GradientSearch(SearchStrategy):
     def _joint(self, batch: Batch) -> tuple[float, float]:
         context, table = self.context, self.context.supernet.gates
         table.relaxation = context.stage.arch_relaxation
-        task = context.task_loss(batch)
+        task, terms = context.task_losses(batch)
         squeezed = self._regularised(table())
         self._zero()
         precision = context.precision
-        precision.backward(task + squeezed)
+        context.descent.backward(task + squeezed, terms, self._trained_weights(), others=True)
         precision.step(self.gates)
         precision.step(self.weights)
         context.after_architecture_step()
@@ -76,11 +76,14 @@ class GradientSearch(SearchStrategy):
         context, table = self.context, self.context.supernet.gates
         table.relaxation = context.stage.weight_relaxation
         with without_gradients(table.parameters()):
-            loss = context.task_loss(batch)
+            loss, terms = context.task_losses(batch)
             self._zero()
-            context.precision.backward(loss)
+            context.descent.backward(loss, terms, self._trained_weights())
         context.precision.step(self.weights)
         return float(loss.detach())
+
+    def _trained_weights(self) -> list:
+        return [p for group in self.weights.param_groups for p in group["params"]]
 
     def _regularised(self, slots):
         """The squeeze, the sharing term of the slot gates and the budget's term."""

@@ -37,9 +37,9 @@ class ReinforceSearch(SearchStrategy):
         table.fix(sample)
         table.mode = "fixed"
         try:
-            loss = context.task_loss(batch)
+            loss, terms = context.task_losses(batch)
             self.weights.zero_grad(set_to_none=True)
-            context.precision.backward(loss)
+            context.descent.backward(loss, terms, [p for group in self.weights.param_groups for p in group["params"]])
             context.precision.step(self.weights)
             held_out = context.arch_batch(epoch, index)
             with torch.no_grad():
