@@ -57,14 +57,33 @@ class PerStateNorm(nn.Module):
         self.names = [name for name, m in op.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self.norms = nn.ModuleList(nn.ModuleList(copy.deepcopy(op.get_submodule(name)) for name in self.names)
                                    for _ in range(states - 1))
+        # per state i > 0, `op` with the batch norms of `norms[i - 1]` in place of its own and everything else
+        # (the weights) the same objects: a shallow copy of each module on the way to a batch norm. A plain
+        # list, so not registered (its tensors are, as `op`'s and `norms`'); plain modules, so `torch.jit.trace`
+        # and `torch.compile` follow them (`torch.func.functional_call` is not traceable)
+        self.views = [self._replaced(op, dict(zip(self.names, norms)), "") for norms in self.norms]
 
     def forward(self, *inputs) -> Tensor:
         *x, state = inputs
-        if state == 0:
-            return self.op(*x)
-        swapped = {f"{name}.{key}": tensor for name, norm in zip(self.names, self.norms[state - 1])
-                   for key, tensor in [*norm.named_parameters(), *norm.named_buffers()]}
-        return torch.func.functional_call(self.op, swapped, tuple(x))
+        return self.op(*x) if state == 0 else self.views[state - 1](*x)
+
+    def train(self, mode: bool = True) -> "PerStateNorm":
+        super().train(mode)
+        for view in self.views:  # the shallow copies are not children: their mode is set here
+            for module in view.modules():
+                module.training = mode
+        return self
+
+    @classmethod
+    def _replaced(cls, module: nn.Module, replacements: dict, path: str) -> nn.Module:
+        if path in replacements:
+            return replacements[path]
+        if path and not any(name.startswith(path + ".") for name in replacements):
+            return module
+        view = copy.copy(module)  # shares the parameter and buffer dicts; its own dict of children:
+        view.__dict__["_modules"] = {name: cls._replaced(child, replacements, f"{path}.{name}" if path else name)
+                                     for name, child in module._modules.items()}
+        return view
 
     def copy_to_states(self) -> None:
         """Give every state the op's own batch norms (after its weights were loaded)."""

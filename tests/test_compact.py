@@ -228,6 +228,8 @@ def test_export_is_standalone_and_load_reproduces_the_module(tmp_path: Path, agg
     randomize_batch_norm(compact, seed=2)  # every state's own batch norms differ, as after fine-tuning
     x = batch_for(searched)
     expected = compact(x)
+    traced = torch.jit.trace(compact, (x,), strict=False, check_trace=False)  # dagir export --format torchscript
+    assert all(torch.equal(traced(x)[task], expected[task]) for task in reduced.task_names)
     export_compact(compact, reduced, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"compact.py", "compact.json", "compact.safetensors"}
 
