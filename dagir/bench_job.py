@@ -31,8 +31,8 @@ from .errors import UserError
 from .methods import BUILT_IN, method_file, method_name, method_spec
 from .pass_manager import PassManager
 from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
-from .run_folder import (finished_files, how_it_differs, locked_folder, prepare_run_folder, same_run_spec,
-                         write_finished_files, write_text)
+from .run_folder import (finished_files, holds_a_run, how_it_differs, locked_folder, prepare_run_folder,
+                         same_run_spec, write_finished_files, write_text)
 from .run_job import Run
 from .spec import STAGES, Spec
 from .tasks import delta_mtl, primary_metric
@@ -229,11 +229,12 @@ def finished_result(spec: Spec, method: str, out: Path) -> dict[str, Any] | None
 
 
 def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[int], progress: bool = True,
-              echo: Echo = print, resume: bool = False, workers: int = 1,
+              echo: Echo = print, resume: bool = False, overwrite: bool = False, workers: int = 1,
               ray: RayRequest | None = None) -> dict[str, Any]:
     """Train every method for every seed (with `resume`, only those not finished in OUT), then write
     the comparison table and plot. The runs go one after another, to `workers` local processes, or
-    (`ray`) to a Ray cluster; the table is the same whichever ran them."""
+    (`ray`) to a Ray cluster; the table is the same whichever ran them. An OUT that already holds a
+    bench's runs or results, or a run, is refused unless `resume` or `overwrite` says what to do with it."""
     resolved, choices = bench_plan(spec, methods)
     for choice in choices:
         for seed in seeds:
@@ -241,8 +242,22 @@ def run_bench(spec: Spec, out: Path, *, methods: Sequence[str], seeds: Sequence[
     if ray is not None:
         ray.check()  # before OUT is touched: Ray installed
     with locked_folder(out, "bench"):
+        if not (resume or overwrite):
+            check_bench_folder(out)
         return _run_all(spec, out, resolved, seeds, progress=progress, echo=echo, resume=resume, workers=workers,
                         ray=ray, choices=choices)
+
+
+def check_bench_folder(out: Path) -> None:
+    """Refuse an OUT a bench would overwrite: one holding a `dagir run`, or a bench's runs or results."""
+    if holds_a_run(out):
+        raise UserError(f"{out}: holds a dagir run; bench into another folder")
+    held = sorted(path.name for path in out.iterdir()
+                  if path.name in ("results.json", "table.md") or (path.is_dir() and holds_a_run(path)))
+    if held:
+        shown = ", ".join(held[:3]) + (", ..." if len(held) > 3 else "")
+        raise UserError(f"{out}: holds a bench's runs or results ({shown}); --resume keeps the finished runs and "
+                        "trains the rest, --overwrite trains every run again")
 
 
 def _run_all(spec: Spec, out: Path, resolved: dict[str, Spec], seeds: Sequence[int], *, progress: bool, echo: Echo,

@@ -47,23 +47,26 @@ def compile_command(
     print_between_passes: bool = typer.Option(False, help="Print the IR after every pass."),
     time_passes: bool = typer.Option(False, help="Print the time each pass took."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Run the verifier between passes."),
-    overwrite: bool = typer.Option(False, help="Compile into a folder that holds a dagir run (its passes/, "
-                                   "spec.resolved.yaml and supernet.py are replaced)."),
+    overwrite: bool = typer.Option(False, help="Compile into a folder that holds a dagir run: once the compile "
+                                   "succeeds, the folder holds it alone (the run's results and checkpoints go)."),
 ) -> None:
     """Run the pre-search pipeline: IR, drawing and summary after every pass, and the supernet code."""
     from .compile_job import CompileOptions, compile_to_folder
-    from .run_folder import holds_a_run, locked_folder
+    from .run_folder import holds_a_bench, holds_a_run, locked_folder
     from .spec import load_spec
 
     spec = load_spec(spec_path, overrides or [])
     # a folder that exists may hold a run or bench at work: held while compiling, as they hold it
     with locked_folder(out, "compile") if out.is_dir() else nullcontext():
         if holds_a_run(out) and not overwrite:
-            raise UserError(f"{out}: holds a dagir run, whose passes/ and spec.resolved.yaml a compile would "
-                            "replace; compile into another folder, or pass --overwrite")
+            raise UserError(f"{out}: holds a dagir run, which a compile would replace; compile into another "
+                            "folder, or pass --overwrite")
+        if holds_a_bench(out):
+            raise UserError(f"{out}: holds a bench's results; compile into another folder")
         options = CompileOptions(print_between_passes=print_between_passes, time_passes=time_passes,
                                  verify=verify)
-        report = compile_to_folder(spec, out, options, echo=_echo)
+        # over a run (--overwrite) the folder then holds the compile alone: no results of another spec
+        report = compile_to_folder(spec, out, options, echo=_echo, replace=holds_a_run(out))
     _print_summary(report.rows, time_passes)
     if report.supernet_parameters is not None:
         _echo(f"supernet: {report.supernet_parameters:,} parameters; code in {out / 'supernet.py'}")
@@ -95,7 +98,7 @@ def run_command(
                                                help="Write TensorBoard events to OUT/tensorboard/ (default: when "
                                                "the tensorboard package is installed)."),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", metavar="URI", help="Log the run to MLflow at this "
-                                         "tracking URI too (pip install 'dagir[mlflow]')."),
+                                         "tracking URI too (pip install 'dagir\\[mlflow]')."),
 ) -> None:
     """The whole method: compile, warm-up, search, post-search passes, fine-tune, evaluate, export.
 
@@ -150,11 +153,13 @@ def bench_command(
                                    "restriction, without the squeeze loss and without flow-based reduction."),
     resume: bool = typer.Option(False, "--resume", help="Keep the finished methods and seeds in OUT; train "
                                 "only the rest (an interrupted searched run continues from its checkpoint)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Train every run again in an OUT that holds a "
+                                   "bench's runs or results (they are replaced)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     workers: int = typer.Option(1, "--workers", min=1, help="Run the (method, seed) runs in this many local "
                                 "processes, the cores shared among them."),
     executor: str = typer.Option("local", "--executor", help="Where the runs go: 'local' (this machine, "
-                                 "--workers processes) or 'ray' (a Ray cluster; pip install 'dagir[ray]')."),
+                                 "--workers processes) or 'ray' (a Ray cluster; pip install 'dagir\\[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster's address (default: "
                                               "Ray's own environment, RAY_ADDRESS, or a local Ray)."),
     cpus_per_run: float = typer.Option(1.0, "--cpus-per-run", min=0.01, help="CPUs each run asks Ray for."),
@@ -170,7 +175,10 @@ def bench_command(
     if ablations:
         given = [m.strip() for m in methods.split(",") if m.strip()] if methods else ["searched", "single_task"]
         methods = ",".join(dict.fromkeys(given + list(ABLATIONS)))
-    if methods:
+    if methods is not None:
+        if not methods.strip(" ,"):
+            raise UserError("--methods: names no method (give a comma-separated list, or leave it out for the "
+                            "spec's bench.methods)")
         extra.append(f"bench.methods=[{methods}]")
     if seeds is not None:
         if seeds < 1:
@@ -184,7 +192,7 @@ def bench_command(
     with _saying_what_ctrl_c_kept(f"{out} keeps the finished runs and the others' last checkpoints; --resume "
                                   "goes on from them"):
         run_bench(spec, out, methods=spec.bench.methods, seeds=seed_list, progress=progress, echo=_echo,
-                  resume=resume, workers=workers, ray=ray)
+                  resume=resume, overwrite=overwrite, workers=workers, ray=ray)
     _echo((out / "table.md").read_text())
     _echo(f"wrote {out}")
 

@@ -52,10 +52,13 @@ def dump_ir(ir: IR, stem: Path, *, draw: bool) -> None:
 
 
 def compile_to_folder(spec: Spec, out: Path, options: CompileOptions,
-                      echo: Callable[[str], None] = print) -> CompileReport:
-    """Compile `spec` into `out` (atomically: nothing lands in `out` unless all of it succeeds)."""
+                      echo: Callable[[str], None] = print, *, replace: bool = False) -> CompileReport:
+    """Compile `spec` into `out` (atomically: nothing lands in `out` unless all of it succeeds); with
+    `replace`, what else `out` held (a run's results and checkpoints) goes once the compile succeeded."""
+    from .run_folder import LOCK_FILE
+
     passes = before_search_pipeline(spec)
-    with staged_output(out) as staging:
+    with staged_output(out, replace=replace, keep=(LOCK_FILE,)) as staging:
         write_resolved_spec(spec, staging)
         (staging / "passes").mkdir()
         rows: list[dict] = []

@@ -17,8 +17,9 @@ from .errors import UserError
 
 
 @contextmanager
-def staged_output(out: str | Path) -> Iterator[Path]:
-    """Yield a staging folder; on success its contents land in `out`."""
+def staged_output(out: str | Path, *, replace: bool = False, keep: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield a staging folder; on success its contents land in `out`. With `replace`, whatever else `out`
+    held goes then (but the entries named in `keep`), so it holds this command's results alone."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output path exists and is not a folder")
@@ -30,14 +31,18 @@ def staged_output(out: str | Path) -> Iterator[Path]:
         raise UserError(f"{out}: cannot write the output folder ({err.strerror or err})") from None
     try:
         yield staging
-        _publish(staging, out)
+        _publish(staging, out, replace=replace, keep=keep)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _publish(staging: Path, out: Path) -> None:
+def _publish(staging: Path, out: Path, *, replace: bool, keep: tuple[str, ...]) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
+        staged = {entry.name for entry in staging.iterdir()}
+        for entry in sorted(out.iterdir()) if replace else ():
+            if entry.name not in staged and entry.name not in keep:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
         for entry in sorted(staging.iterdir()):
             target = out / entry.name
             if target.is_dir() and not target.is_symlink():

@@ -37,7 +37,10 @@ def recorded_spec(resolved_file: Path) -> dict[str, Any] | None:
     is not a spec."""
     from pydantic import ValidationError
 
-    recorded = yaml.safe_load(resolved_file.read_text())
+    try:
+        recorded = yaml.safe_load(resolved_file.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return None
     if not isinstance(recorded, dict):
         return None
     try:
@@ -151,6 +154,8 @@ def prepare_run_folder(spec: Spec, out: Path, *, resume: bool, overwrite: bool) 
     run must not clobber."""
     if Path(out).exists() and not Path(out).is_dir():
         raise UserError(f"{out}: exists and is not a folder; give -o a folder for the run")
+    if holds_a_bench(out):
+        raise UserError(f"{out}: holds a bench's results, which a run's files would mix with; run into another folder")
     checkpoint = Path(out) / "checkpoints" / "latest.pt"
     if resume:
         resolved = Path(out) / "spec.resolved.yaml"
@@ -224,6 +229,11 @@ def locked_folder(out: Path, command: str) -> Iterator[None]:
 def holds_a_run(out: Path) -> bool:
     """Whether OUT holds a `dagir run` (started or finished)."""
     return (Path(out) / "checkpoints" / "latest.pt").is_file() or (Path(out) / "metrics.json").is_file()
+
+
+def holds_a_bench(out: Path) -> bool:
+    """Whether OUT holds a finished `dagir bench` (its results)."""
+    return (Path(out) / "results.json").is_file()
 
 
 def finished_files(out: Path) -> dict[str, bytes]:

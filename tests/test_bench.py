@@ -132,6 +132,8 @@ def test_bad_methods_exit_2_before_any_training(tmp_path):
         assert not out.exists()
     code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--seeds", "0", "--no-progress")
     assert code == 2 and "--seeds: must be at least 1 (got 0)" in stderr and not out.exists(), stderr
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", " ", "--no-progress")
+    assert code == 2 and "--methods: names no method" in stderr and not out.exists(), stderr
 
 
 def test_delta_mtl_follows_each_tasks_chosen_metric():
@@ -460,3 +462,22 @@ def test_every_example_method_file_resolves_on_the_spec_it_is_written_for():
     for path in files:
         method = resolve_methods(load_spec(examples / METHOD_FILES[path.name]), [str(path)])[path.stem]
         assert method.pipeline.before_search[0].startswith(("build-cross-task", "build-routing")), path.name
+
+
+def test_a_bench_does_not_overwrite_what_a_folder_holds_unless_told(tmp_path):
+    """Into a folder with a bench's results the bench refuses without --resume or --overwrite (it
+    replaced them silently); it refuses a run's folder; a run and a compile refuse a bench's folder."""
+    spec, out = tiny_bench(tmp_path)
+    assert dagir("bench", str(spec), "-o", str(out), "--methods", "hard_sharing", "--no-progress")[0] == 0
+    results = (out / "results.json").read_bytes()
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "single_task", "--no-progress")
+    assert code == 2 and "holds a bench's runs or results" in stderr and "--overwrite" in stderr, stderr
+    assert (out / "results.json").read_bytes() == results and not list(out.glob("single_task-seed*"))
+    code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", "single_task", "--overwrite",
+                            "--no-progress")
+    assert code == 0 and json.loads((out / "results.json").read_text())["runs"].keys() == {"single_task"}, stderr
+    code, _, stderr = dagir("bench", str(spec), "-o", str(next(out.glob("hard_sharing-seed*"))), "--no-progress")
+    assert code == 2 and "holds a dagir run" in stderr
+    for command in (("run", str(spec), "-o", str(out), "--no-progress"), ("compile", str(spec), "-o", str(out))):
+        code, _, stderr = dagir(*command)
+        assert code == 2 and "holds a bench's results" in stderr and "Traceback" not in stderr, stderr

@@ -287,6 +287,9 @@ def test_bad_resume_and_eval_inputs(tmp_path, tiny_spec):
     assert (out / "checkpoints" / "latest.pt").is_file()  # nothing lost
     code, _, stderr = dagir("eval", str(tmp_path))
     assert code == 2 and "not a finished dagir run" in stderr
+    (out / "spec.resolved.yaml").write_text("garbage: [")
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
+    assert code == 2 and "spec.resolved.yaml there is not a spec" in stderr and "Traceback" not in stderr, stderr
 
 
 def test_task_kind_that_does_not_fit_the_data(tmp_path):
@@ -891,3 +894,28 @@ def test_a_run_with_task_copies_beside_the_shared_nodes(tmp_path, tiny_spec):
         if owner is not None:
             assert set(edge.tasks) == {owner}, (src, dst)
     assert set(metrics["test"]) == {"digit", "parity"}
+
+
+def test_compile_over_a_run_leaves_the_compile_alone_and_a_failed_one_leaves_the_run(tmp_path, monkeypatch):
+    """`compile --overwrite` over a finished run: the folder then holds the compile and no results of
+    the old spec (eval found the old compact network beside the new spec and crashed); a compile that
+    fails, at its last step, changes nothing there."""
+    import dagir.backends.torch_supernet as torch_supernet
+
+    run = short_tiny_run(tmp_path)
+    spec = tmp_path / "tiny.yaml"
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".dagir.lock"}
+
+    def failing(ir):
+        raise UserError("lowering failed")
+    monkeypatch.setattr(torch_supernet, "lower_supernet", failing)
+    code, _, stderr = dagir("compile", str(spec), "-o", str(run), "--overwrite")
+    assert code == 2 and "lowering failed" in stderr
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".dagir.lock"} == before
+    monkeypatch.undo()
+    code, _, stderr = dagir("compile", str(spec), "-o", str(run), "--overwrite", "--set", "network.central.nodes=3")
+    assert code == 0, stderr
+    assert {p.name for p in run.iterdir()} == {".dagir.lock", "passes", "spec.resolved.yaml", "supernet.py",
+                                               "summary.json"}
+    code, _, stderr = dagir("eval", str(run))
+    assert code == 2 and "not a finished dagir run" in stderr and "Traceback" not in stderr
