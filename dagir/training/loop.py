@@ -207,7 +207,8 @@ class StageLoop:
             running = totals if (totals is not None and epoch == position.epoch) else EpochTotals()
             first = position.step if epoch == position.epoch else 0
             bar = tqdm(total=count, initial=first, desc=f"{self.name} {epoch + 1}/{self.epochs}",
-                       disable=not self.progress, leave=False, unit="step", dynamic_ncols=True)
+                       disable=None if self.progress else True,  # None: off where stderr is not a terminal
+                       leave=False, unit="step", dynamic_ncols=True)
             for step in range(first, count):
                 inputs, targets = batches[step]
                 batch = (inputs.to(self.device), {k: v.to(self.device) for k, v in targets.items()})
