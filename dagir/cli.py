@@ -109,6 +109,9 @@ def run_command(
     from .spec import load_spec
     from .training.distributed import join_world, leave_world
 
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite: give one (--resume continues the run in OUT, --overwrite "
+                        "starts it again)")
     spec = load_spec(spec_path, overrides or [])
     world = join_world(spec.train.device)
     kept = f"{out} keeps its last checkpoint, if one was written; --resume continues from it"
@@ -267,9 +270,10 @@ def viz_command(
     from dagir.backends.graphviz_dot import render, to_dot
 
     from .ir_io import read_ir
+    from .run_folder import output_file
 
     ir = read_ir(ir_path)
-    target = out if out is not None else ir_path.with_suffix("")
+    target = output_file(out) if out is not None else ir_path.with_suffix("")
     written = render(to_dot(ir), target, formats=("svg", "png") if png else ("svg",))
     for path in written:
         _echo(f"wrote {path}")

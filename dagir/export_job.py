@@ -31,6 +31,7 @@ def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str
     from dagir.backends.torch_export import load_compact
 
     from .evaluate_job import run_folder_spec
+    from .run_folder import output_file, refuse_a_run_file
 
     if fmt not in FORMATS:
         raise UserError(f"--format: must be one of {', '.join(FORMATS)} (got {fmt!r})")
@@ -40,15 +41,9 @@ def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str
     inputs = example_inputs(spec, batch)
     with torch.no_grad():
         expected = {task: value.detach() for task, value in module(inputs).items()}
-    target = Path(target)
-    if target.is_dir():
-        raise UserError(f"-o {target}: is a folder; give the file to write")
-    written = [target, target.with_suffix(".safetensors")] if fmt == "python" else [target]
-    for path in written:
-        if path.exists() and path.resolve().parent == Path(out).resolve():
-            raise UserError(f"-o {target}: would overwrite the run's own {path.name}; write the export "
-                            "outside the run folder or under a new name")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = output_file(target)
+    for path in [target, target.with_suffix(".safetensors")] if fmt == "python" else [target]:
+        refuse_a_run_file(path, out)
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "python": _python}[fmt]
     got = exporter(module, inputs, target, Path(out), list(expected))
     differences = {task: float((got[task] - expected[task]).abs().max()) for task in expected}

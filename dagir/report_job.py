@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .run_folder import write_text
+from .run_folder import output_file, refuse_a_run_file, write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -37,7 +37,8 @@ def write_report(out: Path, target: Path | None = None) -> Path:
         body = _run_page(out)
     else:
         raise UserError(f"{out}: neither a finished dagir run (metrics.json) nor a bench (results.json)")
-    target = Path(target) if target is not None else out / "report.html"
+    target = output_file(target) if target is not None else out / "report.html"
+    refuse_a_run_file(target, out, allowed=("report.html",))
     title = html.escape(out.name)
     write_text(target, f"<!doctype html>\n<html><head><meta charset='utf-8'><title>dagir: {title}</title>"
                        f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")

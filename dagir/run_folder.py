@@ -3,6 +3,7 @@ at a time works in it, and the checks made before a run starts in OUT (is it thi
 a new run clobber one)."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -27,8 +28,30 @@ def write_text(path: Path, text: str | bytes) -> None:
         temporary.write_bytes(text) if isinstance(text, bytes) else temporary.write_text(text)
         os.replace(temporary, path)
     except OSError as err:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # NotADirectoryError where the parent is a file
+            temporary.unlink(missing_ok=True)
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def refuse_a_run_file(target: Path, out: Path, *, allowed: tuple[str, ...] = ()) -> None:
+    """A command writing `target` for the run or bench in `out` (export, report) must not replace one
+    of that folder's own files (`allowed`: those it writes itself)."""
+    target = Path(target)
+    if target.exists() and target.name not in allowed and target.resolve().parent == Path(out).resolve():
+        raise UserError(f"-o {target}: would overwrite the run's own {target.name}; write it outside the run "
+                        "folder or under a new name")
+
+
+def output_file(target: Path) -> Path:
+    """`target` as a file a command may write: not a folder, its folder made if missing."""
+    target = Path(target)
+    if target.is_dir():
+        raise UserError(f"-o {target}: is a folder; give the file to write")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"-o {target}: cannot write there ({err.strerror or err})") from None
+    return target
 
 
 def recorded_spec(resolved_file: Path) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +33,13 @@ class DataSpec(Strict):
     root: str | None = None
     batch_size: int = Field(128, ge=1)
     val_split: float = Field(0.1, gt=0, lt=1)
+
+    @field_validator("root")
+    @classmethod
+    def _absolute(cls, root: str | None) -> str | None:
+        """A relative root is read from the folder the command runs in, and recorded absolute, so the run
+        folder's spec finds the data from anywhere (eval, export, --resume)."""
+        return None if root is None else os.path.abspath(os.path.expanduser(root))
 
 
 class TaskSpec(Strict):

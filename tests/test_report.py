@@ -58,6 +58,19 @@ def test_report_of_a_folder_that_is_no_run_exits_2(tmp_path):
     assert code == 2 and "neither a finished dagir run" in stderr
 
 
+def test_a_report_refuses_to_replace_a_run_file_or_to_write_under_a_file(run_folder, tmp_path):
+    metrics = (run_folder / "metrics.json").read_bytes()
+    code, _, stderr = dagir("report", str(run_folder), "-o", str(run_folder / "metrics.json"))
+    assert code == 2 and "would overwrite the run's own metrics.json" in stderr
+    assert (run_folder / "metrics.json").read_bytes() == metrics
+    (tmp_path / "afile").write_text("x")
+    for command in (("report", str(run_folder), "-o", str(tmp_path / "afile" / "r.html")),
+                    ("export", str(run_folder), "--format", "python", "-o", str(tmp_path / "afile" / "m.py")),
+                    ("viz", str(run_folder / "compact.json"), "-o", str(tmp_path / "afile" / "ir"))):
+        code, _, stderr = dagir(*command)
+        assert code == 2 and "afile" in stderr and "Traceback" not in stderr, (command, stderr)
+
+
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no headless browser (Debian's chromium) installed")
 def test_the_report_renders_in_a_headless_browser(run_folder, tmp_path):
     dagir("report", str(run_folder))

@@ -287,6 +287,8 @@ def test_bad_resume_and_eval_inputs(tmp_path, tiny_spec):
     assert (out / "checkpoints" / "latest.pt").is_file()  # nothing lost
     code, _, stderr = dagir("eval", str(tmp_path))
     assert code == 2 and "not a finished dagir run" in stderr
+    code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume", "--overwrite")
+    assert code == 2 and "--resume and --overwrite: give one" in stderr
     (out / "spec.resolved.yaml").write_text("garbage: [")
     code, _, stderr = dagir("run", str(tiny_spec), "-o", str(out), "--resume")
     assert code == 2 and "spec.resolved.yaml there is not a spec" in stderr and "Traceback" not in stderr, stderr

@@ -435,3 +435,19 @@ def test_the_penguins_run_through_the_table_format_on_the_same_data(tmp_path):
         assert torch.equal(a.inputs, b.inputs)
         assert all(torch.equal(a.targets[t], b.targets[t]) for t in b.targets)
     assert generic.target_scales == pytest.approx(built_in.target_scales)
+
+
+def test_a_relative_root_is_recorded_absolute_so_the_run_folder_works_from_anywhere(tmp_path, monkeypatch):
+    """Read from the folder the command runs in, recorded absolute: eval from another folder finds
+    the data (it looked for 'data.npz' there and failed)."""
+    np.savez(tmp_path / "data.npz", **planted(rows=300))
+    spec = write_spec(tmp_path, Path("data.npz"))
+    monkeypatch.chdir(tmp_path)
+    assert dagir("run", str(spec), "-o", "out", "--no-progress", "--set", "train.warmup.epochs=1",
+                 "--set", "train.search.epochs=1", "--set", "train.finetune.epochs=1")[0] == 0
+    assert load_spec(tmp_path / "out" / "spec.resolved.yaml").data.root == str(tmp_path / "data.npz")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout, stderr = dagir("eval", str(tmp_path / "out"))
+    assert code == 0 and "matches metrics.json" in stdout, stderr
