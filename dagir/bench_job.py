@@ -29,8 +29,7 @@ from typing import Any, Callable, Sequence
 from .choice import Choice, check_choice_folder, choose, read_choice
 from .errors import UserError
 from .methods import BUILT_IN, method_file, method_name, method_spec
-from .pass_manager import PassManager
-from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
+from .pipeline import after_search_pipeline, compile_spec
 from .run_folder import (finished_files, holds_a_run, how_it_differs, locked_folder, prepare_run_folder,
                          same_run_spec, write_finished_files, write_text)
 from .run_job import Run
@@ -79,7 +78,7 @@ def bench_plan(spec: Spec, methods: Sequence[str]) -> tuple[dict[str, Spec], lis
         if name in what:
             continue
         method_of = method_spec(spec, method)
-        PassManager(before_search_pipeline(method_of)).run(seed_ir(method_of))
+        compile_spec(method_of)  # the method's space builds
         after_search_pipeline(method_of)
         resolved[name], what[name] = method_of, method
     names = [choice.name for choice in choices]

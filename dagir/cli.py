@@ -68,8 +68,7 @@ def compile_command(
         # over a run (--overwrite) the folder then holds the compile alone: no results of another spec
         report = compile_to_folder(spec, out, options, echo=_echo, replace=holds_a_run(out))
     _print_summary(report.rows, time_passes)
-    if report.supernet_parameters is not None:
-        _echo(f"supernet: {report.supernet_parameters:,} parameters; code in {out / 'supernet.py'}")
+    _echo(f"supernet: {report.supernet_parameters:,} parameters; code in {out / 'supernet.py'}")
     _echo(f"wrote {out}")
 
 

@@ -9,7 +9,7 @@ OUT/
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +17,8 @@ from .ir import IR
 from .ir_stats import pass_summary
 from .ir_text import format_ir
 from .output_dir import staged_output
-from .pass_manager import PassManager, PassResult
-from .pipeline import before_search_pipeline, seed_ir
+from .pass_manager import PassResult
+from .pipeline import before_search_pipeline, compile_spec
 from .spec import Spec
 
 
@@ -27,15 +27,13 @@ class CompileOptions:
     print_between_passes: bool = False
     time_passes: bool = False
     verify: bool = True
-    draw: bool = True
-    lower: bool = True
 
 
 @dataclass
 class CompileReport:
     ir: IR
-    rows: list[dict] = field(default_factory=list)
-    supernet_parameters: int | None = None
+    rows: list[dict]
+    supernet_parameters: int
 
 
 def write_resolved_spec(spec: Spec, folder: Path) -> None:
@@ -65,20 +63,18 @@ def compile_to_folder(spec: Spec, out: Path, options: CompileOptions,
 
         def after_pass(result: PassResult) -> None:
             stem = staging / "passes" / f"{result.index:02d}-{result.pass_.name}"
-            dump_ir(result.ir, stem, draw=options.draw)
+            dump_ir(result.ir, stem, draw=True)
             rows.append({"pass": str(result.pass_), "seconds": round(result.seconds, 6),
                          **pass_summary(result.ir)})
             if options.print_between_passes:
                 echo(f"// ----- IR after {result.pass_} -----")
                 echo(format_ir(result.ir))
 
-        ir = PassManager(passes, verify_each=options.verify, on_pass=after_pass).run(seed_ir(spec))
-        report = CompileReport(ir, rows)
-        if options.lower:
-            from dagir.backends.torch_supernet import count_parameters, lower_supernet
-            module = lower_supernet(ir)
-            (staging / "supernet.py").write_text(module.code)
-            report.supernet_parameters = count_parameters(module)
+        ir = compile_spec(spec, passes=passes, verify_each=options.verify, on_pass=after_pass)
+        from dagir.backends.torch_supernet import count_parameters, lower_supernet
+        module = lower_supernet(ir)
+        (staging / "supernet.py").write_text(module.code)
+        report = CompileReport(ir, rows, count_parameters(module))
         (staging / "summary.json").write_text(json.dumps(
             {"name": spec.name, "passes": rows, "supernet_parameters": report.supernet_parameters},
             indent=1))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Iterator, Literal, Mapping, get_args
+from typing import Any, Iterable, Literal, Mapping, get_args
 
 import networkx as nx
 
@@ -458,6 +458,3 @@ def all_tasks(tasks: Iterable[str]) -> dict[str, EdgeTaskState]:
     return {t: EdgeTaskState() for t in tasks}
 
 
-def iter_task_edges(ir: IR, task: str) -> Iterator[Edge]:
-    """Edges active for `task`."""
-    return (e for e in ir.edges.values() if e.is_active(task))

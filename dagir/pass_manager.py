@@ -172,8 +172,8 @@ class PassManager:
         self.passes, self.verify_each, self.on_pass = list(passes), verify_each, on_pass
         self.timings: list[tuple[str, float]] = []
 
-    def run(self, ir: IR, *, first_index: int = 1) -> IR:
-        for offset, pass_ in enumerate(self.passes):
+    def run(self, ir: IR) -> IR:
+        for index, pass_ in enumerate(self.passes, start=1):
             start = time.perf_counter()
             result = pass_.run(ir)
             if result is ir:
@@ -187,6 +187,6 @@ class PassManager:
                     raise err.blame(pass_.name) from None
             self.timings.append((pass_.name, seconds))
             if self.on_pass is not None:
-                self.on_pass(PassResult(first_index + offset, pass_, result, seconds))
+                self.on_pass(PassResult(index, pass_, result, seconds))
             ir = result
         return ir

@@ -33,7 +33,7 @@ from .errors import UserError
 from .ir import IR
 from .ir_stats import edges_per_task
 from .pass_manager import PassManager, PassResult
-from .pipeline import after_search_pipeline, before_search_pipeline, seed_ir
+from .pipeline import after_search_pipeline, compile_spec, seed_ir
 from .run_folder import write_text
 from .spec import Spec, check_data_root
 from .training import stages
@@ -234,24 +234,18 @@ class Run:
                                   f"and process, and a batch here has {rows}: raise data.batch_size (or use fewer "
                                   "processes), or set network.central.nddr_norm: layer or none")
 
-    def _compile(self) -> IR:
-        folder = self.out / "passes" / "before-search"
+    def _dumping_into(self, phase: str) -> Callable[[PassResult], None]:
+        """Write each pass's IR (JSON and drawings) to OUT/passes/`phase`/NN-name.*."""
+        folder = self.out / "passes" / phase
         folder.mkdir(parents=True, exist_ok=True)
+        return lambda result: dump_ir(result.ir, folder / f"{result.index:02d}-{result.pass_.name}", draw=True)
 
-        def dump(result: PassResult) -> None:
-            dump_ir(result.ir, folder / f"{result.index:02d}-{result.pass_.name}", draw=True)
-
-        return PassManager(before_search_pipeline(self.spec), on_pass=dump).run(seed_ir(self.spec))
+    def _compile(self) -> IR:
+        return compile_spec(self.spec, on_pass=self._dumping_into("before-search"))
 
     def _post_search(self, searched: IR) -> IR:
-        folder = self.out / "passes" / "after-search"
-        folder.mkdir(parents=True, exist_ok=True)
-        passes = after_search_pipeline(self.spec)
-
-        def dump(result: PassResult) -> None:
-            dump_ir(result.ir, folder / f"{result.index:02d}-{result.pass_.name}", draw=True)
-
-        compact_ir = PassManager(passes, on_pass=dump).run(searched, first_index=1)
+        compact_ir = PassManager(after_search_pipeline(self.spec), on_pass=self._dumping_into("after-search")).run(
+            searched)
         write_text(self.out / "compact.json", compact_ir.to_json())
         fit = compact_ir.meta.get("fit_budget")
         if fit and not fit["met"]:

@@ -61,15 +61,14 @@ def interrupts_between_steps(enabled: bool = True) -> Iterator[Callable[[], bool
         signal.signal(signal.SIGINT, previous)
 
 
-def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(parameters: Sequence[nn.Parameter], stage: StageSpec) -> torch.optim.Optimizer:
     """The stage's optimiser over the `parameters` that train. torch's fused kernel where every one
     is a float tensor on a device that has it (CPU and CUDA): one call for all of them, not a few
     per tensor. On the tabular generator's supernet (72 tensors) an Adam step takes 0.22x the time,
     and a warm-up step 0.72-0.77x; on MultiMNIST's, whose convolutions dominate, 0.98x
     (`benchmarks/optimizer_step.py`, `benchmarks/results/optimizer-step.txt`)."""
     parameters = [p for p in parameters if p.requires_grad]
-    lr = stage.lr if lr is None else lr
-    options = {"lr": lr, "weight_decay": stage.weight_decay}
+    options = {"lr": stage.lr, "weight_decay": stage.weight_decay}
     if parameters and all(p.is_floating_point() and p.device.type in FUSED_DEVICES for p in parameters):
         options["fused"] = True
     if stage.optimizer == "sgd":

@@ -69,15 +69,14 @@ class StageRunner:
     """Runs a stage's loop in a run folder: device, precision, checkpoints, resume, history."""
 
     def __init__(self, spec: Spec, device: torch.device, checkpoint_path, *, progress: bool, echo: Echo,
-                 history: list[dict[str, Any]] | None = None, stage_seconds: dict[str, float] | None = None,
                  world: World = World()) -> None:
         self.spec, self.device, self.checkpoint_path, self.progress, self.echo = (
             spec, device, checkpoint_path, progress, echo)
         self.world = world  # this process's rank among the run's processes (0 of 1 but under torchrun)
         self.precision = Precision(spec.train.precision, device, world, spec.train.channels_last)  # autocast etc.
         self.dtype = self.precision.dtype
-        self.history: list[dict[str, Any]] = list(history or [])
-        self.stage_seconds: dict[str, float] = dict(stage_seconds or {})  # wall time
+        self.history: list[dict[str, Any]] = []  # a resumed run's is put back by `Run`
+        self.stage_seconds: dict[str, float] = {}  # wall time
         self.stage_cpu_seconds: dict[str, float] = {}  # this process's CPU time: what sharing the machine does not inflate
         self.stage_steps: dict[str, int] = {}  # the optimiser steps each stage takes in all (its budget)
         self.weighting = make_weighting(spec.train.loss_weighting, len(spec.tasks), device, world)  # None: the sum
