@@ -14,7 +14,7 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .errors import UserError, VerificationError
+from .errors import SpecError, UserError, VerificationError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dagir: a compiler for multi-task network search spaces.")
@@ -178,17 +178,26 @@ def bench_command(
         given = [m.strip() for m in methods.split(",") if m.strip()] if methods else ["searched", "single_task"]
         methods = ",".join(dict.fromkeys(given + list(ABLATIONS)))
     if methods is not None:
-        if not methods.strip(" ,"):
+        names = [name.strip() for name in methods.split(",")]
+        if not any(names):
             raise UserError("--methods: names no method (give a comma-separated list, or leave it out for the "
                             "spec's bench.methods)")
-        extra.append(f"bench.methods=[{methods}]")
+        if not all(names):
+            raise UserError(f"--methods {methods}: an empty name between commas")
+        extra.append(f"bench.methods={json.dumps(names)}")  # JSON is YAML: any file name survives quoted
+    made_by_methods = f"--set {extra[-1]}" if methods is not None else None
     if seeds is not None:
         if seeds < 1:
             raise UserError(f"--seeds: must be at least 1 (got {seeds})")
         extra.append(f"bench.seeds={seeds}")
     if executor not in ("local", "ray"):
         raise UserError(f"--executor: '{executor}' is not one of local, ray")
-    spec = load_spec(spec_path, extra)
+    try:
+        spec = load_spec(spec_path, extra)
+    except SpecError as err:
+        if err.file is not None and err.file == made_by_methods:  # the override --methods made: say --methods
+            raise SpecError(err.message, file=f"--methods {methods}", field=err.field) from None
+        raise
     seed_list = [spec.seed + i for i in range(spec.bench.seeds)]
     ray = RayRequest(ray_address, cpus_per_run, gpus_per_run) if executor == "ray" else None
     with _saying_what_ctrl_c_kept(f"{out} keeps the finished runs and the others' last checkpoints; --resume "

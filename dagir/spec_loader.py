@@ -167,8 +167,10 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise SpecError(f"bad key {key!r}", file=where)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise SpecError(f"bad value: {err}", file=where) from None
+    except yaml.YAMLError as err:  # one line: what YAML found wrong, and where in the value
+        mark = getattr(err, "problem_mark", None)
+        at = f" at column {mark.column + 1} of {raw!r}" if mark is not None else ""
+        raise SpecError(f"bad value: {getattr(err, 'problem', None) or 'not YAML'}{at}", file=where) from None
     target: Any = data
     for depth, part in enumerate(parts[:-1]):
         target = _step(target, part, create=True, where=where, prefix=parts[:depth + 1])

@@ -124,7 +124,8 @@ def test_a_method_file_may_extend_a_built_in_one_and_change_only_what_differs(tm
 def test_bad_methods_exit_2_before_any_training(tmp_path):
     spec, out = tiny_bench(tmp_path)
     (tmp_path / "cheat.yaml").write_text("data: {batch_size: 8}\n")
-    for methods, message in (("searched,magic", "unknown method 'magic'"),
+    for methods, message in (("searched,magic", "--methods searched,magic: bench.methods.1: unknown method 'magic'"),
+                             ("searched,,mtl_nas", "--methods searched,,mtl_nas: an empty name between commas"),
                              ("cheat.yaml", "cheat.yaml:1:1: data: a method may not set 'data'"),
                              ("hard_sharing,hard_sharing", "method 'hard_sharing' is named twice")):
         code, _, stderr = dagir("bench", str(spec), "-o", str(out), "--methods", methods, "--no-progress")

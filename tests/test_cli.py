@@ -107,6 +107,8 @@ network:
     (SPEC + "train: {search: {strategy: evolution}}\n", [], "train.search.strategy: must be one of"),
     (SPEC + "  central: {edge_op: conv}\n", [], "duplicate key 'central'"),
     (SPEC, ["--set", "network.central.edge_op=conv"], "'conv' needs image inputs"),
+    (SPEC, ["--set", "tasks.0.classes=[3"], "--set tasks.0.classes=[3: bad value: expected ',' or ']', but got "
+                                             "'<stream end>' at column 3 of '[3'"),
     ("tasks: [\n", [], "malformed YAML"),
 ])
 def test_bad_spec_exits_2_with_one_located_message(tmp_path, text, extra, message):
