@@ -112,6 +112,9 @@ def run_command(
         raise UserError("--resume and --overwrite: give one (--resume continues the run in OUT, --overwrite "
                         "starts it again)")
     spec = load_spec(spec_path, overrides or [])
+    if mlflow is not None:
+        from .training.tracking import check_reachable
+        check_reachable(mlflow)  # before OUT is touched
     world = join_world(spec.train.device)
     kept = f"{out} keeps its last checkpoint, if one was written; --resume continues from it"
     with _saying_what_ctrl_c_kept(kept):

@@ -115,27 +115,30 @@ class Run:
 
     # -- the method ---------------------------------------------------------------------------
     def execute(self) -> dict[str, Any]:
+        failed = True
         try:
             state = self._start()
             self.runner.board = self._open_boards()
-            return self._execute(state)
+            metrics = self._execute(state)
+            failed = False
+            return metrics
         finally:
             if self.runner.board:
-                self.runner.board.close()
+                self.runner.board.close(failed=failed)  # an MLflow run ends FAILED when the run did
             if not self.world.main:
                 shutil.rmtree(self.out, ignore_errors=True)
 
     def _open_boards(self):
         """What the run logs to as it goes: TensorBoard (when installed, unless turned off), MLflow."""
         from .training.board import Boards, RunBoard, tensorboard_available
+        if self.tensorboard and not tensorboard_available():  # before an MLflow run is started
+            raise UserError("--tensorboard needs the tensorboard package: pip install 'dagir[tensorboard]'")
         boards = []
         if self.mlflow is not None:
             from .training.tracking import MlflowBoard
             boards.append(MlflowBoard(self.mlflow, self.out, self.spec.resolved_dict(), self.spec.name,
                                       resume=self.resume))
         if self.tensorboard is not False and not tensorboard_available():
-            if self.tensorboard:
-                raise UserError("--tensorboard needs the tensorboard package: pip install 'dagir[tensorboard]'")
             self.echo("note: tensorboard is not installed, so no OUT/tensorboard/ (pip install 'dagir[tensorboard]')")
         elif self.tensorboard is not False:
             boards.append(RunBoard(self.out / "tensorboard",

@@ -63,10 +63,12 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run(tmp_path, file_store, monk
     with pytest.raises(Interrupt):
         tracked_run(spec, tmp_path / "run", file_store)
     first = json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"]
+    client = MlflowClient(file_store)
+    assert client.get_run(first).info.status == "FAILED"  # the interrupted run does not look finished
     patch_loss(monkeypatch, real_loss)
     tracked_run(spec, tmp_path / "run", file_store, resume=True)
     assert json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"] == first
-    client = MlflowClient(file_store)
+    assert client.get_run(first).info.status == "FINISHED"
     assert len(client.search_runs([client.get_run(first).info.experiment_id])) == 1
     steps = [m.step for m in client.get_metric_history(first, "train/loss")]
     assert sorted(set(steps)) == list(range(1, 6))  # every epoch of the five, before and after the resume
@@ -88,3 +90,16 @@ def test_a_store_mlflow_refuses_is_a_clear_error_before_training(tmp_path):
     assert code == 2 and "--mlflow bogus://nowhere: " in stderr and "unsupported URI" in stderr, stderr
     assert "Traceback" not in stderr
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_at_once(tmp_path):
+    """MLflow's client retried an unreachable server for four minutes, after OUT was written."""
+    import time
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY)
+    started = time.perf_counter()
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "a"), "--mlflow", "http://127.0.0.1:9",
+                            "--no-progress")
+    assert code == 2 and "--mlflow http://127.0.0.1:9: no tracking server answers there" in stderr, stderr
+    assert time.perf_counter() - started < 30 and not (tmp_path / "a").exists()

@@ -85,7 +85,7 @@ class RunBoard:
     def artifact(self, path: Path) -> None:
         """A file of the run (TensorBoard has no place for one: the run folder holds it)."""
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.flush()
         self.writer.close()
 

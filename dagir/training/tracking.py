@@ -34,6 +34,22 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An http(s) tracking server answers within `timeout` seconds, or a `UserError` says so at once
+    (MLflow's own client retries an unreachable server for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # a server answered, whatever it said
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise UserError(f"--mlflow {uri}: no tracking server answers there ({reason})") from None
+
+
 class MlflowBoard:
     """One dagir run as one MLflow run (resumed by the id in `OUT/mlflow.json`)."""
 
@@ -75,5 +91,5 @@ class MlflowBoard:
         if Path(path).is_file():
             self.mlflow.log_artifact(str(path))
 
-    def close(self) -> None:
-        self.mlflow.end_run()
+    def close(self, failed: bool = False) -> None:
+        self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
