@@ -260,14 +260,20 @@ def passes_command() -> None:
     """List the registered passes and their options."""
     from .pass_manager import registered_passes
 
+    from typing import Literal, get_args, get_origin
+
+    def kind(annotation) -> str:
+        if get_origin(annotation) is Literal:  # the values it takes
+            return " | ".join(str(value) for value in get_args(annotation))
+        return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
     for name, cls in registered_passes().items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
         _echo(f"{name}{'  (build pass)' if cls.builds else ''}")
-        _echo(f"    {doc}")
+        _echo(f"    {summary}")
         for field_name, info in cls.model_fields.items():
-            annotation = getattr(info.annotation, "__name__", None) or str(info.annotation).replace("typing.", "")
             default = info.get_default(call_default_factory=True)
-            _echo(f"    {field_name}: {annotation} = {json.dumps(default)}")
+            _echo(f"    {field_name}: {kind(info.annotation)} = {json.dumps(default)}")
 
 
 @app.command("viz")

@@ -81,6 +81,8 @@ def test_passes_lists_every_pass():
     for name in ("build-central", "flow-restrict", "insert-read-io", "legalize-types", "attach-gates",
                  "discretize", "flow-reduce", "share-states"):
         assert name in stdout
+    # a pass's whole first paragraph (it stopped at the docstring's first line), a choice's values
+    assert "or one logit all tasks share (`scope=shared`)." in stdout and "scope: task | shared = \"task\"" in stdout
 
 
 SPEC = """\
