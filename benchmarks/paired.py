@@ -19,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from dagir.bench_job import run_result, summarise
+from dagir.bench_job import run_result
+from dagir.bench_table import summarise
 from dagir.spec import Spec
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from dagir.bench_job import run_result, summarise
+from dagir.bench_job import run_result
+from dagir.bench_table import summarise
 from dagir.spec import Spec
 
 OTHERS = ("hard_sharing", "cross_stitch", "mtl_nas", "mtnas", "mmoe")

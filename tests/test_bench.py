@@ -140,7 +140,7 @@ def test_bad_methods_exit_2_before_any_training(tmp_path):
 def test_delta_mtl_follows_each_tasks_chosen_metric():
     """A depth task ranked by δ1 (higher is better) counts a rise as a gain, though the kind's
     first metric (absolute error) is lower-is-better."""
-    from dagir.bench_job import summarise
+    from dagir.bench_table import summarise
     from dagir.spec import Spec
 
     spec = Spec(data={"dataset": "nyuv2", "root": "."}, tasks=[{"name": "depth", "kind": "depth", "metric": "delta1"}],

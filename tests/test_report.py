@@ -37,7 +37,8 @@ def test_a_run_report_embeds_every_picture_and_the_results(run_folder):
 
 
 def test_a_bench_report_shows_the_comparison(tmp_path, run_folder):
-    from dagir.bench_job import run_result, summarise, write_results
+    from dagir.bench_job import run_result
+    from dagir.bench_table import summarise, write_results
     from dagir.spec import load_spec
     spec = load_spec(run_folder / "spec.resolved.yaml")
     import json
