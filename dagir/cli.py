@@ -133,10 +133,14 @@ def run_command(
     _echo(f"wrote {out}")
 
 
+def _print_task_metrics(metrics: dict[str, dict[str, float]]) -> None:
+    for task, values in metrics.items():
+        _echo(f"  {task:<12} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+
+
 def _print_metrics(metrics: dict) -> None:
     _echo("test metrics of the compact network:")
-    for task, values in metrics["test"].items():
-        _echo(f"  {task:<12} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    _print_task_metrics(metrics["test"])
     compact, supernet = metrics["compact"], metrics["supernet"]
     _echo(f"  parameters: compact {compact['parameters']:,}  supernet {supernet['parameters']:,}")
     _echo(f"  MACs/sample: compact {compact['macs']['total']:,}  "
@@ -219,8 +223,7 @@ def eval_command(
     from .evaluate_job import evaluate_run_folder
 
     report = evaluate_run_folder(out)
-    for task, values in report["test"].items():
-        _echo(f"  {task:<12} " + "  ".join(f"{k}={v:.4f}" for k, v in values.items()))
+    _print_task_metrics(report["test"])
     _echo("matches metrics.json" if report["matches"] else
           f"differs from metrics.json (largest difference {report['largest_difference']:.3g})")
     if not report["matches"]:

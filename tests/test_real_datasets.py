@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from dagir.datasets import dataset_info, dataset_tasks, load_dataset
-from dagir.datasets.omniglot import IGNORE_INDEX, task_name
+from dagir.datasets.omniglot import task_name
 from dagir.datasets.tabular import generate
 from dagir.errors import UserError
-from dagir.tasks import VOID_LABEL, task_loss
+from dagir.tasks import IGNORED_CLASS, VOID_LABEL, task_loss
 
 HEIGHT, WIDTH = 12, 16
 NYU_FOLDERS = ("image", "label", "depth", "normal")
@@ -235,9 +235,9 @@ def test_omniglot_one_task_per_alphabet_and_void_elsewhere(omniglot_root):
         assert split.inputs.dtype == torch.float32 and split.inputs.shape[1:] == (1, SIDE, SIDE)
         stacked = torch.stack([split.targets[task] for task in tasks], dim=1)
         assert stacked.dtype == torch.int64
-        assert bool(((stacked != IGNORE_INDEX).sum(dim=1) == 1).all())  # exactly one alphabet per sample
+        assert bool(((stacked != IGNORED_CLASS).sum(dim=1) == 1).all())  # exactly one alphabet per sample
         for row in range(len(split)):
-            owner = int((stacked[row] != IGNORE_INDEX).nonzero()[0])
+            owner = int((stacked[row] != IGNORED_CLASS).nonzero()[0])
             strokes = split.inputs[row, 0, owner].nonzero()[:, 0].tolist()
             assert strokes == [int(stacked[row, owner])]  # the drawn character is the label
             assert float(split.inputs[row, 0].sum()) == 2.0  # strokes 1, background 0
@@ -250,7 +250,7 @@ def test_omniglot_classification_loss_ignores_the_void_target(omniglot_root):
     data = load_dataset("omniglot", {"size": SIDE}, root=str(omniglot_root), val_split=0.2)
     target = data.train.targets["greek"]
     logits = torch.randn(len(target), 2, generator=torch.Generator().manual_seed(0))
-    mine = target != IGNORE_INDEX
+    mine = target != IGNORED_CLASS
     assert 0 < int(mine.sum()) < len(target)
     assert torch.isclose(task_loss("classification", logits, target),
                          task_loss("classification", logits[mine], target[mine]))
@@ -266,12 +266,12 @@ def test_omniglot_split_is_per_character_and_deterministic(omniglot_root):
     assert not torch.equal(first.test.source_ids, other.test.source_ids)
     for split in first.splits().values():  # every character of every alphabet is in every split
         for task, classes in first.task_classes.items():
-            present = split.targets[task][split.targets[task] != IGNORE_INDEX]
+            present = split.targets[task][split.targets[task] != IGNORED_CLASS]
             assert set(present.tolist()) == set(range(classes))
     # leaving out an alphabet moves no drawing of another between splits
     alone = load(3, alphabets=["Beta"])
     assert list(alone.task_kinds) == ["beta"]
-    beta = first.test.targets["beta"] != IGNORE_INDEX
+    beta = first.test.targets["beta"] != IGNORED_CLASS
     assert torch.equal(alone.test.inputs, first.test.inputs[beta])
 
 

@@ -8,7 +8,7 @@ The layout is the one the Omniglot release unpacks to:
 Each alphabet is a task named after its folder, sanitised to a spec task name (lowercase, runs of
 other characters become `_`: `Japanese_(hiragana)` gives `japanese_hiragana`); its classes are its
 characters in sorted folder order. A sample is one drawing and belongs to exactly one alphabet: its
-target for that alphabet's task is the character index, and for every other task `IGNORE_INDEX`
+target for that alphabet's task is the character index, and for every other task `IGNORED_CLASS`
 (-100, the `ignore_index` of `torch.nn.functional.cross_entropy`), so a loss skips it.
 
 Options:
@@ -37,9 +37,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..tasks import IGNORED_CLASS
 from .splits import Split, TaskData, seeded_rng
 
-IGNORE_INDEX = -100  # the target of a sample for the tasks of the other alphabets
 SETS = {"background": "images_background", "evaluation": "images_evaluation"}
 LAYOUT = "root/images_background/<Alphabet>/<character>/<drawing>.png (and optionally images_evaluation)"
 
@@ -164,7 +164,7 @@ def load(options: Mapping[str, Any], root: str | None = None, val_split: float =
         ids = np.array([row[0] for row in chosen], dtype=np.int64)
         owners = np.array([row[1] for row in chosen], dtype=np.int64)
         labels = np.array([row[2] for row in chosen], dtype=np.int64)
-        targets = {alphabet.task: torch.from_numpy(np.where(owners == index, labels, IGNORE_INDEX))
+        targets = {alphabet.task: torch.from_numpy(np.where(owners == index, labels, IGNORED_CLASS))
                    for index, alphabet in enumerate(found)}
         splits[name] = Split(torch.from_numpy(pixels[ids]).unsqueeze(1), targets, torch.from_numpy(ids)[:, None])
     return TaskData("omniglot", splits["train"], splits["val"], splits["test"], input_shape=(1, size, size),
