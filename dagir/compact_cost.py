@@ -157,6 +157,22 @@ def compact_macs(ir: IR) -> dict[str, Any]:
     return {"total": total, "per_task": per_task, "separate_total": sum(per_task.values())}
 
 
+def cost_floor(ir: IR) -> dict[str, int]:
+    """A lower bound on what any compact network of the space `ir` costs (MACs per sample, parameters):
+    every one keeps the stem and, for each task, its head and at least one of the head's read-outs (the
+    cheapest is counted). Known before training, so a budget below it is refused before any starts."""
+    incoming = ir.in_edges()
+    stems = [edge for edge in ir.edges.values() if edge.src == ir.input_node().name]
+    macs = sum(edge_macs(ir, edge) for edge in stems)
+    parameters = sum(parameter_count(edge.op) for edge in stems)
+    for task in ir.task_names:
+        head = ir.head_of(task)
+        reads = incoming.get(head.name, [])
+        macs += mac_count(head.op, head.input_type) + min((edge_macs(ir, edge) for edge in reads), default=0)
+        parameters += parameter_count(head.op) + min((parameter_count(edge.op) for edge in reads), default=0)
+    return {"macs": macs, "parameters": parameters}
+
+
 def aggregation_norm_parameters(aggregation: str, node_type: TensorType, nddr_norm: str = "batch") -> int:
     """The batch-norm affine parameters within a node's aggregation (`nddr` has one batch norm, unless
     its `nddr_norm` is a layer norm or none): what each further state of the node adds in the compact

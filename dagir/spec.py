@@ -578,8 +578,9 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     from .pipeline import after_search_pipeline, before_search_pipeline
 
     passes = before_search_pipeline(spec)
-    _check_size_and_strategy(spec, source, passes)
+    built = _check_size_and_strategy(spec, source, passes)
     after = after_search_pipeline(spec)  # after the size checks: pricing `single_task` builds the single-task networks
+    _check_budget_is_reachable(source, built, after)
     budget = spec.search.budget
     if budget.search_rate > 0 and not (budget.macs or budget.parameters):
         raise source.error(("search", "budget", "search_rate"), "holding a budget inside the search needs one: "
@@ -594,9 +595,27 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
             raise source.error(("bench", "methods", index), err.message) from None
 
 
-def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> None:
+def _check_budget_is_reachable(source: SpecSource, built, after: list) -> None:
+    """A budget below what any network of the space costs (`compact_cost.cost_floor`) cannot be met:
+    refused now, not after the search (fit-budget would keep one path per task and say so)."""
+    from .compact_cost import cost_floor
+
+    fit = next((p for p in after if p.name == "fit-budget"), None)
+    limits = {name: getattr(fit, name, None) for name in ("macs", "parameters")}
+    if fit is None or not any(limits.values()):
+        return
+    floor = cost_floor(built)
+    for name, limit in limits.items():
+        if limit is not None and limit < floor[name]:
+            unit = "MACs per sample" if name == "macs" else "parameters"
+            raise source.error(("search", "budget", name), f"{limit:,} {unit} is less than any network of this "
+                               f"space costs: its stem and each task's head with its cheapest read-out take "
+                               f"{floor[name]:,}")
+
+
+def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list):
     """The network's size against `limits`: nodes and widths first, then (building the IR, now
-    cheap) its parameters; and that the search strategy has the decisions it needs."""
+    cheap) its parameters; and that the search strategy has the decisions it needs. Returns the IR."""
     limits, network = spec.limits, spec.network
     if network.central.nodes > limits.nodes:
         raise source.error(("network", "central", "nodes"), f"{network.central.nodes:,} nodes are more than "
@@ -640,6 +659,7 @@ def _check_size_and_strategy(spec: Spec, source: SpecSource, passes: list) -> No
         raise source.error(("network",), f"the search space holds {parameters:,} parameters, more than "
                                          f"limits.parameters ({limits.parameters:,}); raise limits.parameters "
                                          "to allow it")
+    return built
 
 
 def check_data_root(spec: Spec) -> None:

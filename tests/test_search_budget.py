@@ -143,3 +143,32 @@ def test_the_policy_gradient_search_holds_the_budget_too(tmp_path, monkeypatch):
     held = run_quietly(spec, tmp_path / "held")["search_budget"]
     assert terms and all(terms)  # every policy step, on probabilities the logits' gradient flows through
     assert held["limits"] == {"macs": 100} and held["cost"]["macs"] > 100 and held["multipliers"]["macs"] > 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("image", [True, False])
+def test_no_compact_network_costs_less_than_the_floor_a_budget_is_checked_against(seed, image):
+    """`cost_floor` of the space is a lower bound on every compact network the search can leave:
+    checked against the compact cost (counted by the compact pipeline's own code) of random searches,
+    from gates that keep nearly everything to gates that keep next to nothing."""
+    from dagir.compact_cost import compact_macs, compact_parameters, cost_floor
+    from helpers import with_random_logits
+    from test_compact import post_search
+
+    space = small_ir(tasks=3, nodes=5, stages=1 if not image else 2, image=image)
+    floor = cost_floor(space)
+    for low, high in ((-3.0, 3.0), (-6.0, -1.0), (1.0, 6.0)):
+        compact = post_search(with_random_logits(space, seed, low, high), flow_budget=0.5)
+        assert floor["macs"] <= compact_macs(compact)["total"]
+        assert floor["parameters"] <= compact_parameters(compact)["total"]
+    assert floor["macs"] > 0 and floor["parameters"] > 0
+
+
+def test_a_budget_below_any_network_of_the_space_is_refused_before_training(tmp_path, tiny_spec):  # noqa: F811
+    from dagir.errors import SpecError
+    from dagir.spec import load_spec
+
+    with pytest.raises(SpecError, match=r"search.budget.parameters: 10 parameters is less than any network of "
+                                        r"this space costs: its stem and each task's head"):
+        load_spec(tiny_spec, ["search.budget.parameters=10"])
+    load_spec(tiny_spec, ["search.budget.parameters=100000"])  # a reachable one passes
