@@ -10,9 +10,11 @@ import importlib.util
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import SpecError
 from .ir import Aggregation, NddrNorm
@@ -24,6 +26,25 @@ TaskKind = Literal["classification", "multilabel", "regression", "segmentation",
 class Strict(BaseModel):
     # no infinite or NaN number anywhere in a spec: a learning rate of .inf is a typo, not a setting
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_yes_or_no_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """`epochs: true` is a slip, not 1 epoch (pydantic reads a bool as 1 or 0 where a number goes)."""
+        if isinstance(value, bool) and info.field_name and not _takes_a_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"must be a number or a name, not {str(value).lower()}")
+        return value
+
+
+def _takes_a_bool(annotation: Any) -> bool:
+    """Whether a field of this type may be true or false."""
+    if annotation is bool or annotation is Any:
+        return True
+    if get_origin(annotation) is Literal:
+        return any(isinstance(option, bool) for option in get_args(annotation))
+    if get_origin(annotation) in (Union, UnionType):
+        return any(_takes_a_bool(option) for option in get_args(annotation))
+    return False
 
 
 # -- data and tasks -------------------------------------------------------------------------------
