@@ -573,7 +573,9 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
     misfits = task_misfits(info, spec.tasks)
     if misfits:
         first = misfits[0]
-        raise source.error(("tasks", first.index, first.field), first.message)
+        unset = "dataset" not in spec.data.model_fields_set  # the default data set, which the spec never named
+        raise source.error(("tasks", first.index, first.field), first.message + (
+            f"; the spec names no data.dataset, and {spec.data.dataset} is the default" if unset else ""))
     try:
         shape = info.input_shape(options, spec.data.root, [task.name for task in spec.tasks])
     except UserError as err:

@@ -109,6 +109,9 @@ network:
     (SPEC + "train: {search: {strategy: evolution}}\n", [], "train.search.strategy: must be one of"),
     (SPEC + "  central: {edge_op: conv}\n", [], "duplicate key 'central'"),
     (SPEC, ["--set", "network.central.edge_op=conv"], "'conv' needs image inputs"),
+    ("name: x\ntasks:\n  - {name: species, kind: classification, classes: 3}\n", [],
+     "tasks.0.name: data set 'multimnist' has no task 'species' (its tasks: left (classification), right "
+     "(classification), sum (regression)); the spec names no data.dataset, and multimnist is the default"),
     (SPEC, ["--set", "train.warmup.epochs=true"], "train.warmup.epochs: must be a number or a name, not true"),
     (SPEC, ["--set", "tasks.0.classes=[3"], "--set tasks.0.classes=[3: bad value: expected ',' or ']', but got "
                                              "'<stream end>' at column 3 of '[3'"),
