@@ -291,15 +291,17 @@ def search(runner: StageRunner, supernet: nn.Module, data: TaskData, state: dict
         finally:
             supernet.gates.mode = soft
 
-    runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
-               scheduled=strategy.scheduled, follow_progress=follow_progress,
-               save_extra=lambda: {"strategy": strategy.state_dict(),
-                                   **({"budget": budget.state_dict()} if budget is not None else {})},
-               served=served,
-               select_on=discretised_metrics if stage.select == "best" else None)
-    supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
-    for parameter in weights:
-        parameter.requires_grad_(True)
+    try:
+        runner.run("search", stage, train, step, supernet, strategy.optimizers, data, state,
+                   scheduled=strategy.scheduled, follow_progress=follow_progress,
+                   save_extra=lambda: {"strategy": strategy.state_dict(),
+                                       **({"budget": budget.state_dict()} if budget is not None else {})},
+                   served=served,
+                   select_on=discretised_metrics if stage.select == "best" else None)
+    finally:  # the supernet as the after-search passes read it, and Θ trainable again, however the stage ended
+        supernet.gates.mode, supernet.gates.relaxation = "soft", "sigmoid"
+        for parameter in weights:
+            parameter.requires_grad_(True)
 
 
 def search_splits(runner: StageRunner, train: Split):
