@@ -35,7 +35,8 @@ from .ir_stats import edges_per_task
 from .pass_manager import PassManager, PassResult
 from .pipeline import after_search_pipeline, compile_spec, seed_ir
 from .run_folder import write_text
-from .spec import Spec, check_data_root
+from .spec import Spec
+from .spec_checks import check_data_root
 from .training import stages
 from .training.budget import SearchBudget
 from .training.checkpoint import load_checkpoint, save_checkpoint

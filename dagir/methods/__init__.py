@@ -36,7 +36,8 @@ from typing import Any
 
 from ..errors import SpecError
 from ..pass_manager import names_pass
-from ..spec import Spec, SpecSource, check_spec_semantics, validate_spec
+from ..spec import Spec, SpecSource, validate_spec
+from ..spec_checks import check_spec_semantics
 from ..spec_loader import read_spec_file
 
 HERE = Path(__file__).parent
