@@ -3,7 +3,7 @@
 A task's kind (classification, multilabel, regression, segmentation, depth, normals) fixes its
 default loss and metrics; a spec may pick another loss or metric the kind offers. The first
 metric of a kind is its primary one: the one Δ_MTL compares (DESIGN §8) unless the spec names
-another. `check_tasks_fit` checks a spec's tasks against a data set before anything is loaded.
+another. `task_misfits` checks a spec's tasks against a data set before anything is loaded.
 
 Tensor shapes, batch first:
 
@@ -423,7 +423,7 @@ def _metric_value(metrics: Mapping[str, Mapping[str, float] | float], task: str,
 
 # -- tasks against a data set ---------------------------------------------------------------------
 class TaskLike(Protocol):
-    """What `check_tasks_fit` reads from a task: `dagir.spec.TaskSpec` fits."""
+    """What `task_misfits` reads from a task: `dagir.spec.TaskSpec` fits."""
 
     name: str
     kind: str
@@ -479,13 +479,3 @@ def task_misfits(dataset: "DatasetInfo", tasks: Sequence[TaskLike]) -> list[Task
             misfit("metric", f"task {task.name!r}: a {task.kind} task has no metric {task.metric!r} "
                              f"(its metrics: {', '.join(m.name for m in info.metrics)})")
     return misfits
-
-
-def check_tasks_fit(dataset: "DatasetInfo", tasks: Sequence[TaskLike]) -> None:
-    """Raise `UserError` listing every task that does not fit `dataset` (see `task_misfits`).
-
-    Call it when a spec is checked, before any data is loaded.
-    """
-    misfits = task_misfits(dataset, tasks)
-    if misfits:
-        raise UserError("\n".join(str(misfit) for misfit in misfits))
