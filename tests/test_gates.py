@@ -145,3 +145,19 @@ def test_a_cross_edge_carries_flow_for_the_task_that_reads_it():
     reduced = PassManager(parse_pipeline(["discretize", "flow-reduce{flow_budget=0.05}"], needs_build=False)).run(ir)
     assert cross in reduced.edges and reduced.edges[cross].is_active("a")
     assert ("a1", "b2") in reduced.edges, "with every gate high, flow-reduce keeps every cross edge"
+
+
+def test_the_curves_draw_a_squeeze_only_for_the_stages_that_have_one(tmp_path, monkeypatch):
+    """The warm-up and fine-tune have no squeeze: their zeros were drawn as a flat line beside the search's."""
+    import dagir.training.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    history = [{"stage": stage, "epoch_global": epoch, "train/loss": 1.0 / epoch, "train/squeeze": squeeze,
+                "val/t/accuracy": 0.5}
+               for epoch, (stage, squeeze) in enumerate([("warmup", 0.0), ("warmup", 0.0), ("search", 0.2),
+                                                         ("search", 0.3), ("finetune", 0.0)], start=1)]
+    plots.plot_curves(history, tmp_path / "curves.png")
+    by_title = {axis.get_title(): axis for axis in figures[0].axes}
+    assert [line.get_label() for line in by_title["train/squeeze"].get_lines()] == ["search"]
+    assert [line.get_label() for line in by_title["train/loss"].get_lines()] == ["warmup", "search", "finetune"]

@@ -28,6 +28,8 @@ def plot_curves(history: Sequence[Mapping[str, float]], path: Path) -> None:
     for axis, name in zip(axes.flat, panels):
         for stage in stages:
             points = [(row["epoch_global"], row[name]) for row in history if row["stage"] == stage and name in row]
+            if name == "train/squeeze" and not any(value for _, value in points):
+                continue  # a stage without a squeeze (warm-up, fine-tune): no line of zeros
             if points:
                 xs, ys = zip(*points)
                 axis.plot(xs, ys, marker="o", markersize=3, color=colours[stage], label=stage)
