@@ -71,6 +71,10 @@ def test_leaves_outside_the_trained_weights_keep_the_combined_losss_gradient():
 
 
 def test_every_aggregator_the_spec_names_runs():
+    from typing import get_args
+
+    from dagir.spec import LossWeightingSpec
+    assert set(get_args(LossWeightingSpec.model_fields["aggregator"].annotation)) == {"none", *AGGREGATORS}
     for aggregator in AGGREGATORS:
         parameter = torch.tensor([0.2, 0.1], requires_grad=True)
         terms = conflicting_losses(parameter)

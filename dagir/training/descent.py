@@ -25,7 +25,11 @@ from .precision import Precision
 # the spec's names for TorchJD's aggregators that need no solver beyond quadprog
 AGGREGATORS: dict[str, str] = {"upgrad": "UPGrad", "dualproj": "DualProj", "mgda": "MGDA", "pcgrad": "PCGrad",
                                "imtl_g": "IMTLG", "aligned_mtl": "AlignedMTL"}
-NEEDS_QUADPROG = ("upgrad", "dualproj")  # TorchJD's default projector solves a small QP with quadprog
+
+
+def stepped_by(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The parameters `optimizer` steps: those a weight step's gradients are for."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 class Descent:

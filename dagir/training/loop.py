@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..datasets.splits import Batch, EpochBatches, Split, TaskData
 from ..errors import UserError
 from ..spec import StageSpec, TaskSpec
-from .descent import Descent
+from .descent import Descent, stepped_by
 from .distributed import World
 from .precision import Precision
 from ..tasks import MetricMeter, task_loss
@@ -134,7 +134,7 @@ def supervised_step(forward: Callable[[Tensor], Mapping[str, Tensor]], optimizer
     gradients combined by `descent` (default: back-propagate the combined loss)."""
     precision = precision or Precision()
     descent = descent or Descent("none", precision)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    parameters = stepped_by(optimizer)
 
     def step(batch: Batch, epoch: int, index: int) -> tuple[float, float]:
         inputs, targets = batch

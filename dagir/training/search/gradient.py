@@ -11,6 +11,7 @@ architecture step's batch norms use their running statistics (`running_norm_stat
 """
 from __future__ import annotations
 
+from ..descent import stepped_by
 from ..loop import Batch, make_optimizer
 from ..norms import running_norm_statistics
 from . import SearchContext, SearchStrategy, step_generator, without_gradients
@@ -47,7 +48,7 @@ class GradientSearch(SearchStrategy):
         squeezed = self._regularised(table())
         self._zero()
         precision = context.precision
-        context.descent.backward(task + squeezed, terms, self._trained_weights(), others=True)
+        context.descent.backward(task + squeezed, terms, stepped_by(self.weights), others=True)
         precision.step(self.gates)
         precision.step(self.weights)
         context.after_architecture_step()
@@ -78,12 +79,10 @@ class GradientSearch(SearchStrategy):
         with without_gradients(table.parameters()):
             loss, terms = context.task_losses(batch)
             self._zero()
-            context.descent.backward(loss, terms, self._trained_weights())
+            context.descent.backward(loss, terms, stepped_by(self.weights))
         context.precision.step(self.weights)
         return float(loss.detach())
 
-    def _trained_weights(self) -> list:
-        return [p for group in self.weights.param_groups for p in group["params"]]
 
     def _regularised(self, slots):
         """The squeeze, the sharing term of the slot gates and the budget's term."""

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..descent import stepped_by
 from ..loop import Batch, make_optimizer
 from . import SearchContext, SearchStrategy, step_generator
 
@@ -39,7 +40,7 @@ class ReinforceSearch(SearchStrategy):
         try:
             loss, terms = context.task_losses(batch)
             self.weights.zero_grad(set_to_none=True)
-            context.descent.backward(loss, terms, [p for group in self.weights.param_groups for p in group["params"]])
+            context.descent.backward(loss, terms, stepped_by(self.weights))
             context.precision.step(self.weights)
             held_out = context.arch_batch(epoch, index)
             with torch.no_grad():
