@@ -346,6 +346,7 @@ class Run:
             "stage_steps": runner.stage_steps,
             "selected_epoch": runner.selected,
             "world_size": self.world.size,
+            "threads": torch.get_num_threads(),  # torch's CPU threads: runs of one seed round differently on others
         }
         write_text(self.out / "metrics.json", json.dumps(metrics, indent=1))
         write_text(self.out / "history.json", json.dumps(runner.history, indent=1))

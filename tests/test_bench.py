@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from dagir.errors import SpecError
@@ -213,12 +215,18 @@ def test_every_lever_file_is_a_method_with_one_switch(tmp_path):
         assert all(len(changed) <= 1 for changed in changes) and any(changes), (name, changes)
 
 
-def bench_elsewhere_gives_the_same_table(tmp_path: Path, *how: str, says: str) -> None:
-    """A tiny 2-seed bench run one after another and run as `how` writes the same results."""
+def bench_elsewhere_gives_the_same_table(tmp_path: Path, *how: str, says: str, worker_threads: int) -> None:
+    """A tiny 2-seed bench run one after another and run as `how` (each run on `worker_threads`
+    torch threads) writes the same results, given the same threads."""
     spec, out = tiny_bench(tmp_path)
     common = ("bench", str(spec), "--methods", "searched,hard_sharing", "--seeds", "2", "--no-progress",
               "--set", "train.search.epochs=1")
-    code, _, stderr = dagir(*common, "-o", str(tmp_path / "one"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(worker_threads)  # a run rounds differently on another number of threads
+    try:
+        code, _, stderr = dagir(*common, "-o", str(tmp_path / "one"))
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, stderr
     code, stdout, stderr = dagir(*common, "-o", str(tmp_path / "pool"), *how)
     assert code == 0, stderr
@@ -231,15 +239,19 @@ def bench_elsewhere_gives_the_same_table(tmp_path: Path, *how: str, says: str) -
                     one["runs"][method][seed]["test"][task]["accuracy"], rel=1e-5)
             assert pool["runs"][method][seed]["parameters"] == one["runs"][method][seed]["parameters"]
     assert list(pool["runs"]["searched"]) == ["3", "4"]  # in seed order, whatever order they finished in
+    ran_on = {json.loads(path.read_text())["threads"] for path in (tmp_path / "pool").rglob("metrics.json")}
+    assert ran_on == {worker_threads}
 
 
 def test_a_bench_over_worker_processes_gives_the_same_table(tmp_path):
-    bench_elsewhere_gives_the_same_table(tmp_path, "--workers", "2", says="queued on 2 workers")
+    bench_elsewhere_gives_the_same_table(tmp_path, "--workers", "2", says="queued on 2 workers",
+                                         worker_threads=max(1, (os.cpu_count() or 1) // 2))
 
 
 def test_a_bench_on_ray_gives_the_same_table(tmp_path):
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dagir[ray]'")
-    bench_elsewhere_gives_the_same_table(tmp_path, "--executor", "ray", "--cpus-per-run", "1", says="queued on Ray")
+    bench_elsewhere_gives_the_same_table(tmp_path, "--executor", "ray", "--cpus-per-run", "1", says="queued on Ray",
+                                         worker_threads=1)
 
 
 def test_ray_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
