@@ -107,87 +107,17 @@ class StageRunner:
         model as it computes, where that is not `model` itself (torch.compile'd). `select_on()`,
         if given, gives the validation metrics the stage keeps its best epoch by (recorded in the
         history as `select/...`); otherwise `train.select: best` keeps the final stage's best."""
-        started = time.perf_counter() - self.stage_seconds.get(name, 0.0)
-        started_cpu = time.process_time() - self.stage_cpu_seconds.get(name, 0.0)
-
-        def clock() -> None:
-            self.stage_seconds[name] = time.perf_counter() - started
-            self.stage_cpu_seconds[name] = time.process_time() - started_cpu
-        best = (BestEpoch(self.spec.tasks)
-                if select_on is not None or (self.spec.train.select == "best" and name == self.spec.train.final_stage())
-                else None)
-
-        def end_of_epoch(epoch: int, totals: EpochTotals) -> None:
-            metrics = self.evaluate(model, data.val, data, served)
-            chosen = metrics if select_on is None else select_on()
-            if best is not None:
-                best.offer(epoch, chosen, model)
-            row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(self.history) + 1,
-                   "train/loss": totals.loss / max(totals.steps, 1),
-                   "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val"),
-                   **(flatten_metrics(chosen, "select") if select_on is not None else {})}
-            if self.precision.scaler.is_enabled():
-                row["train/skipped_steps"] = self.precision.skipped  # float16 steps skipped so far
-            if self.weighting is not None:
-                self.weighting.end_epoch()
-                row.update({f"weight/{t.name}": w for t, w in zip(self.spec.tasks, self.weighting.weights())})
-            self.history.append(row)
-            if self.board:
-                self.board.epoch(row, row["epoch_global"], optimizers, model)
-            shown = "  ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val/"))
-            self.echo(f"{name} epoch {epoch + 1}/{stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
-
-        def checkpoint(position: Position, totals: EpochTotals) -> None:
-            clock()
-            payload = {"stage": name, "epoch": position.epoch, "step": position.step,
-                       "totals": totals.as_dict(), "model": model.state_dict(),
-                       "optimizers": [o.state_dict() for o in optimizers], "history": self.history,
-                       "stage_seconds": self.stage_seconds, "stage_cpu_seconds": self.stage_cpu_seconds,
-                       "stage_steps": self.stage_steps,
-                       "world_size": self.world.size}
-            if self.weighting is not None:
-                payload["weighting"] = self.weighting.state_dict()
-            if self.precision.scaler.is_enabled():
-                payload["precision"] = self.precision.state_dict()
-            if best is not None:
-                payload["best_epoch"] = best.state_dict()
-            save_checkpoint(self.checkpoint_path, {**payload, **(save_extra() if save_extra else {})})
-
-        def before_step(progress: float) -> None:
-            set_learning_rates(optimizers if scheduled is None else scheduled, progress, schedule=stage.lr_schedule)
-            if follow_progress is not None:
-                follow_progress(progress)
-
-        train_step, weighting, precision = step, self.weighting, self.precision
-
-        def step(batch, epoch: int, index: int) -> tuple[float, float]:
-            result = train_step(batch, epoch, index)
-            if weighting is not None:
-                weighting.after_step(precision)
-            precision.update()
-            return result
-
+        selects = select_on is not None or (self.spec.train.select == "best" and name == self.spec.train.final_stage())
+        run = StageRun(self, name, stage, step, model, optimizers, data,
+                       scheduled=optimizers if scheduled is None else scheduled, follow_progress=follow_progress,
+                       save_extra=save_extra, served=served, select_on=select_on,
+                       best=BestEpoch(self.spec.tasks) if selects else None)
         spec = self.spec
-        loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, step,
-                         checkpoint, end_of_epoch, spec.train.checkpoint_every, spec.train.checkpoint_seconds,
-                         self.progress, self.device, before_step=before_step, world=self.world)
+        loop = StageLoop(name, split, spec.data.batch_size, stage.epochs, stage.steps_per_epoch, spec.seed, run.step,
+                         run.checkpoint, run.end_of_epoch, spec.train.checkpoint_every, spec.train.checkpoint_seconds,
+                         self.progress, self.device, before_step=run.before_step, world=self.world)
         self.stage_steps[name] = loop.total_steps()
-        position, totals = None, None
-        if state is not None:
-            for optimizer, saved in zip(optimizers, state["optimizers"]):
-                stage_lrs = [group["lr"] for group in optimizer.param_groups]
-                optimizer.load_state_dict(saved)
-                for group, lr in zip(optimizer.param_groups, stage_lrs):  # the spec's lr, changed on --resume or not
-                    group["initial_lr"] = group["lr"] = lr
-            position = Position(state["epoch"], state["step"])
-            if self.weighting is not None and "weighting" in state:
-                self.weighting.load_state_dict(state["weighting"])
-            if "precision" in state:
-                self.precision.load_state_dict(state["precision"])
-            if best is not None and "best_epoch" in state:
-                best.load_state_dict(state["best_epoch"])
-            raw = state.get("totals") or {}
-            totals = EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0), int(raw.get("steps", 0)))
+        position, totals = run.restore(state) if state is not None else (None, None)
         try:
             loop.run(position, totals)
         except DivergedError as err:
@@ -196,11 +126,100 @@ class StageRunner:
             raise DivergedError(f"{err}; {kept} (try a lower lr)") from None
         except Interrupted as err:
             raise Interrupted(f"{err} ({self.checkpoint_path}); --resume continues the run from it") from None
-        if best is not None and best.model is not None:
-            model.load_state_dict(best.model)
-            self.selected[name] = best.epoch + 1
-            self.echo(f"{name}: kept epoch {best.epoch + 1} of {stage.epochs}, the best on validation")
-        clock()
+        if run.best is not None and run.best.model is not None:
+            model.load_state_dict(run.best.model)
+            self.selected[name] = run.best.epoch + 1
+            self.echo(f"{name}: kept epoch {run.best.epoch + 1} of {stage.epochs}, the best on validation")
+        run.clock()
+
+
+class StageRun:
+    """One stage's run under a `StageRunner`: what its `StageLoop` calls before and after every step,
+    at the end of every epoch and at every checkpoint, and the resume from a checkpoint."""
+
+    def __init__(self, runner: StageRunner, name: str, stage: StageSpec, train_step: StepFunction,
+                 model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], data: TaskData, *,
+                 scheduled: Sequence[torch.optim.Optimizer], follow_progress: Callable[[float], None] | None,
+                 save_extra: Callable[[], dict[str, Any]] | None, served: nn.Module | None,
+                 select_on: Callable[[], dict[str, dict[str, float]]] | None, best: BestEpoch | None) -> None:
+        self.runner, self.name, self.stage, self.train_step = runner, name, stage, train_step
+        self.model, self.optimizers, self.data, self.scheduled = model, optimizers, data, scheduled
+        self.follow_progress, self.save_extra, self.served, self.select_on = follow_progress, save_extra, served, select_on
+        self.best = best  # the stage's best epoch on validation, where it selects one
+        # a resumed stage's clocks go on from the seconds it had spent
+        self.started = time.perf_counter() - runner.stage_seconds.get(name, 0.0)
+        self.started_cpu = time.process_time() - runner.stage_cpu_seconds.get(name, 0.0)
+
+    def clock(self) -> None:
+        self.runner.stage_seconds[self.name] = time.perf_counter() - self.started
+        self.runner.stage_cpu_seconds[self.name] = time.process_time() - self.started_cpu
+
+    def before_step(self, progress: float) -> None:
+        set_learning_rates(self.scheduled, progress, schedule=self.stage.lr_schedule)
+        if self.follow_progress is not None:
+            self.follow_progress(progress)
+
+    def step(self, batch, epoch: int, index: int) -> tuple[float, float]:
+        result = self.train_step(batch, epoch, index)
+        if self.runner.weighting is not None:
+            self.runner.weighting.after_step(self.runner.precision)
+        self.runner.precision.update()
+        return result
+
+    def end_of_epoch(self, epoch: int, totals: EpochTotals) -> None:
+        runner, name = self.runner, self.name
+        metrics = runner.evaluate(self.model, self.data.val, self.data, self.served)
+        chosen = metrics if self.select_on is None else self.select_on()
+        if self.best is not None:
+            self.best.offer(epoch, chosen, self.model)
+        row = {"stage": name, "epoch": epoch + 1, "epoch_global": len(runner.history) + 1,
+               "train/loss": totals.loss / max(totals.steps, 1),
+               "train/squeeze": totals.squeeze / max(totals.steps, 1), **flatten_metrics(metrics, "val"),
+               **(flatten_metrics(chosen, "select") if self.select_on is not None else {})}
+        if runner.precision.scaler.is_enabled():
+            row["train/skipped_steps"] = runner.precision.skipped  # float16 steps skipped so far
+        if runner.weighting is not None:
+            runner.weighting.end_epoch()
+            row.update({f"weight/{t.name}": w for t, w in zip(runner.spec.tasks, runner.weighting.weights())})
+        runner.history.append(row)
+        if runner.board:
+            runner.board.epoch(row, row["epoch_global"], self.optimizers, self.model)
+        shown = "  ".join(f"{k[4:]}={v:.4f}" for k, v in row.items() if k.startswith("val/"))
+        runner.echo(f"{name} epoch {epoch + 1}/{self.stage.epochs}: loss {row['train/loss']:.4f}  {shown}")
+
+    def checkpoint(self, position: Position, totals: EpochTotals) -> None:
+        self.clock()
+        runner = self.runner
+        payload = {"stage": self.name, "epoch": position.epoch, "step": position.step,
+                   "totals": totals.as_dict(), "model": self.model.state_dict(),
+                   "optimizers": [o.state_dict() for o in self.optimizers], "history": runner.history,
+                   "stage_seconds": runner.stage_seconds, "stage_cpu_seconds": runner.stage_cpu_seconds,
+                   "stage_steps": runner.stage_steps, "world_size": runner.world.size}
+        if runner.weighting is not None:
+            payload["weighting"] = runner.weighting.state_dict()
+        if runner.precision.scaler.is_enabled():
+            payload["precision"] = runner.precision.state_dict()
+        if self.best is not None:
+            payload["best_epoch"] = self.best.state_dict()
+        save_checkpoint(runner.checkpoint_path, {**payload, **(self.save_extra() if self.save_extra else {})})
+
+    def restore(self, state: dict[str, Any]) -> tuple[Position, EpochTotals]:
+        """Put back what `checkpoint` saved; the position and running totals the loop goes on from."""
+        runner = self.runner
+        for optimizer, saved in zip(self.optimizers, state["optimizers"]):
+            stage_lrs = [group["lr"] for group in optimizer.param_groups]
+            optimizer.load_state_dict(saved)
+            for group, lr in zip(optimizer.param_groups, stage_lrs):  # the spec's lr, changed on --resume or not
+                group["initial_lr"] = group["lr"] = lr
+        if runner.weighting is not None and "weighting" in state:
+            runner.weighting.load_state_dict(state["weighting"])
+        if "precision" in state:
+            runner.precision.load_state_dict(state["precision"])
+        if self.best is not None and "best_epoch" in state:
+            self.best.load_state_dict(state["best_epoch"])
+        raw = state.get("totals") or {}
+        return Position(state["epoch"], state["step"]), EpochTotals(raw.get("loss", 0.0), raw.get("squeeze", 0.0),
+                                                                    int(raw.get("steps", 0)))
 
 
 def warmup(runner: StageRunner, network: nn.Module, data: TaskData, state: dict[str, Any] | None) -> None:
