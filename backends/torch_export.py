@@ -107,7 +107,7 @@ def compact_source(module: fx.GraphModule, ir: IR) -> str:
     local = [cls for cls in used if cls.__module__ == "dagir.backends.torch_ops" and cls.__name__ in _OP_CLASSES]
     helpers = [inspect.getsource(cls) for cls in (NddrAggregation, GateAggregation, MixAggregation, PerStateNorm, PerStateCopy,
                                                   *sorted(local, key=str)) if cls in used]
-    if used & {GateAggregation, MixAggregation}:  # what their supernet-side `gated_forward` calls, so the copy is whole
+    if used & {NddrAggregation, GateAggregation, MixAggregation}:  # what their supernet-side `gated_forward` calls, so the copy is whole
         helpers = [inspect.getsource(helper) for helper in (stack_blocks, gate_stack, gated_slots)] + helpers
     layers = "\n".join(f"        self.{name} = {_module_source(child)}" for name, child in module.named_children())
     forward = module.graph.python_code(root_module="self").src

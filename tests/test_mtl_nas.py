@@ -227,3 +227,41 @@ def test_a_tasks_gate_heatmap_holds_its_own_chain_and_the_cross_edges_into_it():
     shared = small_ir(tasks=2, image=False)  # a shared-node space: every hidden node is every task's
     rows, _, _ = task_gate_grid(shared, "t0")
     assert rows == [n.name for n in shared.hidden_nodes()] + ["head_t0"]
+
+
+@PROPERTY
+@given(cross_task_spaces(), st.sampled_from([0.3, 1.0]))
+def test_nddr_nodes_gate_their_weight_and_compute_the_reference(case, tau):
+    """On images the supernet scales an NDDR node's weight columns by its gates (`gated_forward`)
+    instead of its inputs: the reference evaluator's outputs (soft gates, and hard ones, exactly 0
+    for the edges left out) and the per-task lowering's gradients, which gates the inputs."""
+    from dagir.backends.reference import evaluate_reference
+    from dagir.backends.torch_supernet import lower_supernet
+
+    spec, window, rng = case
+    ir = with_logits(build(spec, window), lambda: rng.gauss(0, 2))
+    torch.manual_seed(rng.randrange(2 ** 16))
+    per_task = lower_supernet(ir, dtype=torch.float64, batched=False).eval()
+    batched = lower_supernet(ir, dtype=torch.float64).eval()
+    batched.load_state_dict(per_task.state_dict())
+    image = ir.input_node().type.is_image
+    crossed = any(edge.kind == "cross" for edge in ir.edges.values())
+    assert ("gated_forward" in batched.code) == (image and crossed)
+    x = batch_for(ir)
+    for mode in ("soft", "hard"):
+        expected = evaluate_reference(ir, per_task, x, tau=tau, mode=mode)
+        for module in (per_task, batched):
+            module.gates.mode, module.gates.tau = mode, tau
+        torch.testing.assert_close(batched(x), expected)
+    per_task.gates.mode = batched.gates.mode = "soft"
+    gradients = []  # by parameter name: the two lowerings register their submodules in other orders
+    for module in (per_task, batched):
+        names, parameters = zip(*module.named_parameters())
+        loss = sum((output ** 2).sum() for output in module(x).values())
+        gradients.append(dict(zip(names, torch.autograd.grad(loss, parameters, allow_unused=True))))
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, theirs in gradients[0].items():
+        mine = gradients[1][name]
+        assert (mine is None) == (theirs is None), name
+        if mine is not None:
+            torch.testing.assert_close(mine, theirs, msg=name)
