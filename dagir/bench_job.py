@@ -89,9 +89,11 @@ def bench_plan(spec: Spec, methods: Sequence[str]) -> tuple[dict[str, Spec], lis
 def run_method(spec: Spec, out: Path, *, progress: bool, echo: Echo, resume: bool = False) -> dict[str, Any]:
     """One method's `dagir run` in `out`; with `resume`, an interrupted one there continues."""
     resume = resume and (out / "checkpoints" / "latest.pt").is_file()
+    run = Run(spec, out, resume=resume, progress=progress, echo=echo)
     with locked_folder(out, "bench run"):
+        run.load_data()  # data that fail their checks leave OUT as it was
         prepare_run_folder(spec, out, resume=resume, overwrite=not resume)
-        return run_result(Run(spec, out, resume=resume, progress=progress, echo=echo).execute(), spec)
+        return run_result(run.execute(), spec)
 
 
 def _run_in_pool(pending: list[tuple[str, int, Spec, Path]], workers: int, *, echo: Echo,

@@ -123,10 +123,15 @@ def run_command(
                 world.agree(None)  # rank 0 checks and prepares OUT; every rank stops if that fails
                 Run(spec, out, resume=resume, world=world).execute()
                 return
+            run = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard, world=world,
+                      mlflow=mlflow)
+
+            def check_and_prepare() -> None:
+                run.load_data()  # data that fail their checks leave OUT as it was
+                prepare_run_folder(spec, out, resume=resume, overwrite=overwrite)
             with locked_folder(out, "run"):  # before anything in OUT is touched
-                world.agree(lambda: prepare_run_folder(spec, out, resume=resume, overwrite=overwrite))
-                metrics = Run(spec, out, resume=resume, progress=progress, echo=_echo, tensorboard=tensorboard,
-                              world=world, mlflow=mlflow).execute()
+                world.agree(check_and_prepare)
+                metrics = run.execute()
         finally:
             leave_world(world)
     _print_metrics(metrics)

@@ -111,6 +111,7 @@ class Run:
         check_compiler(spec, self.device)
         self.checkpoint_path = self.out / "checkpoints" / "latest.pt"
         self.search_budget: dict[str, Any] | None = None  # the budget held inside the search, as it ended
+        self._data = self._generator_after_data = None  # `load_data`'s
         self.runner = StageRunner(spec, self.device, self.checkpoint_path, progress=self.progress, echo=self.echo,
                                   world=world)
 
@@ -152,14 +153,23 @@ class Run:
             for png in sorted(folder.glob("*.png")):
                 board.image(f"{prefix}/{png.stem}", png)
 
+    def load_data(self) -> Any:
+        """The run's data, loaded and checked (once): called before OUT is prepared, a data set that
+        fails its checks leaves OUT as it was. torch's generator then goes on from where the data left it."""
+        if self._data is None:
+            spec = self.spec
+            torch.manual_seed(spec.seed)
+            check_data_root(spec)
+            data = load_spec_data(spec)
+            if spec.train.restart:  # what torch's generator draws from here on (the weights) differs; the data do not
+                torch.manual_seed((spec.seed * 1_000_003 + spec.train.restart) % 2 ** 63)
+            self._check_data(data)
+            self._data, self._generator_after_data = data, torch.get_rng_state()
+        return self._data
+
     def _execute(self, state: dict[str, Any] | None) -> dict[str, Any]:
-        spec = self.spec
-        torch.manual_seed(spec.seed)
-        check_data_root(spec)
-        data = load_spec_data(spec)
-        if spec.train.restart:  # what torch's generator draws from here on (the weights) differs; the data do not
-            torch.manual_seed((spec.seed * 1_000_003 + spec.train.restart) % 2 ** 63)
-        self._check_data(data)
+        data = self.load_data()
+        torch.set_rng_state(self._generator_after_data)  # whatever ran between the data and here
         ir = self.ir = self._compile()
         self._images(self.out / "passes" / "before-search", "passes/before-search")
 

@@ -164,7 +164,27 @@ def test_bad_values_exit_2_naming_the_array_and_row_before_training(tmp_path, ch
     spec = write_spec(tmp_path, bad(tmp_path, **changes))
     code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "out"), "--no-progress")
     assert code == 2 and message in stderr and "Traceback" not in stderr, stderr
-    assert not (tmp_path / "out" / "checkpoints").exists()
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [".dagir.lock"]  # nothing written
+
+
+def test_bad_values_leave_a_finished_run_and_bench_as_they_were(tmp_path):
+    """`--overwrite` of a finished run (or bench) with data that fail their checks is refused before
+    the folder is touched: its results, checkpoint and spec stay."""
+    good = write_spec(tmp_path, bad(tmp_path))
+    quick = ["--set", "train.warmup.epochs=1", "--set", "train.search.epochs=1", "--set", "train.finetune.epochs=1"]
+    for command in (["run"], ["bench", "--seeds", "1", "--methods", "searched,hard_sharing"]):
+        out = tmp_path / command[0]
+        code, _, stderr = dagir(command[0], str(good), "-o", str(out), "--no-progress", *command[1:], *quick)
+        assert code == 0, stderr
+        before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != ".dagir.lock"}
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        nan = np.where(np.arange(400).reshape(40, 10) == 73, np.nan, 1.0).astype(np.float32)
+        spoilt = write_spec(tmp_path / "bad", bad(tmp_path / "bad", inputs=nan))
+        code, _, stderr = dagir(command[0], str(spoilt), "-o", str(out), "--no-progress", "--overwrite",
+                                *command[1:], *quick)
+        assert code == 2 and "row 7 holds NaN" in stderr and "Traceback" not in stderr, stderr
+        after = {path: path.read_bytes() for path in out.rglob("*") if path.is_file() and path.name != ".dagir.lock"}
+        assert after == before, command[0]
 
 
 def test_a_root_that_is_not_arrays(tmp_path):
