@@ -26,6 +26,15 @@ class SpecError(UserError):
         super().__init__(f"{prefix}{subject}{message}")
 
 
+class DataFieldError(UserError):
+    """Data on disk that do not fit one field of the spec (`field`, its path: `("tasks", 1, "name")`);
+    the spec's checks point the error at that field rather than at `data.root`."""
+
+    def __init__(self, message: str, field: tuple) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class VerificationError(Exception):
     """The IR broke one of the verifier's invariants; names the pass, the invariant and the nodes.
 

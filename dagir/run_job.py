@@ -235,6 +235,13 @@ class Run:
         return None
 
     def _check_data(self, data) -> None:
+        splits = {"training": data.train, "validation": data.val, "test": data.test}
+        empty = [name for name, split in splits.items() if len(split) == 0]
+        if empty:  # its metrics would be NaN at every epoch
+            total = sum(len(split) for split in splits.values())
+            raise self.spec.error(("data", "val_split") if empty[0] == "validation" else ("data",),
+                                  f"the {empty[0]} split is empty ({total} sample(s) in all): add samples, or change "
+                                  "the split fractions (data.val_split, and the data set's test fraction)")
         if data.input_shape != tuple(seed_ir(self.spec).input_node().type.shape):
             raise self.spec.error(("network", "input"), f"the data set's inputs are {list(data.input_shape)}, "
                                   f"not {list(seed_ir(self.spec).input_node().type.shape)}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import SpecError, UserError
+from .errors import DataFieldError, SpecError, UserError
 from .spec import Spec, SpecSource
 
 
@@ -39,7 +39,8 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
             kinds, classes = dataset_tasks(spec.data.dataset, spec.data.options, spec.data.root,
                                            [task.name for task in spec.tasks])
         except UserError as err:  # the loader names data.root itself; the location says it once
-            raise source.error(data_field, str(err).removeprefix("data.root: ")) from None
+            field = err.field if isinstance(err, DataFieldError) else data_field
+            raise source.error(field, str(err).removeprefix("data.root: ")) from None
         info = replace(info, task_kinds=kinds, task_classes=classes)
     misfits = task_misfits(info, spec.tasks)
     if misfits:

@@ -250,13 +250,37 @@ def edit_cell(row: int, column: int, value: str):
     (edit_cell(5, 2, ""), "t.csv:6: column 'c' has no value"),
     (edit_cell(9, 6, "NA"), "t.csv:10: column 'label' has no value"),
     (lambda lines: lines[3].append("1.0"), "t.csv:4: 9 values, but the header names 8 columns"),
-    (lambda lines: [line.pop(7) for line in lines], "tasks.1.name: data set 'table' has no task 'target'"),
+    (lambda lines: [line.pop(7) for line in lines],
+     "t.csv has no column 'target' (a task's targets are the column named after it; columns: a, b, "
+     "c, d, e, colour, label)"),
+    (edit_cell(4, 1, "1.2.3"), "t.csv:5: column 'b' holds numbers, but '1.2.3' is not one (1 such cell(s))"),
+    (lambda lines: [line.__setitem__(5, f"id{i}") for i, line in enumerate(lines[1:])],
+     "column 'colour' holds a different text in every row (an identifier?)"),
 ])
 def test_bad_tables_are_rejected_when_the_spec_is_loaded(tmp_path, edit, message):
     spec = write_spec(tmp_path, write_table(tmp_path / "t.csv", rows=30, edit=edit))
     with pytest.raises(UserError) as caught:
         load_spec(spec)
     assert message in str(caught.value)
+    if "has no column" in message:
+        assert ": tasks.1.name: " in str(caught.value)  # the spec's field, not data.root
+
+
+def test_a_task_column_is_no_input_and_a_byte_order_mark_no_name(tmp_path):
+    from dagir.spec import input_shape
+    root = write_table(tmp_path / "t.csv", rows=30)
+    spec = write_spec(tmp_path, root)
+    with pytest.raises(UserError, match="features names 'target', the column of the task of that name"):
+        load_spec(spec, ["data.options.features=[a, b, target]"])
+    root.write_text(root.read_text(), encoding="utf-8-sig")  # as Excel saves a CSV: its first name starts with U+FEFF
+    assert input_shape(load_spec(spec)) == (8,)
+
+
+def test_a_table_too_small_for_its_splits_is_refused_before_training(tmp_path):
+    spec = write_spec(tmp_path, write_table(tmp_path / "t.csv", rows=4))
+    code, _, stderr = dagir("run", str(spec), "-o", str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and "data.val_split: the validation split is empty (4 sample(s) in all)" in stderr, stderr
+    assert not (tmp_path / "out" / "spec.resolved.yaml").exists()
 
 
 def as_parquet(csv_path: Path, blank: tuple[int, str] | None = None) -> Path:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import DataFieldError, UserError
 from .splits import Split, TaskData, seeded_splits
 
 MISSING = {"", "na", "nan", "null", "none", "?"}
@@ -66,7 +66,7 @@ def read_table(root: str | None) -> Table:
     if path.suffix.lower() == ".parquet":
         return _read_parquet(path)
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # a byte-order mark (Excel's) is not the first name
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserError(f"{path}: cannot read it as CSV ({error})") from None
@@ -96,17 +96,33 @@ def _read_parquet(path: Path) -> Table:
     return Table(path, list(columns), columns)
 
 
+IDENTIFIER_ROWS = 20  # from this many rows, a text column with no value repeated is an identifier, not a feature
+MOSTLY_NUMBERS = 0.9  # a column this much numbers is a column of numbers with a typo, not text
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def _numbers(table: Table, column: str) -> np.ndarray | None:
-    """The column as floats, or None when it holds text; a missing value is an error."""
+    """The column as floats, or None when it holds text; a missing value is an error, and so is a
+    cell that is not a number in a column of numbers (`1.2.3` would make the column text)."""
     values = table.columns[column]
     for row, value in enumerate(values):
         if value.lower() in MISSING:
             raise UserError(f"{table.where(row)}: column {column!r} has no value; fill or drop "
                             "missing values first")
-    try:
-        return np.array([float(value) for value in values], dtype=np.float64)
-    except ValueError:
-        return None
+    numbers = [_number(value) for value in values]
+    if all(number is not None for number in numbers):
+        return np.array(numbers, dtype=np.float64)
+    text = [row for row, number in enumerate(numbers) if number is None]
+    if len(text) <= (1 - MOSTLY_NUMBERS) * len(values):
+        raise UserError(f"{table.where(text[0])}: column {column!r} holds numbers, but {values[text[0]]!r} is not "
+                        f"one ({len(text)} such cell(s)); fix them, or drop those rows")
+    return None
 
 
 def _feature_columns(table: Table, options: Mapping[str, Any], tasks: tuple[str, ...]) -> list[str]:
@@ -118,6 +134,10 @@ def _feature_columns(table: Table, options: Mapping[str, Any], tasks: tuple[str,
     if missing:
         raise UserError(f"{table.path}: data.options.features names {missing[0]!r}, which is not a column "
                         f"(columns: {', '.join(table.header)})")
+    targets = [name for name in features if name in tasks]
+    if targets:
+        raise UserError(f"{table.path}: data.options.features names {targets[0]!r}, the column of the task of that "
+                        "name: a task's target cannot be an input too")
     return list(features)
 
 
@@ -144,12 +164,15 @@ def tasks_for(options: Mapping[str, Any], root: str | None,
               tasks: tuple[str, ...] = ()) -> tuple[dict[str, str], dict[str, int]]:
     """The spec's task columns (those the table has), their kinds and class counts."""
     table = read_table(root)
+    absent = [column for column in tasks if column not in table.columns]
+    if absent:
+        raise DataFieldError(f"{table.path} has no column {absent[0]!r} (a task's targets are the column named after "
+                             f"it; columns: {', '.join(table.header)})", ("tasks", tasks.index(absent[0]), "name"))
     kinds, classes = {}, {}
     for column in tasks:
-        if column in table.columns:
-            kinds[column], _, count = column_kind(table, column, options)
-            if count is not None:
-                classes[column] = count
+        kinds[column], _, count = column_kind(table, column, options)
+        if count is not None:
+            classes[column] = count
     return kinds, classes
 
 
@@ -163,7 +186,13 @@ def encoded_features(table: Table, columns: list[str]) -> list[tuple[str, np.nda
         if numbers is not None and not np.all(np.isfinite(numbers)):
             row = int(np.argmax(~np.isfinite(numbers)))
             raise UserError(f"{table.where(row)}: column {column!r} is not finite")
-        encoded.append((column, numbers, None if numbers is not None else sorted(set(table.columns[column]))))
+        categories = None if numbers is not None else sorted(set(table.columns[column]))
+        rows = len(table.columns[column])
+        if categories is not None and rows >= IDENTIFIER_ROWS and len(categories) == rows:
+            raise UserError(f"{table.path}: column {column!r} holds a different text in every row (an identifier?), "
+                            f"which would be {rows} one-hot inputs seen once each; leave it out of the inputs "
+                            "(list the ones to use in data.options.features)")
+        encoded.append((column, numbers, categories))
     return encoded
 
 
