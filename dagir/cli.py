@@ -240,11 +240,12 @@ def export_command(
     out: Path = typer.Argument(..., metavar="OUT", help="A finished run folder."),
     fmt: str = typer.Option(..., "--format", help="onnx, torchscript or python."),
     target: Path = typer.Option(..., "-o", "--out", help="The file to write."),
+    overwrite: bool = typer.Option(False, help="Replace the file if it exists."),
 ) -> None:
     """Export a run's compact network (ONNX, TorchScript or standalone Python) and check it against PyTorch."""
     from .export_job import export_run
 
-    report = export_run(out, fmt, target)
+    report = export_run(out, fmt, target, overwrite=overwrite)
     for task, difference in report["max_abs_difference"].items():
         _echo(f"  {task:<12} max |export - pytorch| = {difference:.3g}")
     _echo(f"wrote {report['file']}" + ("" if report["matches"] else " (differs from the PyTorch module)"))

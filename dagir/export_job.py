@@ -25,9 +25,10 @@ FORMATS = ("onnx", "torchscript", "python")
 TOLERANCE = 1e-4
 
 
-def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str, Any]:
-    """Export the compact network of the run in `out` to `target`; returns the largest absolute
-    difference per task between the export and the PyTorch module."""
+def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8, overwrite: bool = False) -> dict[str, Any]:
+    """Export the compact network of the run in `out` to `target` (an existing file only with
+    `overwrite`); returns the largest absolute difference per task between the export and the
+    PyTorch module."""
     from dagir.backends.torch_export import load_compact
 
     from .evaluate_job import run_folder_spec
@@ -44,6 +45,8 @@ def export_run(out: Path, fmt: str, target: Path, *, batch: int = 8) -> dict[str
     target = output_file(target)
     for path in [target, target.with_suffix(".safetensors")] if fmt == "python" else [target]:
         refuse_a_run_file(path, out)
+        if path.exists() and not overwrite:
+            raise UserError(f"-o {target}: {path} exists; pass --overwrite to replace it")
     exporter = {"onnx": _onnx, "torchscript": _torchscript, "python": _python}[fmt]
     got = exporter(module, inputs, target, Path(out), list(expected))
     differences = {task: float((got[task] - expected[task]).abs().max()) for task in expected}

@@ -88,3 +88,18 @@ def test_bad_export_requests_exit_2(finished_run, tmp_path):
         code, _, stderr = dagir("export", str(finished_run), "--format", "python", "-o", str(finished_run / name))
         assert code == 2 and "would overwrite the run's own" in stderr and "Traceback" not in stderr
     assert ((finished_run / "compact.py").read_bytes(), (finished_run / "compact.safetensors").read_bytes()) == before
+
+
+def test_export_replaces_an_existing_file_only_when_told(finished_run, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: mine\n")
+    code, _, stderr = dagir("export", str(finished_run), "--format", "python", "-o", str(spec))
+    assert code == 2 and f"{spec} exists; pass --overwrite to replace it" in stderr and "Traceback" not in stderr
+    assert spec.read_text() == "name: mine\n"
+    (tmp_path / "net.safetensors").write_bytes(b"mine")  # the python format's weights, written beside
+    code, _, stderr = dagir("export", str(finished_run), "--format", "python", "-o", str(tmp_path / "net.py"))
+    assert code == 2 and "net.safetensors exists" in stderr and not (tmp_path / "net.py").exists()
+    code, _, stderr = dagir("export", str(finished_run), "--format", "python", "-o", str(tmp_path / "net.py"),
+                            "--overwrite")
+    assert code == 0, stderr
+    assert (tmp_path / "net.safetensors").read_bytes() != b"mine"
