@@ -480,8 +480,10 @@ class SpecSource:
         self.file, self.locations, self.overrides = file, locations, overrides or {}
 
     def error(self, path: FieldPath, message: str) -> SpecError:
+        """An error at `path`: at the `--set` that gave it (or made it, a key the file lacks), else in the file."""
+        key = tuple(str(p) for p in path)
         for prefix, assignment in self.overrides.items():
-            if tuple(str(p) for p in path[:len(prefix)]) == prefix:
+            if key[:len(prefix)] == prefix or (prefix[:len(key)] == key and tuple(path) not in self.locations):
                 return SpecError(message, file=f"--set {assignment}", field=format_path(path) or None)
         where = locate(path, self.locations)
         line, column = where if where else (None, None)

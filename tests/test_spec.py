@@ -133,6 +133,8 @@ def test_bad_override_is_reported(tmp_path):
         load_spec(write(tmp_path, GOOD), ["train.search.epochs"])
     with pytest.raises(SpecError, match=r"--set train.search.epochs=many: train.search.epochs: input should be a valid integer"):
         load_spec(write(tmp_path, GOOD), ["train.search.epochs=many"])
+    with pytest.raises(SpecError, match=r"^--set train.warmpu.epochs=1: train.warmpu: "):  # a key the --set made
+        load_spec(write(tmp_path, GOOD), ["train.warmpu.epochs=1"])
     for value in ("single-task", "0", "true"):
         with pytest.raises(SpecError, match=r"search.budget.macs: must be a positive integer, 'single_task', 'auto' or null"):
             load_spec(write(tmp_path, GOOD), [f"search.budget.macs={value}"])
