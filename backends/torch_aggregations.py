@@ -79,9 +79,17 @@ class NddrAggregation(nn.Module):
             weight[:, slot, :, 0] = (self_weight / mine if is_own else other_weight / others) * torch.eye(width)
 
     def forward(self, slots: list) -> Tensor:
-        present = next(s for s in slots if s is not None)
-        filled = [torch.zeros_like(present) if s is None else s for s in slots]
-        return self.mixed(torch.cat(filled, dim=1))
+        """The mixing of the inputs present; an empty slot's columns of the weight are left out
+        rather than multiplied by zeros (the same result, and the cost `compact_cost` counts)."""
+        present = [i for i, slot in enumerate(slots) if slot is not None]
+        joined = torch.cat([slots[i] for i in present], dim=1)
+        if len(present) == len(slots):
+            return self.mixed(joined)
+        width = self.config["width"]
+        weight = self.fuse.weight.view((width, len(slots), width) + self.fuse.weight.shape[2:])[:, present]
+        weight = weight.flatten(1, 2)
+        mixed = nn.functional.conv2d(joined, weight) if self.config["image"] else nn.functional.linear(joined, weight)
+        return self.relu(self.norm(mixed))
 
     def mixed(self, joined: Tensor) -> Tensor:
         """The inputs' channel concatenation `[B, k·C, ...]` mixed back to `[B, C, ...]`."""

@@ -290,14 +290,16 @@ def test_one_task_costs_its_own_sub_network():
     assert compact_parameters(reduced)["total"] == compact_parameters(reduced)["per_task"]["t0"]
 
 
-def test_compact_macs_count_what_the_module_computes():
+@pytest.mark.parametrize("aggregation, seed", [("sum", 11), ("nddr", 0), ("nddr", 5)])
+def test_compact_macs_count_what_the_module_computes(aggregation, seed):
     """compact_macs (shared states and shared edge calls once) against torch's own FLOP counter on
     the generated module: convolutions and linear layers, 2 FLOPs per multiply-accumulate. Summed
-    nodes: the counter does not see a gate's weighted sum (elementwise), which compact_macs counts."""
+    and NDDR nodes (a state lacking some of a node's inputs mixes only those it has); the counter
+    does not see a gate's weighted sum (elementwise), which compact_macs counts."""
     from torch.utils.flop_counter import FlopCounterMode
 
     searched = with_random_logits(compile_spec(make_spec(tasks=3, nodes=5, stages=2, max_span=3,
-                                                         aggregation="sum")), 11)
+                                                         aggregation=aggregation)), seed)
     reduced = post_search(searched, 0.1)
     compact = lower_compact(reduced).eval()
     batch = 2
