@@ -5,39 +5,53 @@ from typing import Any
 
 from pydantic import Field
 
-from dagir.flow import EdgeKey, Weights, best_path, gate_weights, node_key, task_flow
+from dagir.flow import EdgeKey, TaskFlow, best_path, gate_weights, node_key, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
-from dagir.task_states import nodes_on_paths, reached_nodes, reaching_nodes
+from dagir.task_states import nodes_on_paths, reached_nodes, reaching_nodes, state_owner
+
+Removal = tuple[str, EdgeKey]  # (owner, edge): drop the edge from the owner's kept edges
 
 
 @register_pass
 class FlowReduce(Pass):
-    """Per task, remove kept edges in ascending order of flow while (1 - ε) of the flow remains.
+    """Remove kept edges in ascending order of flow while every task keeps (1 - ε) of its flow.
 
-    For task t, on the kept edges of its view (`dagir.task_states`: a cross edge reading another
-    task's chain carries flow for t like any other edge) weighted by their gates, with Φ the flow of the discretised
-    network: repeatedly take the edge of least current flow φ_e (ties by edge; the edges of t's best
-    path excluded; only the edges feeding t's own states are t's to remove), recompute the flows without it, and remove it if the remaining flow is still
-    >= (1 - ε) Φ; stop at the first edge that would break the bound. Flows are recomputed after
-    every removal (removing an edge lowers the flow of the others), so the bound holds exactly — the
-    check is made on the very flow the result has. Stopping loses nothing: removing an edge costs
-    exactly its flow, and the rejected edge had the least, so no later edge could pass either.
+    A task's flow runs over its states (`dagir.task_states`): a cross edge reading task B's chain
+    carries flow for task A through B's edges and gates, so removing one of B's edges can lower A's
+    flow. Tasks are therefore reduced in **coupled groups**: two tasks are coupled when one's flow
+    passes through the other's states (closed transitively). Without task-owned nodes (`build-central`)
+    every task is a group of its own and the reduction is per task, as DESIGN §4 states it.
 
-    Why a larger budget never keeps more edges: the removal order depends on the graph and the gates
-    only, never on ε — ε only decides where to stop, at the first prefix of the order whose flow falls
-    below (1 - ε) Φ. A larger ε lowers that bound, so every prefix accepted under the smaller ε is
-    accepted again and the stop comes no earlier. The per-task kept sets shrink, hence so do the
-    structural clean-up below and the union over tasks.
+    Φ_t, every task's flow on the discretised network, is taken before anything is removed. For a
+    group, a removal is a kept edge of one of its tasks (an edge feeding that owner's states) that lies
+    on no task's best path (`protected_paths`: the union of every task's path of largest gate
+    product, through whichever owners' states it passes, so every task keeps a path). Repeatedly take
+    the removal of least cost — the largest share φ_e / Φ_t of any task's reference flow it carries
+    (then the flow itself, then the edge; ties broken by the nodes alone) — recompute the flows
+    without it, and accept it if every task of the group still has >= (1 - ε) Φ_t; stop the group at
+    the first removal the bound rejects. Flows are recomputed after every removal, so the bound holds
+    exactly — the check is made on the very flow the result has. For a group of one task stopping
+    loses nothing: removing an edge costs exactly its flow, and the rejected edge had the least, so
+    no later edge could pass either. For a coupled group the stop is conservative (a later edge may
+    carry little of the task whose bound stopped it); it is what keeps the next two guarantees.
 
-    Why running it again changes nothing: Φ is recorded (`meta["flow_reduce"]["reference_flow"]`) and
-    a reduced IR is measured against it, not against its own smaller flow; the order then resumes
-    exactly where the first run stopped, at an edge the bound rejects. (Running it again with a larger
-    budget continues the same order: the result equals one run with that budget.)
+    Why a larger budget never keeps more edges: the removal order depends on the graph, the gates and
+    Φ only, never on ε — ε only decides where to stop, at the first prefix of the order whose flow
+    falls below (1 - ε) Φ for some task. A larger ε lowers every bound, so every prefix accepted under
+    the smaller ε is accepted again and the stop comes no earlier. The per-task kept sets shrink,
+    hence so do the structural clean-up below and the union over tasks.
+
+    Why running it again changes nothing: Φ and the groups are recorded (`meta["flow_reduce"]`:
+    `reference_flow`, `groups`) and a reduced IR is measured against them, not against its own
+    smaller flow and looser coupling; the order then resumes exactly where the first run stopped, at
+    a removal the bound rejects. (Running it again with a larger budget continues the same order: the
+    result equals one run with that budget.)
 
     Then each task's kept edges are trimmed to those on one of its input-to-head paths, edges kept
     for no task are deleted, and so are nodes on no task's path. `enabled=false` does only this
-    clean-up. Stats go to `ir.meta["flow_reduce"]`. Cost: one O(E) flow sweep per removal tried.
+    clean-up. Stats go to `ir.meta["flow_reduce"]`. Cost: one O(E) flow sweep per task of the group
+    whose flow a tried removal touches.
     """
 
     name = "flow-reduce"
@@ -46,46 +60,92 @@ class FlowReduce(Pass):
 
     def run(self, ir: IR) -> IR:
         out = ir.copy()
-        recorded = ir.meta.get("flow_reduce", {}).get("reference_flow", {}) if ir.reduced else {}
-        stats: dict[str, dict[str, Any]] = {key: {} for key in
-                                            ("reference_flow", "kept_flow", "removed", "protected", "kept_per_task")}
+        previous = ir.meta.get("flow_reduce", {}) if ir.reduced else {}
+        recorded = previous.get("reference_flow", {})
+        flows = {task: task_flow(out, task) for task in out.task_names}
+        reference = {task: recorded[task] if task in recorded else flows[task].total for task in out.task_names}
+        groups = previous.get("groups") or coupled_groups(out, flows)
+        protected = protected_paths(out)
+        removed: dict[str, list[str]] = {task: [] for task in out.task_names}
+        if self.enabled:
+            for group in groups:
+                for owner, key in self._removal(out, group, reference, protected, flows):
+                    removed[owner].append(edge_name(*key))
+        stats: dict[str, Any] = {
+            "reference_flow": reference, "removed": removed, "groups": groups,
+            "protected": {task: [edge_name(*key) for key in best_path(ir, task, gate_weights(ir, task))]
+                          for task in ir.task_names}}
         for task in out.task_names:
-            weights = gate_weights(out, task)
-            protected = best_path(out, task, weights)
-            reference = recorded.get(task, task_flow(out, task, weights).total)
-            removed = self._removal(out, task, weights, set(protected), reference) if self.enabled else []
-            for key in removed:
-                out.edges[key] = out.edges[key].with_task_state(task, keep=False)
             _trim_to_paths(out, task)
-            stats["reference_flow"][task] = reference
-            stats["removed"][task] = [edge_name(*key) for key in removed]
-            stats["protected"][task] = [edge_name(*key) for key in protected]
         deleted_edges, deleted_nodes = _delete_dead(out)
-        for task in out.task_names:
-            kept = gate_weights(out, task)
-            stats["kept_flow"][task] = task_flow(out, task, kept).total
-            stats["kept_per_task"][task] = len(kept)
+        kept = {task: gate_weights(out, task) for task in out.task_names}
+        stats["kept_flow"] = {task: task_flow(out, task, kept[task]).total for task in out.task_names}
+        stats["kept_per_task"] = {task: len(kept[task]) for task in out.task_names}
         out.reduced = True
         out.meta["flow_reduce"] = {"flow_budget": self.flow_budget, "enabled": self.enabled, **stats,
                                    "deleted_edges": deleted_edges, "deleted_nodes": deleted_nodes}
         return out
 
-    def _removal(self, ir: IR, task: str, weights: Weights, protected: set[EdgeKey],
-                 reference: float) -> list[EdgeKey]:
-        """The prefix of the budget-independent removal order that keeps >= (1 - ε) reference."""
-        bound = (1.0 - self.flow_budget) * reference
-        current, flow, removed = dict(weights), task_flow(ir, task, weights), []
+    def _removal(self, ir: IR, group: list[str], reference: dict[str, float], protected: set[Removal],
+                 flows: dict[str, TaskFlow]) -> list[Removal]:
+        """Remove (in `ir`) the prefix of the group's budget-independent removal order that keeps
+        >= (1 - ε) Φ_t for every task t of the group; return it."""
+        bound = {task: (1.0 - self.flow_budget) * reference[task] for task in group}
+        removed: list[Removal] = []
         while True:
-            candidates = [key for key in current if key not in protected]
+            candidates = [(owner, key) for owner in group for key in gate_weights(ir, owner)
+                          if (owner, key) not in protected]
             if not candidates:
                 return removed
-            cheapest = min(candidates, key=lambda key: (flow.edge[key], node_key(ir, key[0]), node_key(ir, key[1])))
-            trial = {key: w for key, w in current.items() if key != cheapest}
-            trial_flow = task_flow(ir, task, trial)
-            if trial_flow.total < bound:
+            owner, key = min(candidates, key=lambda removal: _cost(ir, removal, group, flows, reference))
+            edge = ir.edges[key]
+            ir.edges[key] = edge.with_task_state(owner, keep=False)
+            touched = [task for task in group if (key, owner) in flows[task].instances]
+            trial = {task: task_flow(ir, task) for task in touched}
+            if any(trial[task].total < bound[task] for task in touched):
+                ir.edges[key] = edge
                 return removed
-            current, flow = trial, trial_flow
-            removed.append(cheapest)
+            flows.update(trial)
+            removed.append((owner, key))
+
+
+def coupled_groups(ir: IR, flows: dict[str, TaskFlow]) -> list[list[str]]:
+    """The tasks in groups, two tasks together when one's flow passes through the other's states
+    (closed transitively); in task order. Without task-owned nodes every task is alone."""
+    group = {task: task for task in ir.task_names}
+
+    def root(task: str) -> str:
+        while group[task] != task:
+            task = group[task]
+        return task
+
+    for task, flow in flows.items():
+        for _, owner in flow.states:
+            if owner in group:
+                group[root(owner)] = root(task)
+    members: dict[str, list[str]] = {}
+    for task in ir.task_names:
+        members.setdefault(root(task), []).append(task)
+    return list(members.values())
+
+
+def protected_paths(ir: IR) -> set[Removal]:
+    """(owner, edge) for every edge on every task's best path, the owner being that of the state
+    the edge feeds: the path of task A through task B's chain protects B's edges on it."""
+    return {(state_owner(ir, key[1], task), key)
+            for task in ir.task_names for key in best_path(ir, task, gate_weights(ir, task))}
+
+
+def _cost(ir: IR, removal: Removal, group: list[str], flows: dict[str, TaskFlow],
+          reference: dict[str, float]) -> tuple[Any, ...]:
+    """The removal order's key: the largest share of a task's reference flow the edge carries, the
+    largest flow, then the edge and its owner (stable on sub-graphs)."""
+    owner, key = removal
+    carried = [(flows[task].instances[(key, owner)], reference[task]) for task in group
+               if (key, owner) in flows[task].instances]
+    share = max((flow / total if total > 0 else 0.0 for flow, total in carried), default=0.0)
+    most = max((flow for flow, _ in carried), default=0.0)
+    return share, most, node_key(ir, key[0]), node_key(ir, key[1]), owner
 
 
 def _trim_to_paths(ir: IR, task: str) -> None:

@@ -94,6 +94,45 @@ def gated_irs(draw, max_nodes: int = 12) -> IR:
     return ir
 
 
+@lru_cache(maxsize=None)
+def _cross_task_space(nodes: int, stages: int, tasks: int, window: int, aggregation: str, image: bool) -> IR:
+    spec = Spec(tasks=[{"name": f"t{i}", "kind": "regression"} for i in range(tasks)],
+                network={"input": {"shape": [1, 8, 8] if image else [5]}, "stem": {"channels": 3},
+                         "central": {"nodes": nodes, "stages": stages, "channels": [2 + s for s in range(stages)]},
+                         "heads": {"hidden": 4}},
+                pipeline={"before_search": [f"build-cross-task{{window={window}, aggregation={aggregation}}}",
+                                            "legalize-types", "attach-gates"]})
+    return compile_spec(spec)
+
+
+@st.composite
+def cross_task_irs(draw, max_nodes: int = 6) -> IR:
+    """An MTL-NAS space (`build-cross-task`: one chain per task, 2-4 tasks, gated cross edges within a
+    window, `sum` or `nddr` nodes) with random gate logits: a task's flow runs through the chains of
+    the tasks it reads (task-owned nodes), unlike `gated_irs`."""
+    nodes = draw(st.integers(2, max_nodes))
+    ir = _cross_task_space(nodes, draw(st.integers(1, min(2, nodes))), draw(st.integers(2, 4)),
+                           draw(st.integers(1, 3)), draw(st.sampled_from(["sum", "nddr"])), draw(st.booleans())).copy()
+    style = draw(st.sampled_from(["continuous", "ties", "high"]))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+
+    def draw_logit() -> float:
+        if style == "ties":
+            return rng.choice([-2.0, 0.0, 1.0, 3.0])
+        if style == "high":  # most cross edges kept: flows run through several chains
+            return rng.uniform(-0.5, 4.0)
+        return rng.gauss(0.0, 3.0)
+
+    for name, decision in ir.decisions.items():
+        ir.decisions[name] = decision.with_logits({owner: (draw_logit(),) for owner in decision.logits})
+    return ir
+
+
+def search_spaces(max_nodes: int = 12) -> st.SearchStrategy[IR]:
+    """Central spaces (`gated_irs`) and cross-task spaces (`cross_task_irs`), both with random gates."""
+    return st.one_of(gated_irs(max_nodes), cross_task_irs(min(max_nodes, 6)))
+
+
 def enumerate_paths(ir: IR, task: str, start: str, end: str) -> list[list[tuple[str, str]]]:
     """Every path start -> end on the edges active for `task` (exponential: small graphs only)."""
     outgoing: dict[str, list[str]] = {}

@@ -19,9 +19,9 @@ from dagir.ir import IR
 from dagir.pass_manager import PassManager, parse_pass
 from dagir.pipeline import spec_options
 from dagir.spec import Spec
-from dagir.task_states import nodes_on_paths, reached_nodes
+from dagir.task_states import nodes_on_paths, reached_nodes, state_owner
 from dagir.verify import check_task_paths, verify
-from test_flow import DIAMOND, PROPERTY, gated_irs, hand_ir
+from test_flow import DIAMOND, PROPERTY, gated_irs, hand_ir, search_spaces
 
 from dagir.passes.discretize import Discretize
 from dagir.passes.flow_reduce import FlowReduce
@@ -140,7 +140,7 @@ def test_flow_reduce_options_come_from_the_spec():
 
 
 @PROPERTY
-@given(gated_irs(), st.floats(0.0, 0.9))
+@given(search_spaces(), st.floats(0.0, 0.9))
 def test_flow_reduce_guarantees(ir, budget):
     before = discretized(ir)
     out = reduced(before, budget)
@@ -151,13 +151,14 @@ def test_flow_reduce_guarantees(ir, budget):
     for task in ir.task_names:
         reference = total_flow(before, task, gate_weights(before, task))
         assert total_flow(out, task, gate_weights(out, task)) >= (1.0 - budget) * reference  # exactly
-        assert set(best_path(before, task, gate_weights(before, task))) <= kept(out)[task]
+        for key in best_path(before, task, gate_weights(before, task)):  # kept by the owner of the state it feeds
+            assert key in kept(out)[state_owner(before, key[1], task)]
         on_paths = nodes_on_paths(out, task)
         assert all(src in on_paths and dst in on_paths for src, dst in kept(out)[task])
 
 
 @PROPERTY
-@given(gated_irs(), st.floats(0.0, 0.9), st.floats(0.0, 0.9))
+@given(search_spaces(), st.floats(0.0, 0.9), st.floats(0.0, 0.9))
 def test_a_larger_budget_never_keeps_more(ir, first, second):
     small, large = sorted((first, second))
     before = discretized(ir)
@@ -167,7 +168,7 @@ def test_a_larger_budget_never_keeps_more(ir, first, second):
 
 
 @PROPERTY
-@given(gated_irs(), st.floats(0.0, 0.9), st.floats(0.0, 0.9))
+@given(search_spaces(), st.floats(0.0, 0.9), st.floats(0.0, 0.9))
 def test_flow_reduce_is_idempotent_and_composes(ir, first, second):
     once = reduced(discretized(ir), first)
     again = reduced(once, first)
@@ -177,7 +178,7 @@ def test_flow_reduce_is_idempotent_and_composes(ir, first, second):
 
 
 @PROPERTY
-@given(gated_irs(), st.floats(0.0, 0.9))
+@given(search_spaces(), st.floats(0.0, 0.9))
 def test_flow_reduce_disabled_keeps_exactly_the_edges_on_each_tasks_paths(ir, budget):
     before = discretized(ir)
     out = FlowReduce(flow_budget=budget, enabled=False).run(before)
@@ -249,7 +250,7 @@ def test_share_states_never_merges_tasks_whose_kept_in_edges_differ(ir):
 
 
 @PROPERTY
-@given(gated_irs())
+@given(search_spaces())
 def test_the_post_search_pipeline_verifies_after_every_pass(ir):
     manager = PassManager([parse_pass(p) for p in ("discretize", "flow-reduce", "share-states")])
     out = manager.run(ir)
@@ -267,15 +268,16 @@ def cost_of(ir: IR) -> dict[str, int]:
 def best_paths_only(ir: IR) -> IR:
     """The network that keeps each task's best path and nothing else: the cheapest fit-budget may reach."""
     out = ir.copy()
-    paths = {task: set(best_path(out, task, gate_weights(out, task))) for task in out.task_names}
+    paths = {(state_owner(out, key[1], task), key) for task in out.task_names
+             for key in best_path(out, task, gate_weights(out, task))}
     for key, edge in list(out.edges.items()):
         for task in edge.active_tasks():
-            if key not in paths[task]:
+            if (task, key) not in paths:
                 out.edges[key] = out.edges[key].with_task_state(task, keep=False)
     return FlowReduce(enabled=False).run(out)
 
 
-@given(gated_irs(max_nodes=8), st.floats(0.0, 1.2))
+@given(search_spaces(max_nodes=8), st.floats(0.0, 1.2))
 @PROPERTY
 def test_fit_budget_meets_any_budget_the_best_paths_allow(ir, fraction):
     from dagir.passes.fit_budget import FitBudget
@@ -289,8 +291,9 @@ def test_fit_budget_meets_any_budget_the_best_paths_allow(ir, fraction):
     assert record["cost"] == cost_of(fitted)
     assert record["met"] == (record["cost"]["macs"] <= budget)
     assert record["met"] or budget < floor  # a budget the best paths meet is always met
-    for task in fitted.task_names:  # every task keeps its best path
-        assert set(best_path(start, task, gate_weights(start, task))) <= set(gate_weights(fitted, task))
+    for task in fitted.task_names:  # every task keeps its best path, through whichever owners' states
+        for key in best_path(start, task, gate_weights(start, task)):
+            assert key in gate_weights(fitted, state_owner(start, key[1], task))
     if fraction >= 1.0 and fraction <= 1.2 and budget >= full:
         assert record["removed"] == []  # within budget already: nothing removed
 
@@ -302,3 +305,18 @@ def test_fit_budget_does_nothing_without_a_budget_and_reads_it_from_the_spec():
     options = spec_options(Spec(tasks=[{"name": "a", "kind": "regression"}],
                                 search={"budget": {"macs": 1000, "parameters": None}}), budget=True)
     assert parse_pass("fit-budget", options).macs == 1000
+
+
+@given(search_spaces(max_nodes=6), st.floats(0.0, 1.0))
+@PROPERTY
+def test_fit_budget_straight_after_discretize_leaves_an_ir_that_verifies(ir, fraction):
+    """No flow-reduce between: fit-budget does the clean-up itself and marks what it reduced."""
+    from dagir.passes.fit_budget import FitBudget
+    before = discretized(ir)
+    full = cost_of(FlowReduce(enabled=False).run(before))["macs"]
+    manager = PassManager([Discretize(), FitBudget(macs=max(1, int(fraction * full)))])
+    fitted = manager.run(ir)  # verifies after every pass
+    assert fitted.reduced and fitted.meta["fit_budget"]["cost"] == cost_of(fitted)
+    for task in fitted.task_names:
+        for key in best_path(before, task, gate_weights(before, task)):
+            assert key in gate_weights(fitted, state_owner(before, key[1], task))
