@@ -6,11 +6,11 @@ from typing import Any
 from pydantic import Field
 
 from dagir.compact_cost import compact_macs, compact_parameters
-from dagir.flow import EdgeKey, best_path, gate_weights, task_flow
+from dagir.flow import EdgeKey, gate_weights, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
 
-from .flow_reduce import _delete_dead, _trim_to_paths
+from .flow_reduce import Removal, _delete_dead, _trim_to_paths, protected_paths
 from .share_states import ShareStates
 
 
@@ -19,13 +19,17 @@ class FitBudget(Pass):
     """A constraint on the compact network's cost: multiply-accumulates per sample (`macs`) and/or
     parameters (`parameters`), as `dagir.compact_cost` counts them (states shared by tasks count once).
 
-    While the cost is over budget, remove the (task, edge) whose share of its task's flow is least,
-    φ_e / Φ_t, among the kept edges off each task's best path (which stays: every task keeps a path),
-    then trim each task to its input-to-head paths and delete what no task keeps. The flows are
-    recomputed after every removal. A budget the best paths alone exceed cannot be met: the pass
-    stops there and records it (`ir.meta["fit_budget"]["met"]` false, with the cost reached), so a
-    finished search is never thrown away. With no budget (the default) it changes nothing.
-    Runs after `flow-reduce` on a discretised IR; costs one share-states sweep per removal, with
+    While the cost is over budget, remove the (task, edge) whose share of flow is least — the largest
+    φ_e / Φ_u over the tasks u whose flow passes through it (a cross edge reading task B's chain makes
+    B's edges carry flow for A too) — among the kept edges off every task's best path (each owner's
+    edges on it stay, `flow_reduce.protected_paths`: every task keeps a path), then trim each task to
+    its input-to-head paths and delete what no task keeps. The flows are recomputed after every
+    removal. With a budget the pass first does flow-reduce's clean-up (trim, delete what is dead) and
+    marks the IR reduced, so it may also run straight after `discretize`; after `flow-reduce` it
+    refreshes the kept flows that pass recorded. A budget the best paths alone exceed cannot be met:
+    the pass stops there and records it (`ir.meta["fit_budget"]["met"]` false, with the cost
+    reached), so a finished search is never thrown away. With no budget (the default) it changes nothing.
+    Runs after `flow-reduce` (or `discretize`); costs one share-states sweep per removal, with
     `untie` as `share-states` will run (untied states cost their own copies of the weights).
     """
 
@@ -39,19 +43,23 @@ class FitBudget(Pass):
         if self.macs is None and self.parameters is None:
             return out
         removed: list[str] = []
+        protected = protected_paths(out)
+        _clean_up(out)
         cost = self.cost(out, self.untie)
-        protected = {task: set(best_path(out, task, gate_weights(out, task))) for task in out.task_names}
         while not self._within(cost):
             candidate = self._least_flow_edge(out, protected)
             if candidate is None:
                 break
             task, key = candidate
             out.edges[key] = out.edges[key].with_task_state(task, keep=False)
-            for name in out.task_names:
-                _trim_to_paths(out, name)
-            _delete_dead(out)
+            _clean_up(out)
             removed.append(f"{task}:{edge_name(*key)}")
             cost = self.cost(out, self.untie)
+        out.reduced = True  # the verifier now holds it to a reduction's invariants: it is one
+        if "flow_reduce" in out.meta:  # Φ and the groups stay: a later flow-reduce measures against them
+            kept = {task: gate_weights(out, task) for task in out.task_names}
+            out.meta["flow_reduce"]["kept_flow"] = {t: task_flow(out, t, kept[t]).total for t in out.task_names}
+            out.meta["flow_reduce"]["kept_per_task"] = {t: len(kept[t]) for t in out.task_names}
         out.meta["fit_budget"] = {"macs": self.macs, "parameters": self.parameters, "met": self._within(cost),
                                   "cost": cost, "removed": removed}
         return out
@@ -67,15 +75,22 @@ class FitBudget(Pass):
         return {"macs": compact_macs(shared)["total"], "parameters": compact_parameters(shared)["total"]}
 
     @staticmethod
-    def _least_flow_edge(ir: IR, protected: dict[str, set[EdgeKey]]) -> tuple[str, EdgeKey] | None:
+    def _least_flow_edge(ir: IR, protected: set[Removal]) -> Removal | None:
+        flows = {task: task_flow(ir, task) for task in ir.task_names}
         best: tuple[float, str, EdgeKey] | None = None
-        for task in ir.task_names:
-            weights = gate_weights(ir, task)
-            flow = task_flow(ir, task, weights)
-            for key in weights:
-                if key in protected[task]:
+        for owner in ir.task_names:
+            for key in gate_weights(ir, owner):
+                if (owner, key) in protected:
                     continue
-                share = flow.edge[key] / flow.total if flow.total > 0 else 0.0
-                if best is None or (share, task, key) < best:
-                    best = (share, task, key)
+                share = max((flow.instances[(key, owner)] / flow.total if flow.total > 0 else 0.0)
+                            for flow in flows.values() if (key, owner) in flow.instances)
+                if best is None or (share, owner, key) < best:
+                    best = (share, owner, key)
         return None if best is None else (best[1], best[2])
+
+
+def _clean_up(ir: IR) -> None:
+    """Trim every task to its input-to-head paths and delete what no task keeps (as flow-reduce)."""
+    for task in ir.task_names:
+        _trim_to_paths(ir, task)
+    _delete_dead(ir)
