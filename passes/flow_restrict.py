@@ -25,8 +25,9 @@ class FlowRestrict(Pass):
         if self.max_span is not None:
             index = {name: node.index for name, node in out.nodes.items()}
             for key, edge in list(out.edges.items()):
-                if edge.kind == "internal" and index[edge.dst] - index[edge.src] > self.max_span:
-                    del out.edges[key]
+                src, dst = index[edge.src], index[edge.dst]
+                if edge.kind == "internal" and src is not None and dst is not None and dst - src > self.max_span:
+                    out.remove_edge(*key)  # drops or trims the decisions governing it too
         tighter = out.max_span is not None and (self.max_span is None or out.max_span < self.max_span)
         out.max_span = out.max_span if tighter else self.max_span
         return out

@@ -188,3 +188,15 @@ def test_every_pass_is_registered_and_prints_its_options():
     passes = registered_passes()
     assert set(BEFORE_SEARCH) <= set(passes)
     assert str(parse_pass("flow-restrict{max_span=none}")) == "flow-restrict{max_span=none}"
+
+
+def test_flow_restrict_after_attach_gates_drops_the_decisions_of_the_edges_it_cuts():
+    from dagir.pass_manager import PassManager
+    spec = make_spec()
+    names = ["build-central{nodes=5, stages=1, channels=[4], max_span=none}", "insert-read-io", "legalize-types",
+             "attach-gates", "flow-restrict{max_span=1}"]
+    ir = PassManager(spec_pipeline(names, spec)).run(seed_ir(spec))  # verifies after every pass
+    assert sorted((int(e.src[1:]), int(e.dst[1:])) for e in ir.edges_of_kind("internal")) == \
+        [(1, 2), (2, 3), (3, 4), (4, 5)]
+    governed = {key for decision in ir.decisions.values() for key in decision.edges()}
+    assert governed <= set(ir.edges) and "edge_h1_h3" not in ir.decisions
