@@ -12,7 +12,8 @@ Modes (`mode`, a plain attribute, with `tau` and `relaxation`):
   in eval mode (`module.eval()`) noise and samples give way to the probabilities (σ, softmax);
 - `hard`: the discretisation at gate 0.5 (logit >= 0; the argmax option);
 - `ones`: every gate 1 (warm-up);
-- `fixed`: the option values last given to `fix` (a drawn sample, as REINFORCE trains on).
+- `fixed`: the option values last given to `fix` (a drawn sample, as REINFORCE trains on); an edge
+  on several open routes gets gate 1.
 """
 from __future__ import annotations
 
@@ -175,7 +176,8 @@ class GateTable(nn.Module):
 
     def dropped(self, rate: float, generator: torch.Generator | None = None) -> Tensor:
         """Option values that turn each bernoulli gate off with probability `rate` (drawn with
-        `generator`) and leave every categorical route open: a warm-up step's sub-network."""
+        `generator`) and leave every categorical route open: a warm-up step's sub-network. In
+        `fixed` mode a route edge gets gate 1 (not the number of open routes it lies on)."""
         values = torch.ones(self.values_size)
         count = sum(self.logits[group].numel() for group in self.bernoulli_groups)
         values[:count] = (torch.rand(count, generator=generator) >= rate).to(values.dtype)
@@ -223,7 +225,16 @@ class GateTable(nn.Module):
     def forward(self) -> Tensor:
         if not self.slots:
             return torch.zeros(0)
-        return self.slot_values(self.option_values())
+        if self.mode == "ones":  # every gate 1: summing the open routes would count an edge once per route
+            return self.slot_index.new_ones(len(self.slots), dtype=self._dtype())
+        values = self.slot_values(self.option_values())
+        # fixed option values may open several routes of one decision (`dropped` opens them all): an
+        # edge on several open routes is on, gate 1; a sample or a bernoulli never sums above 1
+        return values.clamp(max=1.0) if self.mode == "fixed" and not self.gather_only else values
+
+    def _dtype(self) -> torch.dtype:
+        first = next(iter(self.logits.values()), None)
+        return torch.get_default_dtype() if first is None else first.dtype
 
     def slot_values(self, values: Tensor) -> Tensor:
         """The gate of every slot from option values (a categorical's edge: the sum of its options')."""

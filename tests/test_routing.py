@@ -84,6 +84,28 @@ def test_sampled_routes_lower_like_the_reference(case):
         torch.testing.assert_close(module(x), evaluate_reference(ir, module, x, mode=mode))
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_warm_up_opens_every_route_with_gate_one_like_the_reference(batched):
+    """An edge on several routes is on with gate 1 in "ones" mode and under warm-up edge dropout
+    (`dropped`), not gate = the number of routes it lies on (mtnas.yaml: 4 experts, routes of 2)."""
+    from dagir.pipeline import compile_spec
+    from dagir.spec import load_spec
+    ir = compile_spec(load_spec("examples/mtnas.yaml"))
+    assert any(len(d.options_with(key)) > 1 for d in ir.decisions.values() if d.kind == "categorical"
+               for key in d.edges())
+    module = lower_supernet(ir, dtype=torch.float64, batched=batched).eval()
+    randomize_batch_norm(module, 0)
+    x = torch.randn(3, *ir.input_node().type.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    module.gates.mode = "ones"
+    assert module.gates().tolist() == [1.0] * len(module.gates.slots)
+    ones = module(x)
+    torch.testing.assert_close(ones, evaluate_reference(ir, module, x, mode="ones"))
+    module.gates.fix(module.gates.dropped(0.0))
+    module.gates.mode = "fixed"
+    assert module.gates().tolist() == [1.0] * len(module.gates.slots)
+    torch.testing.assert_close(module(x), ones)
+
+
 @PROPERTY
 @given(routing_spaces())
 def test_the_compact_network_holds_the_argmax_routes_and_equals_the_hard_supernet(case):
