@@ -463,14 +463,16 @@ def task_misfits(dataset: "DatasetInfo", tasks: Sequence[TaskLike]) -> list[Task
         elif offered[task.name] != task.kind:
             dense_note = " (it has no per-pixel targets)" if info.dense and not any(
                 TASK_KINDS[kind].dense for kind in offered.values() if kind in TASK_KINDS) else ""
+            hint = dataset.kind_hints.get(offered[task.name])
             misfit("kind", f"task {task.name!r} is {offered[task.name]} in data set '{dataset.name}', "
-                           f"not {task.kind}{dense_note}")
+                           f"not {task.kind}{dense_note}" + (f" ({hint})" if hint else ""))
         elif task.name in dataset.task_classes and task.classes is not None and (
                 task.classes < dataset.task_classes[task.name]
                 or (task.classes > dataset.task_classes[task.name] and not dataset.classes_at_least)):
             seen = dataset.task_classes[task.name]
-            misfit("classes", f"task {task.name!r} has labels 0..{seen - 1} in data set '{dataset.name}': classes must "
-                              f"be at least {seen} (got {task.classes})" if dataset.classes_at_least else
+            misfit("classes", f"task {task.name!r} has labels up to {seen - 1} in data set '{dataset.name}' (classes "
+                              f"are 0..K-1): classes must be at least {seen} (got {task.classes})"
+                              if dataset.classes_at_least else
                               f"task {task.name!r} has {seen} classes in data set '{dataset.name}', not {task.classes}")
         if task.loss is not None and task.loss not in info.losses:
             misfit("loss", f"task {task.name!r}: a {task.kind} task has no loss {task.loss!r} "

@@ -138,9 +138,11 @@ def bad(tmp_path: Path, **changes) -> Path:
     ({"target": None}, "tasks.1.name: data set 'arrays' has no task 'target'"),
     ({"label": np.zeros(39, dtype=np.int64)}, "(array 'label'): has 39 rows, but 'inputs' has 40"),
     ({"label": np.array([0, 1, -3] + [0] * 37)}, "(array 'label'): row 2 has label -3"),
-    ({"label": np.array([0, 1, 4] + [0] * 37)}, "tasks.0.classes: task 'label' has labels 0..4 in data set 'arrays': "
-                                                "classes must be at least 5 (got 2)"),
+    ({"label": np.array([0, 1, 4] + [0] * 37)}, "tasks.0.classes: task 'label' has labels up to 4 in data set "
+                                                "'arrays' (classes are 0..K-1): classes must be at least 5 (got 2)"),
     ({"inputs": None}, "no array 'inputs' for the inputs"),
+    ({"label": np.array([0.0, 1.0] * 20)}, "tasks.0.kind: task 'label' is regression in data set 'arrays', not "
+                                         "classification (a float array is a regression target; save integer labels"),
     ({"target": np.zeros((40, 3), dtype=np.float32)}, "a task array is integer labels [N] or a float target"),
     ({"split": np.array(["train"] * 39 + ["dev"])}, None),  # a bad split is found when the data is read
 ])
@@ -274,6 +276,13 @@ def test_a_task_column_is_no_input_and_a_byte_order_mark_no_name(tmp_path):
         load_spec(spec, ["data.options.features=[a, b, target]"])
     root.write_text(root.read_text(), encoding="utf-8-sig")  # as Excel saves a CSV: its first name starts with U+FEFF
     assert input_shape(load_spec(spec)) == (8,)
+
+
+def test_a_kind_the_table_does_not_give_says_how_to_get_it(tmp_path):
+    spec = write_spec(tmp_path, write_table(tmp_path / "t.csv", rows=30))
+    with pytest.raises(SpecError, match=r"tasks.0.kind: task 'label' is classification in data set 'table', not "
+                                        r"regression \(its values are text or whole numbers, read as class labels"):
+        load_spec(spec, ["tasks.0.kind=regression", "tasks.0.classes=null"])
 
 
 def test_a_table_too_small_for_its_splits_is_refused_before_training(tmp_path):

@@ -54,6 +54,7 @@ class DatasetInfo:
     classes_at_least: bool = False  # `task_classes` are the labels seen (largest + 1): a task may declare more
     reads_task_names: bool = False  # its files hold more than the tasks: the spec's task names pick them out
     plugin: str | None = None  # a user's "module:function" (`dagir.datasets.plugin`): options pass as they are
+    kind_hints: Mapping[str, str] = field(default_factory=dict)  # why its files give a task this kind, and how to change it
 
     def input_shape(self, options: Mapping[str, Any] | None = None, root: str | None = None,
                     tasks: Sequence[str] = ()) -> tuple[int, ...]:
@@ -136,6 +137,15 @@ def digits_shape(source: str, layout: str) -> tuple[int, ...]:
 
 DIGIT_SIZE = 28  # MultiMNIST's canvas holds two 28x28 digits, overlapping at most fully
 
+
+TABLE_KIND_HINTS = {  # files whose cells are read as text, a table's and an image folder's labels
+    "classification": "its values are text or whole numbers, read as class labels; list the column in "
+                      "data.options.regression to regress on its numbers",
+    "regression": "its values are numbers with a fraction; class labels are text or whole numbers 0..K-1"}
+ARRAY_KIND_HINTS = {
+    "classification": "an integer array holds class labels; save it as floats to regress on it",
+    "regression": "a float array is a regression target; save integer labels [N] to classify"}
+
 REGISTRY: dict[str, DatasetInfo] = {
     "multimnist": DatasetInfo(
         "multimnist", _square("canvas"), "dagir.datasets.multimnist:load",
@@ -182,21 +192,21 @@ REGISTRY: dict[str, DatasetInfo] = {
         "arrays", _fixed(()), "dagir.datasets.arrays:load",
         "your own arrays: an .npz file or a folder of .npy files, `inputs` and one array per task",
         needs_root=True, tasks_for="dagir.datasets.arrays:tasks_for", shape_for="dagir.datasets.arrays:shape_for",
-        root_kind="file or folder", classes_at_least=True,
+        root_kind="file or folder", classes_at_least=True, kind_hints=ARRAY_KIND_HINTS,
         options={"inputs": Option("inputs", str), "split": Option("split", str), "test_fraction": _test_fraction(0.01),
                  "in_memory": Option("auto", object, _one_of("auto", True, False))}),
     "table": DatasetInfo(
         "table", _fixed(()), "dagir.datasets.table:load",
         "your own CSV or Parquet table: a column per task, the other columns (or options.features) the inputs",
         needs_root=True, tasks_for="dagir.datasets.table:tasks_for", shape_for="dagir.datasets.table:shape_for",
-        root_kind="file or folder", classes_at_least=True, reads_task_names=True,
+        root_kind="file or folder", classes_at_least=True, reads_task_names=True, kind_hints=TABLE_KIND_HINTS,
         options={"features": Option(None, object, _names_or_null), "regression": Option([], list, _names),
                  "test_fraction": _test_fraction(0.01)}),
     "images": DatasetInfo(
         "images", _fixed(()), "dagir.datasets.images:load",
         "your own images: a folder of image files and labels.csv with a file column and a column per task",
         needs_root=True, tasks_for="dagir.datasets.images:tasks_for", shape_for="dagir.datasets.images:shape_for",
-        classes_at_least=True, reads_task_names=True,
+        classes_at_least=True, reads_task_names=True, kind_hints=TABLE_KIND_HINTS,
         options={"labels": Option("labels.csv", str), "file_column": Option("file", str),
                  "size": Option(None, object, check_size), "channels": Option(3, int, _one_of(1, 3)),
                  "regression": Option([], list, _names), "test_fraction": _test_fraction(0.01)}),
