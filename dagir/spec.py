@@ -21,6 +21,7 @@ from .ir import Aggregation, NddrNorm
 from .spec_loader import FieldPath, Location, apply_override, format_path, locate, read_spec_file
 
 TaskKind = Literal["classification", "multilabel", "regression", "segmentation", "depth", "normals"]
+CLASS_KINDS = ("classification", "multilabel", "segmentation")  # the kinds that predict `classes`
 
 
 class Strict(BaseModel):
@@ -73,17 +74,23 @@ class TaskSpec(Strict):
     squeeze: float = Field(1.0, ge=0)  # this task's share of the squeeze: its gates are squeezed this much harder
 
     @model_validator(mode="after")
-    def _classes_where_needed(self) -> "TaskSpec":
-        if self.kind in ("classification", "multilabel", "segmentation") and self.classes is None:
-            raise ValueError(f"a {self.kind} task needs 'classes'")
+    def _two_classes_at_least(self) -> "TaskSpec":
         if self.kind == "classification" and self.classes is not None and self.classes < 2:
             raise ValueError("a classification task needs classes >= 2")
         return self
 
     @property
+    def has_classes(self) -> bool:
+        """Whether this kind of task predicts classes (its `classes` given, or read from the data set)."""
+        return self.kind in CLASS_KINDS
+
+    @property
     def out_dim(self) -> int:
         if self.classes is not None:
             return self.classes
+        if self.has_classes:
+            raise ValueError(f"task {self.name!r}: its number of classes is not known; give tasks[].classes, or "
+                             "load the spec with load_spec, which reads it from the data set")
         return 3 if self.kind == "normals" else 1
 
 

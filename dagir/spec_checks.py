@@ -48,6 +48,12 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
         unset = "dataset" not in spec.data.model_fields_set  # the default data set, which the spec never named
         raise source.error(("tasks", first.index, first.field), first.message + (
             f"; the spec names no data.dataset, and {spec.data.dataset} is the default" if unset else ""))
+    for index, task in enumerate(spec.tasks):  # a task that leaves out `classes` has the data set's
+        if task.has_classes and task.classes is None:
+            if task.name not in info.task_classes:
+                raise source.error(("tasks", index), f"a {task.kind} task needs 'classes' (data set "
+                                                     f"'{info.name}' does not say how many {task.name!r} has)")
+            task.classes = max(info.task_classes[task.name], 2 if task.kind == "classification" else 1)
     try:
         shape = info.input_shape(options, spec.data.root, [task.name for task in spec.tasks])
     except UserError as err:

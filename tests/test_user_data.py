@@ -278,6 +278,25 @@ def test_a_task_column_is_no_input_and_a_byte_order_mark_no_name(tmp_path):
     assert input_shape(load_spec(spec)) == (8,)
 
 
+def test_classes_left_out_are_read_from_the_data_and_recorded(tmp_path):
+    import yaml
+    spec = tmp_path / "spec.yaml"
+    root = write_table(tmp_path / "t.csv", rows=30)
+    spec.write_text(SPEC.format(root=root, dataset="table").replace("classes: 2}", "}"))
+    loaded = load_spec(spec)
+    assert loaded.tasks[0].classes == len(set(loaded_labels(root)))
+    assert yaml.safe_load(loaded.resolved_yaml())["tasks"][0]["classes"] == loaded.tasks[0].classes
+    default = tmp_path / "mm.yaml"  # a built-in data set knows its tasks' classes too
+    default.write_text(Path("examples/multimnist.yaml").read_text().replace(", classes: 10}", "}"))
+    assert [task.classes for task in load_spec(default).tasks] == [10, 10, None]
+
+
+def loaded_labels(root: Path) -> list[str]:
+    import csv
+    with open(root, newline="") as handle:
+        return [row["label"] for row in csv.DictReader(handle)]
+
+
 def test_a_kind_the_table_does_not_give_says_how_to_get_it(tmp_path):
     spec = write_spec(tmp_path, write_table(tmp_path / "t.csv", rows=30))
     with pytest.raises(SpecError, match=r"tasks.0.kind: task 'label' is classification in data set 'table', not "
