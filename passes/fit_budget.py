@@ -9,8 +9,8 @@ from dagir.compact_cost import compact_macs, compact_parameters
 from dagir.flow import EdgeKey, gate_weights, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
+from dagir.prune import Removal, protected_paths, prune
 
-from .flow_reduce import Removal, _delete_dead, _trim_to_paths, protected_paths
 from .share_states import ShareStates
 
 
@@ -22,7 +22,7 @@ class FitBudget(Pass):
     While the cost is over budget, remove the (task, edge) whose share of flow is least — the largest
     φ_e / Φ_u over the tasks u whose flow passes through it (a cross edge reading task B's chain makes
     B's edges carry flow for A too) — among the kept edges off every task's best path (each owner's
-    edges on it stay, `flow_reduce.protected_paths`: every task keeps a path), then trim each task to
+    edges on it stay, `dagir.prune.protected_paths`: every task keeps a path), then trim each task to
     its input-to-head paths and delete what no task keeps. The flows are recomputed after every
     removal. With a budget the pass first does flow-reduce's clean-up (trim, delete what is dead) and
     marks the IR reduced, so it may also run straight after `discretize`; after `flow-reduce` it
@@ -44,7 +44,7 @@ class FitBudget(Pass):
             return out
         removed: list[str] = []
         protected = protected_paths(out)
-        _clean_up(out)
+        prune(out)
         cost = self.cost(out, self.untie)
         while not self._within(cost):
             candidate = self._least_flow_edge(out, protected)
@@ -52,7 +52,7 @@ class FitBudget(Pass):
                 break
             task, key = candidate
             out.edges[key] = out.edges[key].with_task_state(task, keep=False)
-            _clean_up(out)
+            prune(out)
             removed.append(f"{task}:{edge_name(*key)}")
             cost = self.cost(out, self.untie)
         out.reduced = True  # the verifier now holds it to a reduction's invariants: it is one
@@ -88,9 +88,3 @@ class FitBudget(Pass):
                     best = (share, owner, key)
         return None if best is None else (best[1], best[2])
 
-
-def _clean_up(ir: IR) -> None:
-    """Trim every task to its input-to-head paths and delete what no task keeps (as flow-reduce)."""
-    for task in ir.task_names:
-        _trim_to_paths(ir, task)
-    _delete_dead(ir)

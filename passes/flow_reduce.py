@@ -5,12 +5,10 @@ from typing import Any
 
 from pydantic import Field
 
-from dagir.flow import EdgeKey, TaskFlow, best_path, gate_weights, node_key, task_flow
+from dagir.flow import TaskFlow, best_path, gate_weights, node_key, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
-from dagir.task_states import nodes_on_paths, reached_nodes, reaching_nodes, state_owner
-
-Removal = tuple[str, EdgeKey]  # (owner, edge): drop the edge from the owner's kept edges
+from dagir.prune import Removal, protected_paths, prune
 
 
 @register_pass
@@ -75,9 +73,7 @@ class FlowReduce(Pass):
             "reference_flow": reference, "removed": removed, "groups": groups,
             "protected": {task: [edge_name(*key) for key in best_path(ir, task, gate_weights(ir, task))]
                           for task in ir.task_names}}
-        for task in out.task_names:
-            _trim_to_paths(out, task)
-        deleted_edges, deleted_nodes = _delete_dead(out)
+        deleted_edges, deleted_nodes = prune(out)
         kept = {task: gate_weights(out, task) for task in out.task_names}
         stats["kept_flow"] = {task: task_flow(out, task, kept[task]).total for task in out.task_names}
         stats["kept_per_task"] = {task: len(kept[task]) for task in out.task_names}
@@ -129,13 +125,6 @@ def coupled_groups(ir: IR, flows: dict[str, TaskFlow]) -> list[list[str]]:
     return list(members.values())
 
 
-def protected_paths(ir: IR) -> set[Removal]:
-    """(owner, edge) for every edge on every task's best path, the owner being that of the state
-    the edge feeds: the path of task A through task B's chain protects B's edges on it."""
-    return {(state_owner(ir, key[1], task), key)
-            for task in ir.task_names for key in best_path(ir, task, gate_weights(ir, task))}
-
-
 def _cost(ir: IR, removal: Removal, group: list[str], flows: dict[str, TaskFlow],
           reference: dict[str, float]) -> tuple[Any, ...]:
     """The removal order's key: the largest share of a task's reference flow the edge carries, the
@@ -146,26 +135,3 @@ def _cost(ir: IR, removal: Removal, group: list[str], flows: dict[str, TaskFlow]
     share = max((flow / total if total > 0 else 0.0 for flow, total in carried), default=0.0)
     most = max((flow for flow, _ in carried), default=0.0)
     return share, most, node_key(ir, key[0]), node_key(ir, key[1]), owner
-
-
-def _trim_to_paths(ir: IR, task: str) -> None:
-    """Drop `task` from its kept edges that lie on none of its input-to-head paths."""
-    reached, reaching = reached_nodes(ir, task), reaching_nodes(ir, task)
-    for key, edge in list(ir.edges.items()):
-        if edge.is_active(task) and not (edge.src in reached and edge.dst in reaching):
-            ir.edges[key] = edge.with_task_state(task, keep=False)
-
-
-def _delete_dead(ir: IR) -> tuple[list[str], list[str]]:
-    """Delete the edges kept for no task, then the nodes on no task's path; return their names."""
-    live: set[str] = set()
-    for task in ir.task_names:
-        live |= nodes_on_paths(ir, task)
-    dead_nodes = sorted(set(ir.nodes) - live)
-    dead_edges = sorted(key for key, edge in ir.edges.items()
-                        if not edge.active_tasks() or edge.src in dead_nodes or edge.dst in dead_nodes)
-    for key in dead_edges:
-        ir.remove_edge(*key)
-    for name in dead_nodes:
-        del ir.nodes[name]
-    return [edge_name(*key) for key in dead_edges], dead_nodes
