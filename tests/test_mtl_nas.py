@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from dagir.backends.torch_compact import lower_compact
 from dagir.flow import task_flow
 from dagir.gates import sigmoid
-from dagir.ir import IR
+from dagir.errors import UserError
+from dagir.ir import IR, Node
 from dagir.ir_io import read_ir
 from dagir.pass_manager import PassManager, parse_pipeline
+from dagir.passes.insert_read_io import InsertReadIO
 from dagir.pipeline import seed_ir, spec_pipeline
 from dagir.spec import Spec
 from dagir.training.plots import task_gate_grid
@@ -265,3 +267,19 @@ def test_nddr_nodes_gate_their_weight_and_compute_the_reference(case, tau):
         assert (mine is None) == (theirs is None), name
         if mine is not None:
             torch.testing.assert_close(mine, theirs, msg=name)
+
+
+def test_read_in_of_a_task_chain_comes_from_its_own_stem():
+    spec = cross_task_spec(2, 3, 1, image=False)
+    ir = PassManager(spec_pipeline(["build-cross-task{window=2}", "insert-read-io"], spec)).run(seed_ir(spec))
+    read_in = sorted(key for key, edge in ir.edges.items() if edge.kind == "read_in")
+    assert read_in == [(f"stem_{t}", f"{t}_h{j}") for t in ("t0", "t1") for j in (1, 2, 3)]
+    assert all(list(ir.edges[key].tasks) == [key[1].split("_")[0]] for key in read_in)
+
+
+def test_read_in_refuses_a_shared_node_without_a_shared_stem():
+    spec = cross_task_spec(2, 2, 1, image=False)
+    ir = PassManager(spec_pipeline(["build-cross-task{window=2}"], spec)).run(seed_ir(spec))
+    ir.add_node(Node("h_shared", "hidden", ir.nodes["t0_h1"].type, index=1, stage=0))
+    with pytest.raises(UserError, match="h_shared.*needs one stem"):
+        InsertReadIO().run(ir)
