@@ -1,9 +1,12 @@
 """The verifier: the IR's invariants, checked between passes.
 
-1. `structure`: acyclic, every edge's endpoints exist, names unique, one input, one head per task;
+1. `structure`: acyclic, every edge's endpoints exist, names unique, one input, one head per task,
+   every node's owner (`Node.task`) a known task, and no edge into a node owned by task B active for
+   another task (B's state is computed with B's edges only);
 2. `types`: every edge op maps its source's type to its destination's input type, every node op
    maps its input type to its type (edges may lack an op only before `legalize-types`);
-3. `task-paths`: every task has a path input -> stem -> ... -> its head on edges active for it;
+3. `task-paths`: every task has a path input -> stem -> ... -> its head on edges active for it (a
+   stem on one of its input-to-head paths, not merely reached);
 4. `flow-restriction`: every internal edge h_i -> h_j has 1 <= j - i <= max_span;
 5. `reduced`: after reduction, no node lies off every task's kept paths and no edge is kept for no task;
 6. `decisions`: every decision governs edges that exist and serve its tasks, no edge has two
@@ -20,7 +23,7 @@ import math
 
 from .ir import AGGREGATIONS, DECISION_KINDS, DECISION_SCOPES, EDGE_KINDS, IR, NODE_KINDS, SHARED, Decision
 from .ops import OpTypeError, output_type
-from .task_states import nodes_on_paths, reached_nodes
+from .task_states import nodes_on_paths, reached_nodes, reaching_nodes
 
 INVARIANTS = ("structure", "types", "task-paths", "flow-restriction", "reduced", "decisions")
 
@@ -59,6 +62,9 @@ def check_structure(ir: IR) -> None:
     extra = [h.name for h in heads if head_tasks.count(h.task) > 1 or h.task not in task_names]
     if missing or extra:
         raise fail("every task needs exactly one head", missing + extra)
+    unowned = [n.name for n in ir.nodes.values() if n.task is not None and n.task not in task_names]
+    if unowned:
+        raise fail(f"nodes owned by unknown tasks: {unowned}", unowned)
     for (src, dst), edge in ir.edges.items():
         if (edge.src, edge.dst) != (src, dst):
             raise fail(f"edge stored under {src}->{dst} connects {edge.src}->{edge.dst}", [src, dst])
@@ -72,6 +78,11 @@ def check_structure(ir: IR) -> None:
             raise fail(f"edge {src} -> {dst} serves unknown tasks {unknown}", [src, dst])
         if src == dst:
             raise fail(f"self-loop on {src}", [src])
+        owner = ir.nodes[dst].task
+        foreign = [t for t in edge.active_tasks() if owner is not None and t != owner]
+        if foreign:
+            raise fail(f"edge {src} -> {dst} into {owner!r}'s node is active for other tasks {foreign}",
+                       [src, dst])
     cycle = _find_cycle(ir)
     if cycle:
         raise fail("the graph has a cycle", cycle)
@@ -130,7 +141,7 @@ def check_types(ir: IR) -> None:
 
 
 def check_task_paths(ir: IR) -> None:
-    outgoing = ir.out_edges()
+    outgoing, incoming = ir.out_edges(), ir.in_edges()
     stems = {n.name for n in ir.nodes_of_kind("stem")}
     for task in ir.task_names:
         reached = reached_nodes(ir, task, outgoing)
@@ -138,8 +149,9 @@ def check_task_paths(ir: IR) -> None:
         if head not in reached:
             raise VerificationError("task-paths", f"task {task!r} has no path from the input to its "
                                     "head on edges active for it", offending=[head])
-        if stems and not (stems & reached):
-            raise VerificationError("task-paths", f"task {task!r} does not pass through the stem",
+        # a stem reached on a dead end does not count: it must lie on an input-to-head path
+        if stems and not (stems & reached & reaching_nodes(ir, task, incoming)):
+            raise VerificationError("task-paths", f"task {task!r} reaches its head on no path through a stem",
                                     offending=sorted(stems))
 
 

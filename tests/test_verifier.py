@@ -69,6 +69,32 @@ def test_task_without_path_is_caught():
     assert broken("task-paths", ir).offending == ["head_t0"]
 
 
+def test_task_whose_only_path_skips_the_stem_is_caught():
+    ir = small_ir(read_in=False, read_out=False).copy()
+    ir.edges[("stem", "h1")] = ir.edges[("stem", "h1")].with_task_state("t0", keep=False)  # the stem: a dead end
+    ir.add_edge(Edge("input", "h1", "read_in", Op("conv_bn_relu", {"c_in": 1, "c_out": 4, "stride": 1}),
+                     {"t0": EdgeTaskState()}))
+    error = broken("task-paths", ir)
+    assert error.offending == ["stem"] and "'t0'" in error.detail
+
+
+def test_node_owned_by_an_unknown_task_is_caught():
+    ir = small_ir().copy()
+    ir.nodes["h3"] = replace(ir.nodes["h3"], task="ghost")
+    error = broken("structure", ir)
+    assert error.offending == ["h3"] and "unknown task" in error.detail
+
+
+def test_edge_into_a_task_owned_node_active_for_another_task_is_caught():
+    ir = small_ir(read_in=False, read_out=False).copy()
+    key = ("h6", "head_t1")
+    ir.edges[key] = replace(ir.edges[key], tasks={"t0": EdgeTaskState(), "t1": EdgeTaskState()})
+    error = broken("structure", ir)
+    assert error.offending == ["h6", "head_t1"] and "['t0']" in error.detail
+    ir.edges[key] = ir.edges[key].with_task_state("t0", keep=False)
+    verify(ir)  # dropped for t0 after discretisation, it no longer feeds t1's head for t0
+
+
 def test_flow_restriction_is_caught():
     ir = small_ir(max_span=2).copy()
     ir.add_edge(Edge("h1", "h4", "internal", Op("conv_bn_relu", {"c_in": 4, "c_out": 6, "stride": 2}),
