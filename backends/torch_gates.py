@@ -217,8 +217,10 @@ class GateTable(nn.Module):
     def probabilities(self) -> Tensor:
         """Every bernoulli's σ(logit / τ) and every categorical's softmax at τ, as one vector (the
         squeeze and entropy regularisers' input)."""
-        parts = [torch.sigmoid(self.logits[g] / self.tau) for g in self.bernoulli_groups]
-        parts += [torch.softmax(self.logits[_categorical_key(d)] / self.tau, dim=-1).flatten() for d in self.decisions]
+        parts = [gate_math.relax_bernoulli(self.logits[g], relaxation="sigmoid", tau=self.tau)
+                 for g in self.bernoulli_groups]
+        parts += [gate_math.relax_categorical(self.logits[_categorical_key(d)], relaxation="softmax",
+                                              tau=self.tau).flatten() for d in self.decisions]
         return torch.cat(parts) if parts else torch.zeros(0)
 
     # -- gate slots ---------------------------------------------------------------------------

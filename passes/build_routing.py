@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from dagir.ir import IR, SHARED, Decision, Edge, EdgeTaskState, Node, Op, TensorType
+from dagir.ir import IR, SHARED, Decision, Edge, Node, Op, TensorType, all_tasks
 from dagir.pass_manager import register_pass
 
 from .staged_build import StagedBuild, task_head
@@ -66,46 +66,51 @@ class BuildRouting(StagedBuild):
         x = out.input_node()
         stem_type = self.layer_type(x.type, 0)
         out.add_node(Node("stem", "stem", stem_type))
-        out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), _serving(tasks)))
+        out.add_edge(Edge(x.name, "stem", "stem", self.stem_op(x.type), all_tasks(tasks)))
         previous = ["stem"]
         for layer in range(1, self.layers + 1):
             current = [f"e{layer}_{k}" for k in range(1, self.experts + 1)]
             reads = stem_type if layer == 1 else self.expert_type(stem_type, layer - 1)
             expert_type = self.expert_type(stem_type, layer)
-            stage = min(layer, self.stages) - 1 if self.staged() else 0
+            stage = self.layer_stage(layer)
             for name in current:
                 out.add_node(Node(name, "hidden", expert_type, in_type=reads, op=_expert_op(reads, expert_type),
                                   index=layer, stage=stage, aggregation="gate" if len(previous) > 1 else "sum",
                                   query="inputs" if self.query == "task" else self.query))
                 for source in previous:
                     out.add_edge(Edge(source, name, "read_in" if layer == 1 else "internal", Op("identity"),
-                                      _serving(tasks)))
+                                      all_tasks(tasks)))
                 if self.search and len(previous) > 1:
                     self._route(out, name, previous, tasks, shared=self.expert_scope == "shared")
             previous = current
-        for task in out.tasks:
+        for task in out.tasks:  # a tower lies in the last layer's stage, at its resolution
             tower = f"tower_{task.name}"
-            out.add_node(Node(tower, "hidden", expert_type, index=self.layers + 1, stage=0, task=task.name,
+            out.add_node(Node(tower, "hidden", expert_type, index=self.layers + 1, stage=stage, task=task.name,
                               aggregation="gate" if len(previous) > 1 else "sum", query=self.query))
             for source in previous:
-                out.add_edge(Edge(source, tower, "internal", Op("identity"), _serving([task.name])))
+                out.add_edge(Edge(source, tower, "internal", Op("identity"), all_tasks([task.name])))
             if self.search and len(previous) > 1:
                 self._route(out, tower, previous, [task.name], shared=False)
             head = task_head(task, self.head_hidden, x.type)
             out.add_node(head)
-            out.add_edge(Edge(tower, head.name, "read_out", None, _serving([task.name])))
+            out.add_edge(Edge(tower, head.name, "read_out", None, all_tasks([task.name])))
         out.max_span = None
         return out
 
     def staged(self) -> bool:
         return self.expert_stages == "staged"
 
+    def layer_stage(self, layer: int) -> int:
+        """The stage layer `layer`'s experts lie in: min(layer, stages) - 1 when staged, else 0.
+        Only drawings and dumps read a node's stage; the types decide the ops."""
+        return min(layer, self.stages) - 1 if self.staged() else 0
+
     def expert_type(self, stem_type: TensorType, layer: int) -> TensorType:
         """What layer `layer`'s experts make: `width` (default: the first stage's) at the stem's
         resolution; or, staged, stage min(layer, stages) - 1's width at half the previous resolution."""
         if not self.staged():
             return TensorType((self.width or self.channels[0], *stem_type.shape[1:]))
-        stage = min(layer, self.stages) - 1
+        stage = self.layer_stage(layer)
         width = self.width or self.channels[stage]
         if not stem_type.is_image:
             return TensorType((width,))
@@ -121,10 +126,6 @@ class BuildRouting(StagedBuild):
         logits = {owner: (self.init,) * len(options) for owner in ([SHARED] if shared else tasks)}
         ir.add_decision(Decision(f"route_{block}", "categorical", options, tuple(tasks), logits,
                                  scope="shared" if shared else "task"))
-
-
-def _serving(tasks: list[str]) -> dict[str, EdgeTaskState]:
-    return {task: EdgeTaskState() for task in tasks}
 
 
 def _expert_op(reads: TensorType, makes: TensorType) -> Op:

@@ -5,7 +5,7 @@ Also home of `ChainBuild`, the options and layer layout the three baseline build
 """
 from __future__ import annotations
 
-from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, TensorType
+from dagir.ir import IR, Edge, EdgeTaskState, Node, Op, TensorType, all_tasks
 from dagir.pass_manager import register_pass
 
 from .staged_build import StagedBuild, task_head
@@ -18,7 +18,7 @@ class ChainBuild(StagedBuild):
     def add_stem(self, ir: IR, name: str, tasks: list[str], owner: str | None) -> None:
         x = ir.input_node()
         ir.add_node(Node(name, "stem", self.layer_type(x.type, 0), task=owner))
-        ir.add_edge(Edge(x.name, name, "stem", self.stem_op(x.type), {t: EdgeTaskState() for t in tasks}))
+        ir.add_edge(Edge(x.name, name, "stem", self.stem_op(x.type), all_tasks(tasks)))
 
     def add_chain(self, ir: IR, prefix: str, stem: str, tasks: list[str], owner: str | None) -> list[str]:
         """Hidden nodes `<prefix>h1..h<nodes>` after `stem`, linked by ungated edges; their names."""
@@ -27,7 +27,7 @@ class ChainBuild(StagedBuild):
         for j, name in enumerate(names, start=1):
             ir.add_node(Node(name, "hidden", self.layer_type(x.type, j), index=j, stage=self.stage_of(j),
                              task=owner))
-        states = {t: EdgeTaskState() for t in tasks}
+        states = all_tasks(tasks)
         ir.add_edge(Edge(stem, names[0], "read_in", None, states))
         for before, after in zip(names, names[1:]):
             ir.add_edge(Edge(before, after, "internal", None, states))

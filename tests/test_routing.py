@@ -139,6 +139,8 @@ def test_staged_image_experts_down_sample_layer_by_layer():
     assert {flat.nodes[f"e{layer}_1"].type.shape for layer in (1, 2, 3)} == {(4, 12, 12)}
     assert [staged.nodes[f"e{layer}_1"].type.shape for layer in (1, 2, 3)] == [(4, 12, 12), (6, 6, 6), (8, 3, 3)]
     assert staged.nodes["e2_1"].op.params["stride"] == 2 and staged.nodes["tower_t0"].type.shape == (8, 3, 3)
+    assert [staged.nodes[name].stage for name in ("e1_1", "e2_1", "e3_1", "tower_t0")] == [0, 1, 2, 2]
+    assert {node.stage for node in flat.nodes.values() if node.kind == "hidden"} == {0}
     module = lower_supernet(staged, dtype=torch.float64).eval()
     x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
     torch.testing.assert_close(module(x), evaluate_reference(staged, module, x, mode="soft"))
