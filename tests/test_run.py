@@ -170,7 +170,16 @@ def test_checkpoints_are_written_at_most_once_a_checkpoint_seconds_and_at_every_
     assert positions(100) == [(3, 0)]
 
 
-def test_ctrl_c_stops_a_stage_between_two_steps_with_a_checkpoint_there():
+@pytest.fixture
+def ctrl_c_delivered():
+    """Ctrl-C acts as at a terminal, even where the suite runs with SIGINT ignored (a background job,
+    which the loop rightly leaves alone)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_a_stage_between_two_steps_with_a_checkpoint_there(ctrl_c_delivered):
     """SIGINT in the middle of a step lets the step finish, writes the checkpoint after it whatever
     `checkpoint_seconds` says, and raises; outside the loop Ctrl-C is Python's own again."""
     calls, saved = [], []
@@ -192,7 +201,7 @@ def test_ctrl_c_stops_a_stage_between_two_steps_with_a_checkpoint_there():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_a_run_stopped_by_ctrl_c_resumes_to_the_same_result(tmp_path, tiny_spec, monkeypatch):
+def test_a_run_stopped_by_ctrl_c_resumes_to_the_same_result(tmp_path, tiny_spec, monkeypatch, ctrl_c_delivered):
     sparse = ["train.checkpoint_seconds=3600"]  # no checkpoint but the stages' ends, except the one Ctrl-C writes
     whole = run_quietly(tiny_spec, tmp_path / "whole", overrides=sparse)
     real_loss = training_loop.multitask_loss
