@@ -70,9 +70,11 @@ def check_spec_semantics(spec: Spec, source: SpecSource, *, methods: bool = True
             raise source.error(("network", "central", "stages"),
                                f"{stages} stages halve the resolution {stages - 1} times, more than the "
                                f"input {shape[1]}x{shape[2]} allows after the stem's stride {stride} "
-                               f"(at most {1 + int(math.log2(smallest))})")
+                               f"(at most {1 + int(math.log2(smallest))} stages)")
     if spec.network.central.edge_op == "conv" and len(shape) != 3:
-        raise source.error(("network", "central", "edge_op"), f"'conv' needs image inputs; the input is {list(shape)}")
+        hint = " (an image array needs a channel axis: [N, 1, H, W] for grey images)" if len(shape) == 2 else ""
+        raise source.error(("network", "central", "edge_op"),
+                           f"'conv' needs image inputs; the input is {list(shape)}{hint}")
     if spec.network.central.edge_op == "mlp" and len(shape) == 3:
         raise source.error(("network", "central", "edge_op"), f"'mlp' needs vector inputs; the input is {list(shape)}")
     from .methods import method_file
