@@ -15,11 +15,12 @@ from .errors import UserError
 
 def run_folder_spec(out: Path):
     """The spec of the finished run in `out`; `UserError` when `out` is not one."""
+    from .run_folder import unfinished
     from .spec import load_spec
 
     for name in ("spec.resolved.yaml", "metrics.json", "compact.json", "compact.safetensors"):
         if not (Path(out) / name).is_file():
-            raise UserError(f"{out}: not a finished dagir run (missing {name})")
+            raise UserError(f"{out}: not a finished dagir run (missing {name}){unfinished(out)}")
     return load_spec(Path(out) / "spec.resolved.yaml")
 
 

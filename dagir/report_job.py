@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .run_folder import output_file, refuse_a_run_file, write_text
+from .run_folder import output_file, refuse_a_run_file, unfinished, write_text
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -36,7 +36,8 @@ def write_report(out: Path, target: Path | None = None) -> Path:
     elif (out / "metrics.json").is_file():
         body = _run_page(out)
     else:
-        raise UserError(f"{out}: neither a finished dagir run (metrics.json) nor a bench (results.json)")
+        raise UserError(f"{out}: neither a finished dagir run (metrics.json) nor a bench (results.json)"
+                        f"{unfinished(out)}")
     target = output_file(target) if target is not None else out / "report.html"
     refuse_a_run_file(target, out, allowed=("report.html",))
     title = html.escape(out.name)

@@ -42,6 +42,15 @@ def refuse_a_run_file(target: Path, out: Path, *, allowed: tuple[str, ...] = ())
                         "folder or under a new name")
 
 
+def unfinished(out: Path) -> str:
+    """For a message about a folder that is not a finished run: how to finish it, where it holds an
+    interrupted one (a checkpoint), else nothing."""
+    if (Path(out) / "checkpoints" / "latest.pt").is_file() and not (Path(out) / "metrics.json").is_file():
+        return (f"; it holds a run that has not finished: `dagir run SPEC -o {out} --resume` (with the run's "
+                "--set options) continues it")
+    return ""
+
+
 def output_file(target: Path) -> Path:
     """`target` as a file a command may write: not a folder, its folder made if missing."""
     target = Path(target)

@@ -220,6 +220,9 @@ def test_a_run_stopped_by_ctrl_c_resumes_to_the_same_result(tmp_path, tiny_spec,
     assert "--resume continues" in stderr
     saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
     assert (saved["stage"], saved["epoch"], saved["step"]) == ("search", 1, 2)
+    for command in (["report"], ["eval"], ["export", "--format", "python", "-o", str(tmp_path / "net.py")]):
+        code, _, stderr = dagir(command[0], str(out), *command[1:])  # what an unfinished run is, and how to finish it
+        assert code == 2 and f"it holds a run that has not finished: `dagir run SPEC -o {out} --resume`" in stderr, stderr
     patch_loss(monkeypatch, real_loss)
     assert_resumes_to_the_whole_run(tiny_spec, out, tmp_path / "whole", whole, sparse)
 
