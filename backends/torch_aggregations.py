@@ -85,15 +85,22 @@ class NddrAggregation(nn.Module):
         joined = torch.cat([slots[i] for i in present], dim=1)
         if len(present) == len(slots):
             return self.mixed(joined)
-        width = self.config["width"]
-        weight = self.fuse.weight.view((width, len(slots), width) + self.fuse.weight.shape[2:])[:, present]
-        weight = weight.flatten(1, 2)
-        mixed = nn.functional.conv2d(joined, weight) if self.config["image"] else nn.functional.linear(joined, weight)
-        return self.relu(self.norm(mixed))
+        return self._mixed_by(joined, self._columns(present, len(slots)))
 
     def mixed(self, joined: Tensor) -> Tensor:
         """The inputs' channel concatenation `[B, k·C, ...]` mixed back to `[B, C, ...]`."""
         return self.relu(self.norm(self.fuse(joined)))
+
+    def _columns(self, present: list[int], inputs: int) -> Tensor:
+        """The 1x1 weight's columns of the inputs `present`, `[C, p, C, ...]`."""
+        width = self.config["width"]
+        return self.fuse.weight.view((width, inputs, width) + self.fuse.weight.shape[2:])[:, present]
+
+    def _mixed_by(self, joined: Tensor, columns: Tensor) -> Tensor:
+        """`mixed` of the present inputs' concatenation with their columns of the weight."""
+        weight = columns.flatten(1, 2)
+        mixed = nn.functional.conv2d(joined, weight) if self.config["image"] else nn.functional.linear(joined, weight)
+        return self.relu(self.norm(mixed))
 
     def gated_forward(self, blocks: list, slot_gates: Tensor) -> Tensor:
         """`forward` of one state's ungated image inputs, the gates applied here: `blocks[i]` is input
@@ -104,12 +111,10 @@ class NddrAggregation(nn.Module):
         several states, the k products cost less than the weight's reshaping (measured): not used there."""
         if torch.compiler.is_compiling():
             return self.forward(gated_slots(blocks, slot_gates)[0])
-        width = self.config["width"]
         present = [i for i, block in enumerate(blocks) if block is not None]
-        columns = self.fuse.weight.view(width, len(blocks), width)[:, present]  # [C, p, C]
-        weight = (columns * slot_gates[0, present].view(1, -1, 1)).view(width, -1, 1, 1)
+        columns = self._columns(present, len(blocks))  # [C, p, C, 1, 1]
         joined = torch.cat([blocks[i][0] for i in present], dim=1)  # [B, p·C, H, W]
-        return self.relu(self.norm(nn.functional.conv2d(joined, weight)))
+        return self._mixed_by(joined, columns * slot_gates[0, present].view(1, -1, 1, 1, 1))
 
 
 class GateAggregation(nn.Module):
