@@ -7,7 +7,9 @@ invariant asks of a reduced IR.
 """
 from __future__ import annotations
 
-from .flow import best_path, gate_weights
+from typing import Any, Mapping
+
+from .flow import TaskFlow, best_path, gate_weights, task_flow
 from .ir import IR, EdgeKey, edge_name
 from .task_states import nodes_on_paths, reached_nodes, reaching_nodes, state_owner
 
@@ -19,6 +21,21 @@ def protected_paths(ir: IR) -> set[Removal]:
     the edge feeds: the path of task A through task B's chain protects B's edges on it."""
     return {(state_owner(ir, key[1], task), key)
             for task in ir.task_names for key in best_path(ir, task, gate_weights(ir, task))}
+
+
+def largest_share(removal: Removal, flows: Mapping[str, TaskFlow], totals: Mapping[str, float]) -> float:
+    """The largest share φ / total of any task's flow (among `flows`) that the (owner, edge) carries;
+    0 where it carries none. A cross edge reading task B's chain makes B's edges carry A's flow too."""
+    owner, key = removal
+    return max((flows[task].instances[(key, owner)] / totals[task] if totals[task] > 0 else 0.0
+                for task in flows if (key, owner) in flows[task].instances), default=0.0)
+
+
+def kept_flow_stats(ir: IR) -> dict[str, Any]:
+    """Each task's flow over the edges it keeps, and how many it keeps (`meta["flow_reduce"]`'s)."""
+    kept = {task: gate_weights(ir, task) for task in ir.task_names}
+    return {"kept_flow": {task: task_flow(ir, task, kept[task]).total for task in ir.task_names},
+            "kept_per_task": {task: len(kept[task]) for task in ir.task_names}}
 
 
 def trim_to_paths(ir: IR, task: str) -> None:

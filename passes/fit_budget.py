@@ -9,7 +9,7 @@ from dagir.compact_cost import compact_macs, compact_parameters
 from dagir.flow import EdgeKey, gate_weights, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
-from dagir.prune import Removal, protected_paths, prune
+from dagir.prune import Removal, kept_flow_stats, largest_share, protected_paths, prune
 
 from .share_states import ShareStates
 
@@ -57,9 +57,7 @@ class FitBudget(Pass):
             cost = self.cost(out, self.untie)
         out.reduced = True  # the verifier now holds it to a reduction's invariants: it is one
         if "flow_reduce" in out.meta:  # Φ and the groups stay: a later flow-reduce measures against them
-            kept = {task: gate_weights(out, task) for task in out.task_names}
-            out.meta["flow_reduce"]["kept_flow"] = {t: task_flow(out, t, kept[t]).total for t in out.task_names}
-            out.meta["flow_reduce"]["kept_per_task"] = {t: len(kept[t]) for t in out.task_names}
+            out.meta["flow_reduce"].update(kept_flow_stats(out))
         out.meta["fit_budget"] = {"macs": self.macs, "parameters": self.parameters, "met": self._within(cost),
                                   "cost": cost, "removed": removed}
         return out
@@ -77,14 +75,13 @@ class FitBudget(Pass):
     @staticmethod
     def _least_flow_edge(ir: IR, protected: set[Removal]) -> Removal | None:
         flows = {task: task_flow(ir, task) for task in ir.task_names}
+        totals = {task: flow.total for task, flow in flows.items()}
         best: tuple[float, str, EdgeKey] | None = None
         for owner in ir.task_names:
             for key in gate_weights(ir, owner):
                 if (owner, key) in protected:
                     continue
-                share = max((flow.instances[(key, owner)] / flow.total if flow.total > 0 else 0.0)
-                            for flow in flows.values() if (key, owner) in flow.instances)
+                share = largest_share((owner, key), flows, totals)
                 if best is None or (share, owner, key) < best:
                     best = (share, owner, key)
         return None if best is None else (best[1], best[2])
-

@@ -8,7 +8,7 @@ from pydantic import Field
 from dagir.flow import TaskFlow, best_path, gate_weights, node_key, task_flow
 from dagir.ir import IR, edge_name
 from dagir.pass_manager import Pass, register_pass
-from dagir.prune import Removal, protected_paths, prune
+from dagir.prune import Removal, kept_flow_stats, largest_share, protected_paths, prune
 
 
 @register_pass
@@ -74,9 +74,7 @@ class FlowReduce(Pass):
             "protected": {task: [edge_name(*key) for key in best_path(ir, task, gate_weights(ir, task))]
                           for task in ir.task_names}}
         deleted_edges, deleted_nodes = prune(out)
-        kept = {task: gate_weights(out, task) for task in out.task_names}
-        stats["kept_flow"] = {task: task_flow(out, task, kept[task]).total for task in out.task_names}
-        stats["kept_per_task"] = {task: len(kept[task]) for task in out.task_names}
+        stats.update(kept_flow_stats(out))
         out.reduced = True
         out.meta["flow_reduce"] = {"flow_budget": self.flow_budget, "enabled": self.enabled, **stats,
                                    "deleted_edges": deleted_edges, "deleted_nodes": deleted_nodes}
@@ -130,8 +128,7 @@ def _cost(ir: IR, removal: Removal, group: list[str], flows: dict[str, TaskFlow]
     """The removal order's key: the largest share of a task's reference flow the edge carries, the
     largest flow, then the edge and its owner (stable on sub-graphs)."""
     owner, key = removal
-    carried = [(flows[task].instances[(key, owner)], reference[task]) for task in group
-               if (key, owner) in flows[task].instances]
-    share = max((flow / total if total > 0 else 0.0 for flow, total in carried), default=0.0)
-    most = max((flow for flow, _ in carried), default=0.0)
-    return share, most, node_key(ir, key[0]), node_key(ir, key[1]), owner
+    carrying = {task: flows[task] for task in group}
+    most = max((flow.instances[(key, owner)] for flow in carrying.values() if (key, owner) in flow.instances),
+               default=0.0)
+    return largest_share(removal, carrying, reference), most, node_key(ir, key[0]), node_key(ir, key[1]), owner
